@@ -1,0 +1,416 @@
+"""Turn a request transcript into a demand category and an urgency.
+
+Pure core: no Flask, no I/O except `load_categories`. Every phrase, cue, guard and weight
+lives in ivr_flows/categories.toml, one table per language, so a new language is new data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rapidfuzz import fuzz, process
+
+CATEGORY_KEYS = (
+    "groceries",
+    "meals",
+    "medical",
+    "transport",
+    "home_repair",
+    "housekeeping",
+    "companionship",
+    "tech_help",
+    "paperwork",
+    "emergency",
+    "other",
+)
+URGENCIES = ("critical", "high", "normal", "low")
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "ivr_flows" / "categories.toml"
+
+# Transcripts are a few sentences; anything far longer is a stuck recording, not a request.
+MAX_TOKENS = 2000
+# Alternatives inside one phrase ("fix|mend tap|taps") expand to at most this many phrases.
+MAX_EXPANSIONS = 256
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+
+# Pools of phrases matched independently of each other.
+_CATEGORY, _URGENCY, _GUARD = "category", "urgency", "guard"
+
+
+class UnknownLanguage(ValueError):
+    """Raised when categories.toml has no table for the requested language."""
+
+
+class CategoryDataError(ValueError):
+    """Raised when categories.toml is missing or malforms a required entry."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    category: str
+    score: float
+    alternatives: tuple[tuple[str, float], ...]
+    urgency: str
+    emergency: bool
+    matched: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        """Return the classification as a JSON-ready dict."""
+        return {
+            "category": self.category,
+            "score": self.score,
+            "alternatives": [{"category": c, "score": s} for c, s in self.alternatives],
+            "urgency": self.urgency,
+            "emergency": self.emergency,
+            "matched": list(self.matched),
+        }
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    tokens: tuple[str, ...]
+    source: str  # the phrase as written in the data file, shown to coordinators
+    pool: str
+    tag: str  # category key, urgency level, or guard kind
+    weight: float
+    needs: str = ""  # context group that must also be present (emergency combos)
+    otherwise: str = ""  # category to count towards when `needs` is absent
+
+
+@dataclass(frozen=True)
+class _Match:
+    phrase: _Phrase
+    positions: tuple[int, ...]
+
+    @property
+    def start(self) -> int:
+        return self.positions[0]
+
+    @property
+    def end(self) -> int:
+        return self.positions[-1]
+
+
+@dataclass(frozen=True)
+class Categories:
+    """Phrase lists, cues and tuning for one language, precompiled for fast matching."""
+
+    language: str
+    labels: Mapping[str, str]
+    contractions: Mapping[str, tuple[str, ...]]
+    suffixes: tuple[tuple[str, str], ...]
+    fillers: frozenset[str]
+    rewrite_re: re.Pattern[str] | None
+    rewrites: Mapping[str, str]
+    phrases: tuple[_Phrase, ...]
+    index: Mapping[str, tuple[int, ...]]
+    vocab_by_length: Mapping[int, tuple[str, ...]]
+    vocab: frozenset[str]
+    no_fuzzy: frozenset[str]
+    max_gap: int
+    fuzzy_min_length: int
+    fuzzy_cutoff: float
+    negation_window: int
+    guard_window: int
+    other_threshold: float
+    emergency_score: float
+    _fuzzy_cache: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
+
+    def label(self, key: str) -> str:
+        """Return the plain words for a category key, for reading back to a caller."""
+        return self.labels.get(key, self.labels.get("other", key))
+
+    def normalise(self, text: str) -> list[str]:
+        """Split text into normalised tokens: lowercase, contractions expanded, fillers gone."""
+        out: list[str] = []
+        for raw in _TOKEN_RE.findall(text.translate(_APOSTROPHES).lower()):
+            if raw in self.contractions:
+                out.extend(self.contractions[raw])
+                continue
+            token = raw
+            if "'" in token:
+                for suffix, replacement in self.suffixes:
+                    if token.endswith(suffix) and len(token) > len(suffix):
+                        token = token[: -len(suffix)] + replacement
+                        break
+                token = token.replace("'", "")
+            out.extend(t for t in token.split() if t not in self.fillers)
+        if self.rewrite_re is not None and out:
+            joined = self.rewrite_re.sub(lambda m: self.rewrites[m.group(0)], " ".join(out))
+            out = joined.split()
+        return out[:MAX_TOKENS]
+
+    def _token_matches(self, token: str) -> frozenset[str]:
+        """Return the vocabulary words a text token stands for, exact or close misspelling."""
+        if token in self.vocab:
+            return frozenset((token,))
+        if len(token) < self.fuzzy_min_length or token in self.no_fuzzy:
+            return frozenset()
+        cached = self._fuzzy_cache.get(token)
+        if cached is not None:
+            return cached
+        candidates = self.vocab_by_length.get(len(token), ())
+        found = frozenset(
+            word
+            for word, _score, _i in process.extract(
+                token, candidates, scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff, limit=None
+            )
+        )
+        if len(self._fuzzy_cache) < 50_000:
+            self._fuzzy_cache[token] = found
+        return found
+
+
+def load_categories(language: str = "en", path: Path | None = None) -> Categories:
+    """Load the category phrase lists for one language from ivr_flows/categories.toml."""
+    with open(path or DEFAULT_PATH, "rb") as fh:
+        data = tomllib.load(fh)
+    if language not in data or not isinstance(data[language], dict):
+        known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
+        raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
+    return _build(language, data[language], data.get("tuning", {}))
+
+
+def _build(language: str, lang: dict, tuning: dict) -> Categories:
+    """Compile one language table into a Categories object."""
+    text = lang.get("text", {})
+    contractions = {
+        k.translate(_APOSTROPHES).lower(): tuple(v.split())
+        for k, v in text.get("contractions", {}).items()
+    }
+    suffixes = tuple((k.translate(_APOSTROPHES), v) for k, v in text.get("suffixes", {}).items())
+    fillers = frozenset(text.get("fillers", ()))
+    rewrites = {k: v for k, v in text.get("rewrites", {}).items()}
+    rewrite_re = None
+    if rewrites:
+        alternation = "|".join(re.escape(k) for k in sorted(rewrites, key=len, reverse=True))
+        rewrite_re = re.compile(rf"(?<!\S)(?:{alternation})(?!\S)")
+
+    base = Categories(
+        language=language,
+        labels={},
+        contractions=contractions,
+        suffixes=suffixes,
+        fillers=fillers,
+        rewrite_re=rewrite_re,
+        rewrites=rewrites,
+        phrases=(),
+        index={},
+        vocab_by_length={},
+        vocab=frozenset(),
+        no_fuzzy=frozenset(),
+        max_gap=int(tuning.get("max_gap", 2)),
+        fuzzy_min_length=int(tuning.get("fuzzy_min_length", 5)),
+        fuzzy_cutoff=float(tuning.get("fuzzy_cutoff", 85)),
+        negation_window=int(tuning.get("negation_window", 3)),
+        guard_window=int(tuning.get("guard_window", 4)),
+        other_threshold=float(tuning.get("other_threshold", 0.5)),
+        emergency_score=float(tuning.get("emergency_score", 0.9)),
+    )
+    weights = tuning.get("list_weights", {"strong": 2.0, "phrases": 1.0, "weak": 0.5})
+    length_bonus = float(tuning.get("length_bonus", 0.25))
+
+    def compile_list(items: Iterable[str], pool: str, tag: str, weight: float, **extra) -> None:
+        for source in items:
+            for variant in _expand(source):
+                tokens = tuple(base.normalise(variant))
+                if tokens:
+                    w = weight * (1 + length_bonus * (len(tokens) - 1))
+                    phrases.append(_Phrase(tokens, source, pool, tag, w, **extra))
+
+    phrases: list[_Phrase] = []
+    labels: dict[str, str] = {}
+    cats = lang.get("categories", {})
+    for key in cats:
+        if key not in CATEGORY_KEYS:
+            raise CategoryDataError(f"{language}: unknown category {key!r}")
+    for key in CATEGORY_KEYS:
+        entry = cats.get(key)
+        if not entry or not entry.get("label"):
+            raise CategoryDataError(f"{language}: category {key!r} needs a label")
+        labels[key] = entry["label"]
+        for list_name, weight in weights.items():
+            compile_list(entry.get(list_name, ()), _CATEGORY, key, float(weight))
+    compile_list(lang.get("neutral", {}).get("phrases", ()), _CATEGORY, "", 0.0)
+
+    emergency = lang.get("emergency", {})
+    for i, combo in enumerate(emergency.get("combos", ())):
+        group = f"combo{i}"
+        otherwise = combo.get("otherwise", "")
+        if otherwise and otherwise not in CATEGORY_KEYS:
+            raise CategoryDataError(f"{language}: combo otherwise {otherwise!r} is not a category")
+        compile_list(
+            combo.get("phrases", ()),
+            _CATEGORY,
+            "emergency",
+            float(weights.get("strong", 2.0)),
+            needs=group,
+            otherwise=otherwise,
+        )
+        compile_list(combo.get("with", ()), _GUARD, group, 0.0)
+    compile_list(emergency.get("negations", ()), _GUARD, "negation", 0.0)
+    compile_list(emergency.get("guards", ()), _GUARD, "guard", 0.0)
+
+    urgency = lang.get("urgency", {})
+    for level in ("high", "low"):
+        compile_list(urgency.get(level, ()), _URGENCY, level, 1.0)
+    compile_list(urgency.get("neutral", ()), _URGENCY, "", 0.0)
+
+    index: dict[str, list[int]] = {}
+    vocab: set[str] = set()
+    for i, phrase in enumerate(phrases):
+        index.setdefault(phrase.tokens[0], []).append(i)
+        vocab.update(phrase.tokens)
+    by_length: dict[int, list[str]] = {}
+    for word in sorted(vocab):
+        if len(word) >= base.fuzzy_min_length:
+            for n in range(len(word) - 2, len(word) + 3):
+                by_length.setdefault(n, []).append(word)
+
+    return Categories(
+        **{
+            **{f: getattr(base, f) for f in base.__dataclass_fields__ if f != "_fuzzy_cache"},
+            "labels": labels,
+            "phrases": tuple(phrases),
+            "index": {k: tuple(v) for k, v in index.items()},
+            "vocab": frozenset(vocab),
+            "vocab_by_length": {k: tuple(v) for k, v in by_length.items()},
+            "no_fuzzy": frozenset(text.get("no_fuzzy", ())),
+        }
+    )
+
+
+def _expand(source: str) -> list[str]:
+    """Expand `a|b c|d` alternatives in a data phrase into plain phrases."""
+    options = [word.split("|") for word in source.split()]
+    combos = itertools.islice(itertools.product(*options), MAX_EXPANSIONS)
+    return [" ".join(w for w in combo if w != "_") for combo in combos]
+
+
+def _find_matches(tokens: list[str], categories: Categories) -> list[_Match]:
+    """Find every phrase occurrence, allowing a few filler words between phrase words."""
+    matches_at = [categories._token_matches(t) for t in tokens]
+    gap = categories.max_gap
+    found: list[_Match] = []
+    for i, words in enumerate(matches_at):
+        for word in words:
+            for pid in categories.index.get(word, ()):
+                phrase = categories.phrases[pid]
+                positions = [i]
+                for want in phrase.tokens[1:]:
+                    last = positions[-1]
+                    for j in range(last + 1, min(last + 2 + gap, len(tokens))):
+                        if want in matches_at[j]:
+                            positions.append(j)
+                            break
+                    else:
+                        break
+                if len(positions) == len(phrase.tokens):
+                    found.append(_Match(phrase, tuple(positions)))
+    return found
+
+
+def _resolve(matches: list[_Match]) -> list[_Match]:
+    """Keep the longest, heaviest matches; a word counts towards one phrase only."""
+    taken: set[int] = set()
+    kept: list[_Match] = []
+    ordered = sorted(matches, key=lambda m: (-len(m.positions), -m.phrase.weight, m.start))
+    for m in ordered:
+        if taken.isdisjoint(m.positions):
+            taken.update(m.positions)
+            kept.append(m)
+    kept.sort(key=lambda m: m.start)
+    return kept
+
+
+def _near(m: _Match, others: list[_Match], before: int, after: int) -> bool:
+    """Tell whether any of `others` sits within the given token distances of `m`."""
+    return any(o.start <= m.end + after and o.end >= m.start - before for o in others)
+
+
+def _confidence(value: float, total: float) -> float:
+    """Turn a raw phrase score into a 0..1 confidence: share of evidence times saturation."""
+    if value <= 0 or total <= 0:
+        return 0.0
+    return round(value / total * (1 - math.exp(-value)), 3)
+
+
+def classify(text: str, categories: Categories) -> Classification:
+    """Classify a request's text into a category and urgency."""
+    tokens = categories.normalise(text) if isinstance(text, str) else []
+    found = _find_matches(tokens, categories)
+    guards = [m for m in found if m.phrase.pool == _GUARD]
+    present = {m.phrase.tag for m in guards}
+    negations = [m for m in guards if m.phrase.tag == "negation"]
+    harmless = [m for m in guards if m.phrase.tag == "guard"]
+
+    scores = dict.fromkeys(CATEGORY_KEYS, 0.0)
+    first_seen: dict[str, int] = {}
+    matched: list[str] = []
+    is_emergency = False
+    for m in _resolve([m for m in found if m.phrase.pool == _CATEGORY]):
+        tag = m.phrase.tag
+        if not tag:
+            continue
+        if tag == "emergency":
+            if m.phrase.needs and m.phrase.needs not in present:
+                tag = m.phrase.otherwise
+            elif _near(m, negations, categories.negation_window, -1) or _near(
+                m, harmless, categories.guard_window, categories.guard_window
+            ):
+                continue
+            else:
+                is_emergency = True
+            if not tag:
+                continue
+        scores[tag] += m.phrase.weight
+        first_seen.setdefault(tag, m.start)
+        matched.append(m.phrase.source)
+
+    urgency_hits = {m.phrase.tag for m in _resolve([m for m in found if m.phrase.pool == _URGENCY])}
+    for m in _resolve([m for m in found if m.phrase.pool == _URGENCY]):
+        if m.phrase.tag:
+            matched.append(m.phrase.source)
+
+    total = sum(scores.values())
+    ranked = sorted(
+        (k for k in CATEGORY_KEYS if scores[k] > 0),
+        key=lambda k: (-scores[k], first_seen.get(k, 0), CATEGORY_KEYS.index(k)),
+    )
+    if is_emergency:
+        category = "emergency"
+        score = max(categories.emergency_score, _confidence(scores["emergency"], total))
+    elif ranked and scores[ranked[0]] >= categories.other_threshold:
+        category = ranked[0]
+        score = _confidence(scores[category], total)
+    else:
+        category, score = "other", _confidence(scores["other"], total)
+    alternatives = tuple(
+        (k, _confidence(scores[k], total)) for k in ranked if k not in (category, "emergency")
+    )
+
+    if is_emergency:
+        urgency = "critical"
+    elif "high" in urgency_hits:
+        urgency = "high"
+    elif "low" in urgency_hits:
+        urgency = "low"
+    else:
+        urgency = "normal"
+    return Classification(
+        category=category,
+        score=score,
+        alternatives=alternatives,
+        urgency=urgency,
+        emergency=is_emergency,
+        matched=tuple(dict.fromkeys(matched)),
+    )

@@ -1,0 +1,136 @@
+"""Command-line edges: transcribe, classify, intake and serve, as JSON lines when asked."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from flask import current_app
+
+from . import jobs, pipeline
+from .classify import classify, load_categories
+from .db import migrate
+from .queue import CHANNELS
+from .speech import SpeechError, load_audio
+from .speech.models import models_cli
+
+
+@click.command("transcribe")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--language", default=None, help="Language code, e.g. en or ko.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+def transcribe_command(files, language, as_json):
+    """Transcribe audio files offline.
+
+    Example: flask --app app transcribe voicemail.wav --json
+    """
+    app = current_app
+    language = language or app.config["DEFAULT_LANGUAGE"]
+    speech = pipeline.speech_service(app)
+    failed = False
+    for name in files:
+        started = time.perf_counter()
+        try:
+            audio = load_audio(name, max_seconds=app.config["MAX_AUDIO_SECONDS"])
+            transcript = speech.transcribe(audio, language=language)
+        except (SpeechError, OSError) as exc:
+            failed = True
+            _emit_error(name, exc, as_json)
+            continue
+        decode_s = round(time.perf_counter() - started, 3)
+        if as_json:
+            click.echo(json.dumps({
+                "file": name, "text": transcript.text, "language": transcript.language,
+                "confidence": round(transcript.confidence, 3), "engine": transcript.engine,
+                "model": transcript.model, "duration_s": round(transcript.duration_s, 3),
+                "decode_s": decode_s,
+            }, ensure_ascii=False))
+        else:
+            click.echo(f"{name}: {transcript.text}")
+    if failed:
+        sys.exit(1)
+
+
+@click.command("classify")
+@click.argument("text", required=False)
+@click.option("--language", default=None, help="Language of the text, e.g. en.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per request.")
+def classify_command(text, language, as_json):
+    """Classify request texts (the TEXT argument, or one per line on stdin).
+
+    Example: echo "I need a lift to the doctor" | flask --app app classify --json
+    """
+    categories = load_categories(language or current_app.config["DEFAULT_LANGUAGE"])
+    lines = [text] if text is not None else (line.rstrip("\n") for line in sys.stdin)
+    for line in lines:
+        if not line.strip() and text is None:
+            continue
+        result = classify(line, categories)
+        if as_json:
+            click.echo(json.dumps({"text": line, **result.to_dict()}, ensure_ascii=False))
+        else:
+            click.echo(f"{result.category:<14} {result.urgency:<8} {line}")
+
+
+@click.command("intake")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--phone", help="Caller's phone number, e.g. +15551234567.")
+@click.option("--channel", type=click.Choice(CHANNELS), default="voicemail", show_default=True)
+@click.option("--language", default=None, help="Language code, e.g. en.")
+@click.option("--json", "as_json", is_flag=True, help="Print the request as JSON.")
+def intake_command(file, phone, channel, language, as_json):
+    """Store a recording, run the whole pipeline on it, and print the queued request.
+
+    Example: flask --app app intake voicemail.wav --phone +15551234567 --channel voicemail --json
+    """
+    app = current_app._get_current_object()
+    migrate(app.config["DATABASE"])
+    request = pipeline.intake(app, file, channel=channel, phone=phone, language=language)
+    if as_json:
+        click.echo(json.dumps(request, ensure_ascii=False))
+        return
+    click.echo(f"request {request['id']}: {request['category']} ({request['urgency']})")
+    click.echo(f"  transcript: {request['transcript'] or request['error']}")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def serve_command(host, port):
+    """Apply migrations, start the in-process worker, and serve CareCall.
+
+    Example: flask --app app serve --port 5000
+    """
+    from werkzeug.serving import run_simple
+
+    app = current_app._get_current_object()
+    migrate(app.config["DATABASE"])
+    worker = jobs.start_worker(app) if app.config["WORKER"] == "inprocess" else None
+    base = f"http://{host}:{port}"
+    click.echo(f"CareCall is serving on {base}/  (health: {base}/healthz)")
+    click.echo(f"  database:   {app.config['DATABASE']}")
+    click.echo(f"  recordings: {Path(app.config['DATA_DIR']) / 'recordings'}")
+    click.echo(f"  worker:     {'in-process' if worker else 'external: flask --app app worker'}")
+    try:
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+    finally:
+        if worker:
+            worker.stop()
+
+
+def _emit_error(name, exc, as_json):
+    """Report a file that could not be transcribed without stopping the others."""
+    if as_json:
+        click.echo(json.dumps({"file": name, "error": type(exc).__name__, "message": str(exc)}))
+    else:
+        click.echo(f"{name}: error: {exc}", err=True)
+
+
+def init_app(app):
+    """Register CareCall's commands on the app's CLI."""
+    for command in (transcribe_command, classify_command, intake_command, serve_command,
+                    models_cli):
+        app.cli.add_command(command)
+
+

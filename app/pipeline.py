@@ -1,0 +1,142 @@
+"""The CareCall story, top to bottom.
+
+    call or button  -> recording      receive(): audio safe on disk and in the queue
+    recording       -> transcript     understand(): offline speech recognition
+    transcript      -> category       understand(): classify() into need and urgency
+    category        -> queue item     understand(): the request waits for a coordinator
+    queue item      -> match          (volunteer matching: a later issue)
+    match           -> dispatch       (offers by SMS and keypad: a later issue)
+    dispatch        -> check-in/out   (visit and hours: a later issue)
+    check-in/out    -> rating         (the senior's rating by phone: a later issue)
+
+Every step that can be slow or fail runs as a durable job, so a crash loses nothing.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from flask import current_app
+
+from . import jobs, queue, recordings
+from .classify import UnknownLanguage, classify, load_categories
+from .db import get_db
+from .speech import AudioError, SpeechService, load_audio
+
+TRANSCRIBE = "transcribe"
+
+
+def receive(db, audio, *, channel, phone=None, language=None, region=None, source_key=None,
+            suffix=".wav", actor="system"):
+    """Keep a recording safe on disk and in the queue, and ask for its transcription."""
+    config = current_app.config
+    if source_key is not None and (existing := queue.find_by_source(db, source_key)):
+        return existing
+    relative = recordings.save(config["DATA_DIR"], audio, suffix)
+    field = "video_path" if channel == "video" else "audio_path"
+    with db.atomic():
+        request, created = queue.create(
+            db,
+            channel=channel,
+            phone=phone,
+            language=language or config["DEFAULT_LANGUAGE"],
+            region=region,
+            source_key=source_key,
+            **{field: relative},
+        )
+        if created:
+            jobs.enqueue(db, TRANSCRIBE, {"request_id": request["id"]},
+                         key=f"{TRANSCRIBE}:{request['id']}", priority=10)
+    if not created:
+        Path(config["DATA_DIR"], relative).unlink(missing_ok=True)
+    return request
+
+
+def understand(db, request_id, speech, categories_for, *, max_seconds, review_confidence):
+    """Turn a request's recording into a transcript, a category and an urgency."""
+    request = queue.get(db, request_id)
+    if request["stage"] != "received":
+        return request  # a retried job whose work was already saved
+    path = request["audio_path"] or request["video_path"]
+    try:
+        audio = load_audio(recordings.path_of(current_app.config["DATA_DIR"], path),
+                           max_seconds=max_seconds)
+    except AudioError as exc:
+        # Nobody could hear this message, so a person must call back today.
+        return queue.update(
+            db, request_id,
+            {"stage": "failed", "error": str(exc), "category": "other", "urgency": "high",
+             "needs_review": 1},
+            actor="system", action="unreadable",
+        )
+    transcript = speech.transcribe(audio, language=request["language"])
+    try:
+        result = classify(transcript.text, categories_for(request["language"]))
+    except UnknownLanguage:
+        result = None
+    changes = {
+        "stage": "transcribed",
+        "transcript": transcript.text,
+        "transcript_confidence": transcript.confidence,
+        "transcript_words": [w.__dict__ for w in transcript.words],
+        "engine": transcript.engine,
+        "model": transcript.model,
+        "duration_s": transcript.duration_s,
+        "needs_review": int(transcript.confidence < review_confidence or result is None
+                            or not transcript.text.strip()),
+    }
+    if result is not None:
+        changes |= {
+            "category": result.category,
+            "category_score": result.score,
+            "alternatives": [{"category": c, "score": s} for c, s in result.alternatives],
+            "matched": list(result.matched),
+            "urgency": result.urgency,
+            "emergency": int(result.emergency),
+        }
+    else:
+        changes |= {"category": "other", "urgency": "normal"}
+    with db.atomic():
+        request = queue.update(db, request_id, changes, actor="system", action="understood")
+        if request["emergency"]:
+            queue.record_event(db, request_id, "system", "alert",
+                               {"reason": "emergency", "matched": request["matched"]})
+    return request
+
+
+@jobs.handler(TRANSCRIBE)
+def transcribe_job(payload):
+    """Job: understand one received recording."""
+    app = current_app
+    understand(
+        get_db(), payload["request_id"], speech_service(app), categories_for,
+        max_seconds=app.config["MAX_AUDIO_SECONDS"],
+        review_confidence=app.config["REVIEW_CONFIDENCE"],
+    )
+
+
+def intake(app, audio_path, **fields):
+    """Run one recording through the whole pipeline now and return its request."""
+    with app.app_context():
+        db = get_db()
+        request = receive(db, audio_path, suffix=Path(audio_path).suffix or ".bin", **fields)
+    jobs.drain(app)
+    with app.app_context():
+        return queue.get(get_db(), request["id"])
+
+
+def speech_service(app):
+    """Return the app's speech service, which loads each model once, on first use."""
+    return app.extensions["carecall.speech"]
+
+
+@lru_cache(maxsize=8)
+def categories_for(language):
+    """Return the category phrase lists for a language, loaded once."""
+    return load_categories(language)
+
+
+def init_app(app):
+    """Attach the speech service to the app."""
+    app.extensions["carecall.speech"] = SpeechService(
+        engines=app.config["SPEECH_ENGINES"], models_dir=app.config["MODELS_DIR"]
+    )

@@ -1,0 +1,128 @@
+"""The request queue: what seniors asked for, where each request stands, and who did what."""
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+
+CHANNELS = ("phone", "voicemail", "kiosk", "video", "manual")
+STATUSES = ("new", "triaged", "assigned", "in_progress", "done", "cancelled")
+URGENCY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
+JSON_FIELDS = ("transcript_words", "alternatives", "matched")
+
+# Critical first, then by urgency, then oldest first: who has waited longest is served first.
+QUEUE_ORDER = (
+    "CASE urgency WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2"
+    " WHEN 'low' THEN 3 ELSE 2 END, id"
+)
+
+
+class RequestNotFound(LookupError):
+    """No request has that id."""
+
+
+class BadRequestField(ValueError):
+    """A request field was given a value it cannot take."""
+
+
+def now():
+    """Return the current UTC time as an ISO 8601 string."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def create(db, *, channel, phone=None, language="en", region=None, source_key=None, **fields):
+    """Insert a new request and its 'received' event; return (request, created)."""
+    if channel not in CHANNELS:
+        raise BadRequestField(f"channel must be one of {', '.join(CHANNELS)}, not {channel!r}")
+    if source_key is not None and (existing := find_by_source(db, source_key)):
+        return existing, False
+    stamp = now()
+    row = dict(
+        channel=channel,
+        phone=phone,
+        language=language,
+        region=region,
+        source_key=source_key,
+        stage="received",
+        status="new",
+        created_at=stamp,
+        updated_at=stamp,
+        **fields,
+    )
+    try:
+        with db.atomic():
+            request_id = db["requests"].insert(row).last_pk
+            record_event(db, request_id, "system", "received", {"channel": channel})
+    except sqlite3.IntegrityError:
+        # Another delivery of the same webhook won the race: theirs is the request.
+        if source_key is not None and (existing := find_by_source(db, source_key)):
+            return existing, False
+        raise
+    return get(db, request_id), True
+
+
+def get(db, request_id):
+    """Return one request as a dict with its JSON fields decoded."""
+    rows = list(db["requests"].rows_where("id = ?", [request_id]))
+    if not rows:
+        raise RequestNotFound(f"no request {request_id}")
+    return _decode(rows[0])
+
+
+def find_by_source(db, source_key):
+    """Return the request made from this webhook or upload, or None."""
+    rows = list(db["requests"].rows_where("source_key = ?", [source_key]))
+    return _decode(rows[0]) if rows else None
+
+
+def update(db, request_id, changes, *, actor, action):
+    """Change fields of a request and audit the change with before and after values."""
+    changes = {k: json.dumps(v) if k in JSON_FIELDS else v for k, v in changes.items()}
+    if "status" in changes and changes["status"] not in STATUSES:
+        raise BadRequestField(f"status must be one of {', '.join(STATUSES)}")
+    if "urgency" in changes and changes["urgency"] not in URGENCY_RANK:
+        raise BadRequestField(f"urgency must be one of {', '.join(URGENCY_RANK)}")
+    with db.atomic():
+        before = next(db["requests"].rows_where("id = ?", [request_id]), None)
+        if before is None:
+            raise RequestNotFound(f"no request {request_id}")
+        db["requests"].update(request_id, {**changes, "updated_at": now()})
+        diff = {k: [before.get(k), v] for k, v in changes.items() if before.get(k) != v}
+        record_event(db, request_id, actor, action, diff)
+    return get(db, request_id)
+
+
+def record_event(db, request_id, actor, action, detail=None):
+    """Append an audit event: who did what to which request."""
+    db["events"].insert(
+        {
+            "request_id": request_id,
+            "actor": actor,
+            "action": action,
+            "detail": json.dumps(detail or {}, ensure_ascii=False),
+            "created_at": now(),
+        }
+    )
+
+
+def events(db, request_id):
+    """Return a request's audit events, oldest first."""
+    rows = db["events"].rows_where("request_id = ?", [request_id], order_by="id")
+    return [{**row, "detail": json.loads(row["detail"])} for row in rows]
+
+
+def waiting(db, limit=100):
+    """Return open requests in the order a coordinator should handle them."""
+    rows = db["requests"].rows_where(
+        "status NOT IN ('done', 'cancelled')", order_by=QUEUE_ORDER, limit=limit
+    )
+    return [_decode(row) for row in rows]
+
+
+def _decode(row):
+    """Decode a request row's JSON columns."""
+    for key in JSON_FIELDS:
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    row["emergency"] = bool(row.get("emergency"))
+    row["needs_review"] = bool(row.get("needs_review"))
+    return row

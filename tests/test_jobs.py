@@ -1,0 +1,144 @@
+"""The durable job queue: idempotent enqueue, leases, back-off, dead letter, dying workers."""
+
+import time
+
+import pytest
+
+from app import jobs
+
+CALLS = []
+
+
+@jobs.handler("test.record")
+def record(payload):
+    """Remember the payload."""
+    CALLS.append(payload)
+
+
+@jobs.handler("test.flaky")
+def flaky(payload):
+    """Fail until the payload's number of failures is used up."""
+    CALLS.append(payload)
+    if len(CALLS) <= payload["failures"]:
+        raise RuntimeError(f"failure {len(CALLS)}")
+
+
+@pytest.fixture(autouse=True)
+def clear_calls():
+    CALLS.clear()
+
+
+def state(db, job_id):
+    return db["jobs"].get(job_id)
+
+
+def test_enqueue_with_same_key_is_one_job(app, db):
+    first = jobs.enqueue(db, "test.record", {"n": 1}, key="k1")
+    second = jobs.enqueue(db, "test.record", {"n": 2}, key="k1")
+    assert first == second
+    assert db["jobs"].count == 1
+    assert jobs.drain(app) == 1
+    assert CALLS == [{"n": 1}]
+
+
+def test_claim_prefers_priority_then_age(db):
+    low = jobs.enqueue(db, "test.record", {}, priority=0)
+    high = jobs.enqueue(db, "test.record", {}, priority=10)
+    assert jobs.claim(db, "w", 60).id == high
+    assert jobs.claim(db, "w", 60).id == low
+    assert jobs.claim(db, "w", 60) is None
+
+
+@pytest.mark.parametrize(
+    ("failures", "max_attempts", "final_state", "calls"),
+    [
+        (0, 3, "done", 1),
+        (2, 3, "done", 3),
+        (3, 3, "dead", 3),
+        (9, 1, "dead", 1),
+    ],
+)
+def test_retries_until_done_or_dead(app, db, failures, max_attempts, final_state, calls):
+    job_id = jobs.enqueue(db, "test.flaky", {"failures": failures}, max_attempts=max_attempts)
+    jobs.drain(app)
+    row = state(db, job_id)
+    assert row["state"] == final_state
+    assert len(CALLS) == calls
+    if final_state == "dead":
+        assert "RuntimeError" in row["last_error"]
+
+
+def test_backoff_delays_the_retry(app, db):
+    app.config["JOB_BACKOFF_SECONDS"] = 30
+    job_id = jobs.enqueue(db, "test.flaky", {"failures": 1})
+    assert jobs.drain(app) == 1
+    row = state(db, job_id)
+    assert row["state"] == "queued"
+    assert row["run_after"] > time.time() + 25
+    assert jobs.claim(db, "w", 60) is None
+
+
+def test_dead_job_can_be_retried(app, db):
+    job_id = jobs.enqueue(db, "test.flaky", {"failures": 1}, max_attempts=1)
+    jobs.drain(app)
+    assert state(db, job_id)["state"] == "dead"
+    assert jobs.retry(db, job_id)
+    jobs.drain(app)
+    assert state(db, job_id)["state"] == "done"
+    assert not jobs.retry(db, job_id)
+
+
+def test_unknown_kind_goes_to_dead_letter_not_lost(app, db):
+    job_id = jobs.enqueue(db, "test.nobody", {}, max_attempts=2)
+    jobs.drain(app)
+    row = state(db, job_id)
+    assert row["state"] == "dead"
+    assert "UnknownJobKind" in row["last_error"]
+
+
+def test_expired_lease_is_taken_over(db):
+    job_id = jobs.enqueue(db, "test.record", {})
+    first = jobs.claim(db, "dead-worker", lease_seconds=10)
+    assert first.id == job_id
+    assert jobs.claim(db, "other", 10) is None
+    taken = jobs.claim(db, "other", 10, now=time.time() + 11)
+    assert taken.id == job_id
+    assert taken.attempts == 2
+
+
+def test_job_whose_worker_always_dies_is_buried(db):
+    job_id = jobs.enqueue(db, "test.record", {}, max_attempts=2)
+    now = time.time()
+    for step in range(2):
+        assert jobs.claim(db, "w", 1, now=now + 2 * step).id == job_id
+    assert jobs.claim(db, "w", 1, now=now + 10) is None
+    row = state(db, job_id)
+    assert row["state"] == "dead"
+    assert "worker stopped" in row["last_error"]
+
+
+def test_in_process_worker_runs_jobs_when_woken(app, db):
+    worker = jobs.start_worker(app)
+    try:
+        with app.app_context():
+            from app.db import get_db
+
+            job_id = jobs.enqueue(get_db(), "test.record", {"n": 7})
+        deadline = time.time() + 5
+        while state(db, job_id)["state"] != "done" and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+    assert state(db, job_id)["state"] == "done"
+    assert CALLS == [{"n": 7}]
+
+
+def test_jobs_cli_lists_and_retries_dead(app, db, runner):
+    job_id = jobs.enqueue(db, "test.nobody", {}, max_attempts=1)
+    jobs.drain(app)
+    listed = runner.invoke(args=["jobs", "list", "--state", "dead"])
+    assert f"{job_id}" in listed.output and "dead" in listed.output
+    assert runner.invoke(args=["jobs", "retry", str(job_id)]).exit_code == 0
+    assert state(db, job_id)["state"] == "queued"
+    again = runner.invoke(args=["jobs", "retry", str(job_id)])
+    assert again.exit_code != 0 and "not in the dead letter" in again.output
