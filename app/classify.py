@@ -332,9 +332,14 @@ def _resolve(matches: list[_Match]) -> list[_Match]:
     return kept
 
 
-def _near(m: _Match, others: list[_Match], before: int, after: int) -> bool:
-    """Tell whether any of `others` sits within the given token distances of `m`."""
-    return any(o.start <= m.end + after and o.end >= m.start - before for o in others)
+def _near(m: _Match, others: list[_Match], window: int) -> bool:
+    """Tell whether any of `others` sits within `window` tokens either side of `m`."""
+    return any(o.start <= m.end + window and o.end >= m.start - window for o in others)
+
+
+def _negated(m: _Match, negations: list[_Match], window: int) -> bool:
+    """Tell whether a negation ends in the few tokens just before `m` starts."""
+    return any(m.start - window <= o.end < m.start for o in negations)
 
 
 def _confidence(value: float, total: float) -> float:
@@ -364,8 +369,8 @@ def classify(text: str, categories: Categories) -> Classification:
         if tag == "emergency":
             if m.phrase.needs and m.phrase.needs not in present:
                 tag = m.phrase.otherwise
-            elif _near(m, negations, categories.negation_window, -1) or _near(
-                m, harmless, categories.guard_window, categories.guard_window
+            elif _negated(m, negations, categories.negation_window) or _near(
+                m, harmless, categories.guard_window
             ):
                 continue
             else:
@@ -376,9 +381,10 @@ def classify(text: str, categories: Categories) -> Classification:
         first_seen.setdefault(tag, m.start)
         matched.append(m.phrase.source)
 
-    urgency_hits = {m.phrase.tag for m in _resolve([m for m in found if m.phrase.pool == _URGENCY])}
+    urgency_hits = set()
     for m in _resolve([m for m in found if m.phrase.pool == _URGENCY]):
         if m.phrase.tag:
+            urgency_hits.add(m.phrase.tag)
             matched.append(m.phrase.source)
 
     total = sum(scores.values())

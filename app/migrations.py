@@ -33,6 +33,7 @@ def m0001(db):
             "emergency": int,
             "needs_review": int,
             "error": str,
+            "confirmed_at": str,  # when the senior said "yes, that is right" to the readback
             "status": str,  # new -> triaged -> assigned -> in_progress -> done, or cancelled
             "created_at": str,
             "updated_at": str,

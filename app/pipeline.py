@@ -103,6 +103,21 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
     return request
 
 
+def confirm(db, request_id, *, actor="caller"):
+    """Record that the senior heard the readback and said it is right."""
+    request = queue.get(db, request_id)
+    if request["confirmed_at"]:
+        return request
+    return queue.update(db, request_id, {"confirmed_at": queue.now()}, actor=actor,
+                        action="confirmed")
+
+
+def withdraw(db, request_id, *, actor="caller", reason="said it again"):
+    """Cancel a request the senior replaced by saying it again; its recording is kept."""
+    return queue.update(db, request_id, {"status": "cancelled", "error": reason}, actor=actor,
+                        action="withdrawn")
+
+
 @jobs.handler(TRANSCRIBE)
 def transcribe_job(payload):
     """Job: understand one received recording."""
