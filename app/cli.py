@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from . import jobs, pipeline
 from .classify import classify, load_categories
@@ -17,6 +18,7 @@ from .speech.models import models_cli
 
 
 @click.command("transcribe")
+@with_appcontext
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--language", default=None, help="Language code, e.g. en or ko.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
@@ -40,12 +42,21 @@ def transcribe_command(files, language, as_json):
             continue
         decode_s = round(time.perf_counter() - started, 3)
         if as_json:
-            click.echo(json.dumps({
-                "file": name, "text": transcript.text, "language": transcript.language,
-                "confidence": round(transcript.confidence, 3), "engine": transcript.engine,
-                "model": transcript.model, "duration_s": round(transcript.duration_s, 3),
-                "decode_s": decode_s,
-            }, ensure_ascii=False))
+            click.echo(
+                json.dumps(
+                    {
+                        "file": name,
+                        "text": transcript.text,
+                        "language": transcript.language,
+                        "confidence": round(transcript.confidence, 3),
+                        "engine": transcript.engine,
+                        "model": transcript.model,
+                        "duration_s": round(transcript.duration_s, 3),
+                        "decode_s": decode_s,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
             click.echo(f"{name}: {transcript.text}")
     if failed:
@@ -53,6 +64,7 @@ def transcribe_command(files, language, as_json):
 
 
 @click.command("classify")
+@with_appcontext
 @click.argument("text", required=False)
 @click.option("--language", default=None, help="Language of the text, e.g. en.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per request.")
@@ -74,6 +86,7 @@ def classify_command(text, language, as_json):
 
 
 @click.command("intake")
+@with_appcontext
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--phone", help="Caller's phone number, e.g. +15551234567.")
 @click.option("--channel", type=click.Choice(CHANNELS), default="voicemail", show_default=True)
@@ -95,6 +108,7 @@ def intake_command(file, phone, channel, language, as_json):
 
 
 @click.command("serve")
+@with_appcontext
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 def serve_command(host, port):
@@ -129,8 +143,11 @@ def _emit_error(name, exc, as_json):
 
 def init_app(app):
     """Register CareCall's commands on the app's CLI."""
-    for command in (transcribe_command, classify_command, intake_command, serve_command,
-                    models_cli):
+    for command in (
+        transcribe_command,
+        classify_command,
+        intake_command,
+        serve_command,
+        models_cli,
+    ):
         app.cli.add_command(command)
-
-

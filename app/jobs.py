@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import click
 from flask import current_app, has_app_context
+from flask.cli import AppGroup, with_appcontext
 
 from .db import get_db
 
@@ -62,13 +63,14 @@ def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=
     now = time.time()
     if max_attempts is None:
         max_attempts = current_app.config["JOB_MAX_ATTEMPTS"] if has_app_context() else 5
-    cursor = db.execute(
-        "INSERT INTO jobs (kind, payload, key, state, priority, attempts, max_attempts,"
-        " run_after, created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?)"
-        " ON CONFLICT(key) DO NOTHING RETURNING id",
-        [kind, json.dumps(payload), key, priority, max_attempts, now + delay, now, now],
-    )
-    row = cursor.fetchone()
+    # RETURNING keeps the statement open until fetched, so commit explicitly around it.
+    with db.atomic():
+        row = db.execute(
+            "INSERT INTO jobs (kind, payload, key, state, priority, attempts, max_attempts,"
+            " run_after, created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?)"
+            " ON CONFLICT(key) DO NOTHING RETURNING id",
+            [kind, json.dumps(payload), key, priority, max_attempts, now + delay, now, now],
+        ).fetchone()
     if row is None:
         return db.execute("SELECT id FROM jobs WHERE key = ?", [key]).fetchone()[0]
     wake()
@@ -80,19 +82,20 @@ def claim(db, worker, lease_seconds, now=None):
     now = time.time() if now is None else now
     # One UPDATE ... RETURNING is atomic across threads and processes sharing the file.
     # A running job whose lease has expired belongs to a worker that died: take it over.
-    cursor = db.execute(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?,"
-        " worker = ?, updated_at = ? WHERE id = ("
-        "  SELECT id FROM jobs WHERE (state = 'queued' AND run_after <= ?)"
-        "  OR (state = 'running' AND lease_until < ?)"
-        "  ORDER BY priority DESC, run_after, id LIMIT 1"
-        ") RETURNING *",
-        [now + lease_seconds, worker, now, now, now],
-    )
-    row = cursor.fetchone()
+    with db.atomic():
+        cursor = db.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?,"
+            " worker = ?, updated_at = ? WHERE id = ("
+            "  SELECT id FROM jobs WHERE (state = 'queued' AND run_after <= ?)"
+            "  OR (state = 'running' AND lease_until < ?)"
+            "  ORDER BY priority DESC, run_after, id LIMIT 1"
+            ") RETURNING *",
+            [now + lease_seconds, worker, now, now, now],
+        )
+        row = cursor.fetchone()
+        columns = [c[0] for c in cursor.description]
     if row is None:
         return None
-    columns = [c[0] for c in cursor.description]
     job = Job.from_row(dict(zip(columns, row, strict=True)))
     if job.attempts > job.max_attempts:
         # It was leased max_attempts times and never finished: the worker keeps dying on it.
@@ -225,6 +228,7 @@ def start_worker(app):
 
 
 @click.command("worker")
+@with_appcontext
 @click.option("--burst", is_flag=True, help="Run waiting jobs, then exit.")
 def worker_command(burst):
     """Run jobs from the queue in this process (start several for more throughput).
@@ -244,7 +248,7 @@ def worker_command(burst):
         worker.stop()
 
 
-@click.group("jobs")
+@click.group("jobs", cls=AppGroup)
 def jobs_group():
     """Look at and retry background jobs.
 
@@ -290,4 +294,3 @@ def init_app(app):
     app.extensions["carecall.jobs.wake"] = threading.Event()
     app.cli.add_command(worker_command)
     app.cli.add_command(jobs_group)
-

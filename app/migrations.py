@@ -82,3 +82,87 @@ def m0001(db):
     )
     db["jobs"].create_index(["key"], unique=True)
     db["jobs"].create_index(["state", "priority", "run_after"])
+
+
+@migrations(name="0003_console")
+def m0003_console(db):
+    """Add accounts, tokens, lock-out, notes, call-backs, corrections, merging and FTS."""
+    db["users"].create(
+        {
+            "id": int,
+            "name": str,
+            "role": str,  # admin, coordinator, viewer
+            "password_hash": str,  # argon2id
+            "active": int,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"name", "role", "password_hash", "active", "created_at"},
+        defaults={"active": 1},
+    )
+    db["users"].create_index(["name"], unique=True)
+    db["api_tokens"].create(
+        {
+            "id": int,
+            "name": str,
+            "role": str,
+            "token_hash": str,  # sha256 of a 256-bit random token: unguessable, so no KDF
+            "created_at": str,
+            "last_used_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"name", "role", "token_hash", "created_at"},
+    )
+    db["api_tokens"].create_index(["token_hash"], unique=True)
+    db["login_attempts"].create(
+        {"name": str, "failures": int, "locked_until": float, "last_failure_at": float},
+        pk="name",
+        not_null={"failures"},
+        defaults={"failures": 0, "locked_until": 0.0},
+    )
+    for table, columns in {
+        "notes": {"body": str},
+        "callbacks": {"outcome": str, "note": str},
+    }.items():
+        db[table].create(
+            {"id": int, "request_id": int, "actor": str, **columns, "created_at": str},
+            pk="id",
+            foreign_keys=[("request_id", "requests", "id")],
+            not_null={"request_id", "actor", "created_at"},
+        )
+        db[table].create_index(["request_id", "id"])
+    db["corrections"].create(
+        {
+            "id": int,
+            "request_id": int,
+            "field": str,  # category, urgency, transcript
+            "before": str,
+            "after": str,
+            "transcript": str,  # the words the correction is about, for phrase-list work
+            "language": str,
+            "actor": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("request_id", "requests", "id")],
+        not_null={"request_id", "field", "actor", "created_at"},
+    )
+    db["requests"].add_column("merged_into", int)
+    db["requests"].add_column("called_again", int, not_null_default=0)
+    db["requests"].enable_fts(["transcript"], create_triggers=True, tokenize="porter")
+    # Newest activity first, overall and within each filter the console offers.
+    db["requests"].create_index(["updated_at"])
+    for column in ("category", "urgency", "region", "channel", "language", "status"):
+        db["requests"].create_index([column, "updated_at"])
+    db["requests"].create_index(["created_at"])
+    db["requests"].create_index(["merged_into"])
+    # Partial indexes: open work and pinned critical requests stay fast however large done grows.
+    db.execute(
+        "CREATE INDEX idx_requests_open_updated ON requests(updated_at)"
+        " WHERE status NOT IN ('done', 'cancelled')"
+    )
+    db.execute(
+        "CREATE INDEX idx_requests_critical_open ON requests(updated_at)"
+        " WHERE urgency = 'critical' AND status NOT IN ('done', 'cancelled')"
+    )

@@ -25,8 +25,18 @@ from .speech import AudioError, SpeechService, load_audio
 TRANSCRIBE = "transcribe"
 
 
-def receive(db, audio, *, channel, phone=None, language=None, region=None, source_key=None,
-            suffix=".wav", actor="system"):
+def receive(
+    db,
+    audio,
+    *,
+    channel,
+    phone=None,
+    language=None,
+    region=None,
+    source_key=None,
+    suffix=".wav",
+    actor="system",
+):
     """Keep a recording safe on disk and in the queue, and ask for its transcription."""
     config = current_app.config
     if source_key is not None and (existing := queue.find_by_source(db, source_key)):
@@ -44,8 +54,13 @@ def receive(db, audio, *, channel, phone=None, language=None, region=None, sourc
             **{field: relative},
         )
         if created:
-            jobs.enqueue(db, TRANSCRIBE, {"request_id": request["id"]},
-                         key=f"{TRANSCRIBE}:{request['id']}", priority=10)
+            jobs.enqueue(
+                db,
+                TRANSCRIBE,
+                {"request_id": request["id"]},
+                key=f"{TRANSCRIBE}:{request['id']}",
+                priority=10,
+            )
     if not created:
         Path(config["DATA_DIR"], relative).unlink(missing_ok=True)
     return request
@@ -58,15 +73,23 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
         return request  # a retried job whose work was already saved
     path = request["audio_path"] or request["video_path"]
     try:
-        audio = load_audio(recordings.path_of(current_app.config["DATA_DIR"], path),
-                           max_seconds=max_seconds)
+        audio = load_audio(
+            recordings.path_of(current_app.config["DATA_DIR"], path), max_seconds=max_seconds
+        )
     except AudioError as exc:
         # Nobody could hear this message, so a person must call back today.
         return queue.update(
-            db, request_id,
-            {"stage": "failed", "error": str(exc), "category": "other", "urgency": "high",
-             "needs_review": 1},
-            actor="system", action="unreadable",
+            db,
+            request_id,
+            {
+                "stage": "failed",
+                "error": str(exc),
+                "category": "other",
+                "urgency": "high",
+                "needs_review": 1,
+            },
+            actor="system",
+            action="unreadable",
         )
     transcript = speech.transcribe(audio, language=request["language"])
     try:
@@ -77,12 +100,15 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
         "stage": "transcribed",
         "transcript": transcript.text,
         "transcript_confidence": transcript.confidence,
-        "transcript_words": [w.__dict__ for w in transcript.words],
+        "transcript_words": [w.to_dict() for w in transcript.words],
         "engine": transcript.engine,
         "model": transcript.model,
         "duration_s": transcript.duration_s,
-        "needs_review": int(transcript.confidence < review_confidence or result is None
-                            or not transcript.text.strip()),
+        "needs_review": int(
+            transcript.confidence < review_confidence
+            or result is None
+            or not transcript.text.strip()
+        ),
     }
     if result is not None:
         changes |= {
@@ -98,8 +124,13 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
     with db.atomic():
         request = queue.update(db, request_id, changes, actor="system", action="understood")
         if request["emergency"]:
-            queue.record_event(db, request_id, "system", "alert",
-                               {"reason": "emergency", "matched": request["matched"]})
+            queue.record_event(
+                db,
+                request_id,
+                "system",
+                "alert",
+                {"reason": "emergency", "matched": request["matched"]},
+            )
     return request
 
 
@@ -108,14 +139,16 @@ def confirm(db, request_id, *, actor="caller"):
     request = queue.get(db, request_id)
     if request["confirmed_at"]:
         return request
-    return queue.update(db, request_id, {"confirmed_at": queue.now()}, actor=actor,
-                        action="confirmed")
+    return queue.update(
+        db, request_id, {"confirmed_at": queue.now()}, actor=actor, action="confirmed"
+    )
 
 
 def withdraw(db, request_id, *, actor="caller", reason="said it again"):
     """Cancel a request the senior replaced by saying it again; its recording is kept."""
-    return queue.update(db, request_id, {"status": "cancelled", "error": reason}, actor=actor,
-                        action="withdrawn")
+    return queue.update(
+        db, request_id, {"status": "cancelled", "error": reason}, actor=actor, action="withdrawn"
+    )
 
 
 @jobs.handler(TRANSCRIBE)
@@ -123,7 +156,10 @@ def transcribe_job(payload):
     """Job: understand one received recording."""
     app = current_app
     understand(
-        get_db(), payload["request_id"], speech_service(app), categories_for,
+        get_db(),
+        payload["request_id"],
+        speech_service(app),
+        categories_for,
         max_seconds=app.config["MAX_AUDIO_SECONDS"],
         review_confidence=app.config["REVIEW_CONFIDENCE"],
     )

@@ -36,18 +36,17 @@ def create(db, *, channel, phone=None, language="en", region=None, source_key=No
     if source_key is not None and (existing := find_by_source(db, source_key)):
         return existing, False
     stamp = now()
-    row = dict(
-        channel=channel,
-        phone=phone,
-        language=language,
-        region=region,
-        source_key=source_key,
-        stage="received",
-        status="new",
-        created_at=stamp,
-        updated_at=stamp,
-        **fields,
-    )
+    row = {
+        "channel": channel,
+        "phone": phone,
+        "language": language,
+        "region": region,
+        "source_key": source_key,
+        "stage": "received",
+        "status": "new",
+        "created_at": stamp,
+        "updated_at": stamp,
+    } | fields
     try:
         with db.atomic():
             request_id = db["requests"].insert(row).last_pk

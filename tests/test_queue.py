@@ -16,8 +16,13 @@ def test_create_is_idempotent_on_source_key(db):
 
 def test_update_audits_before_and_after(db):
     request, _ = queue.create(db, channel="manual")
-    queue.update(db, request["id"], {"status": "triaged", "urgency": "high"},
-                 actor="user:ann", action="triage")
+    queue.update(
+        db,
+        request["id"],
+        {"status": "triaged", "urgency": "high"},
+        actor="user:ann",
+        action="triage",
+    )
     last = queue.events(db, request["id"])[-1]
     assert last["actor"] == "user:ann"
     assert last["detail"] == {"status": ["new", "triaged"], "urgency": [None, "high"]}
@@ -46,8 +51,13 @@ def test_unknown_channel_and_request_are_named_errors(db):
 
 def test_waiting_puts_critical_first_then_oldest(db):
     ids = {}
-    for name, urgency in [("a", "normal"), ("b", "low"), ("c", "critical"), ("d", "high"),
-                          ("e", "normal")]:
+    for name, urgency in [
+        ("a", "normal"),
+        ("b", "low"),
+        ("c", "critical"),
+        ("d", "high"),
+        ("e", "normal"),
+    ]:
         request, _ = queue.create(db, channel="manual", urgency=urgency)
         ids[request["id"]] = name
     done, _ = queue.create(db, channel="manual", urgency="critical", status="done")

@@ -1,0 +1,84 @@
+"""The command-line contract other tools rely on, and help text for every command."""
+
+import json
+
+import click
+import pytest
+
+from tests.speechgen import telephone
+
+
+def all_commands(group, prefix=()):
+    """Yield (path, command) for every command under a click group."""
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        if isinstance(command, click.Group):
+            yield from all_commands(command, path)
+        yield path, command
+
+
+def test_every_command_has_help_with_an_example(app):
+    missing = [
+        " ".join(path)
+        for path, command in all_commands(app.cli)
+        if "Example:" not in (command.help or "")
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("text", "category", "emergency"),
+    [
+        ("Could someone take me to the hospital for my appointment on Friday", "medical", False),
+        ("I smell gas in the kitchen", "emergency", True),
+    ],
+)
+def test_classify_json_argument(runner, text, category, emergency):
+    result = runner.invoke(args=["classify", text, "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    assert set(row) >= {"text", "category", "score", "alternatives", "urgency", "emergency"}
+    assert (row["text"], row["category"], row["emergency"]) == (text, category, emergency)
+
+
+def test_classify_json_reads_lines_from_stdin(runner):
+    lines = "My telly remote is broken and I cannot work it\nThe bins need taking out\n"
+    result = runner.invoke(args=["classify", "--json"], input=lines)
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["category"] for r in rows] == ["tech_help", "housekeeping"]
+
+
+@pytest.mark.slow
+def test_transcribe_json_contract(runner, tmp_path):
+    wav = telephone("Please send someone to mow my lawn next week.")
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not audio at all")
+    result = runner.invoke(args=["transcribe", str(wav), str(bad), "--json"])
+    assert result.exit_code == 1
+    good, failed = (json.loads(line) for line in result.output.splitlines())
+    assert set(good) == {
+        "file",
+        "text",
+        "language",
+        "confidence",
+        "engine",
+        "model",
+        "duration_s",
+        "decode_s",
+    }
+    assert "lawn" in good["text"].lower()
+    assert (good["engine"], good["model"], good["language"]) == ("whisper", "whisper-tiny-en", "en")
+    assert failed["file"] == str(bad) and failed["error"] == "NotAudio"
+
+
+@pytest.mark.slow
+def test_intake_json_prints_the_queued_request(runner):
+    wav = telephone("I need a lift to the post office on Monday morning please.")
+    result = runner.invoke(
+        args=["intake", str(wav), "--phone", "+15551234567", "--channel", "voicemail", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    request = json.loads(result.output)
+    assert request["phone"] == "+15551234567" and request["channel"] == "voicemail"
+    assert request["stage"] == "transcribed" and request["status"] == "new"
+    assert request["category"] in {"transport", "groceries"}
