@@ -6,6 +6,7 @@ lives in ivr_flows/categories.toml, one table per language, so a new language is
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -14,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 CATEGORY_KEYS = (
     "groceries",
@@ -40,6 +42,8 @@ MAX_EXPANSIONS = 256
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")
+# Guards only reach across words of the same sentence; Whisper punctuates sentences.
+_SENTENCE_RE = re.compile(r"[.!?;\u3002\uff01\uff1f]+")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 
 # Pools of phrases matched independently of each other.
@@ -82,6 +86,7 @@ class _Phrase:
     pool: str
     tag: str  # category key, urgency level, or guard kind
     weight: float
+    max_gap: int = 2  # other words allowed between two phrase words
     needs: str = ""  # context group that must also be present (emergency combos)
     otherwise: str = ""  # category to count towards when `needs` is absent
 
@@ -113,12 +118,12 @@ class Categories:
     rewrites: Mapping[str, str]
     phrases: tuple[_Phrase, ...]
     index: Mapping[str, tuple[int, ...]]
-    vocab_by_length: Mapping[int, tuple[str, ...]]
+    vocab_by_shape: Mapping[tuple[str, int], tuple[str, ...]]
     vocab: frozenset[str]
     no_fuzzy: frozenset[str]
     max_gap: int
     fuzzy_min_length: int
-    fuzzy_cutoff: float
+    fuzzy_two_edits_length: int
     negation_window: int
     guard_window: int
     other_threshold: float
@@ -131,6 +136,22 @@ class Categories:
 
     def normalise(self, text: str) -> list[str]:
         """Split text into normalised tokens: lowercase, contractions expanded, fillers gone."""
+        return self.sentences(text)[0]
+
+    def sentences(self, text: str) -> tuple[list[str], list[int]]:
+        """Return normalised tokens and, for each, the number of the sentence it is in."""
+        tokens: list[str] = []
+        sentence_of: list[int] = []
+        for number, sentence in enumerate(_SENTENCE_RE.split(text)):
+            words = self._normalise_sentence(sentence)
+            tokens.extend(words)
+            sentence_of.extend([number] * len(words))
+            if len(tokens) >= MAX_TOKENS:
+                break
+        return tokens[:MAX_TOKENS], sentence_of[:MAX_TOKENS]
+
+    def _normalise_sentence(self, text: str) -> list[str]:
+        """Normalise one sentence's words."""
         out: list[str] = []
         for raw in _TOKEN_RE.findall(text.translate(_APOSTROPHES).lower()):
             if raw in self.contractions:
@@ -147,7 +168,7 @@ class Categories:
         if self.rewrite_re is not None and out:
             joined = self.rewrite_re.sub(lambda m: self.rewrites[m.group(0)], " ".join(out))
             out = joined.split()
-        return out[:MAX_TOKENS]
+        return out
 
     def _token_matches(self, token: str) -> frozenset[str]:
         """Return the vocabulary words a text token stands for, exact or close misspelling."""
@@ -158,11 +179,14 @@ class Categories:
         cached = self._fuzzy_cache.get(token)
         if cached is not None:
             return cached
-        candidates = self.vocab_by_length.get(len(token), ())
+        # Recognisers keep the first sound and slip on one letter; a looser match turns
+        # "sitting" into "fitting" and "sweating" into "eating".
+        edits = 2 if len(token) >= self.fuzzy_two_edits_length else 1
+        candidates = self.vocab_by_shape.get((token[0], len(token)), ())
         found = frozenset(
             word
-            for word, _score, _i in process.extract(
-                token, candidates, scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff, limit=None
+            for word, _distance, _i in process.extract(
+                token, candidates, scorer=Levenshtein.distance, score_cutoff=edits, limit=None
             )
         )
         if len(self._fuzzy_cache) < 50_000:
@@ -177,12 +201,13 @@ def load_categories(language: str = "en", path: Path | None = None) -> Categorie
     if language not in data or not isinstance(data[language], dict):
         known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
         raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
-    return _build(language, data[language], data.get("tuning", {}))
+    return _build(language, data[language])
 
 
-def _build(language: str, lang: dict, tuning: dict) -> Categories:
+def _build(language: str, lang: dict) -> Categories:
     """Compile one language table into a Categories object."""
     text = lang.get("text", {})
+    tuning = lang.get("tuning", {})
     contractions = {
         k.translate(_APOSTROPHES).lower(): tuple(v.split())
         for k, v in text.get("contractions", {}).items()
@@ -205,44 +230,63 @@ def _build(language: str, lang: dict, tuning: dict) -> Categories:
         rewrites=rewrites,
         phrases=(),
         index={},
-        vocab_by_length={},
+        vocab_by_shape={},
         vocab=frozenset(),
         no_fuzzy=frozenset(),
         max_gap=int(tuning.get("max_gap", 2)),
-        fuzzy_min_length=int(tuning.get("fuzzy_min_length", 5)),
-        fuzzy_cutoff=float(tuning.get("fuzzy_cutoff", 85)),
-        negation_window=int(tuning.get("negation_window", 3)),
-        guard_window=int(tuning.get("guard_window", 4)),
+        fuzzy_min_length=int(tuning.get("fuzzy_min_length", 7)),
+        fuzzy_two_edits_length=int(tuning.get("fuzzy_two_edits_length", 10)),
+        negation_window=int(tuning.get("negation_window", 2)),
+        guard_window=int(tuning.get("guard_window", 7)),
         other_threshold=float(tuning.get("other_threshold", 0.5)),
         emergency_score=float(tuning.get("emergency_score", 0.9)),
     )
-    weights = tuning.get("list_weights", {"strong": 2.0, "phrases": 1.0, "weak": 0.5})
+    weights = tuning.get(
+        "list_weights", {"decisive": 3.0, "strong": 2.0, "phrases": 1.0, "weak": 0.5}
+    )
     length_bonus = float(tuning.get("length_bonus", 0.25))
 
-    def compile_list(items: Iterable[str], pool: str, tag: str, weight: float, **extra) -> None:
+    def compile_list(
+        items: Iterable[str],
+        pool: str,
+        tag: str,
+        weight: float,
+        max_gap: int = base.max_gap,
+        needs: str = "",
+        otherwise: str = "",
+    ) -> None:
         for source in items:
             for variant in _expand(source):
                 tokens = tuple(base.normalise(variant))
+                trimmed = tuple(t for t in tokens if t not in optional)
+                if len(trimmed) >= 2:
+                    tokens = trimmed
                 if tokens:
                     w = weight * (1 + length_bonus * (len(tokens) - 1))
-                    phrases.append(_Phrase(tokens, source, pool, tag, w, **extra))
+                    phrases.append(
+                        _Phrase(tokens, variant, pool, tag, w, max_gap, needs, otherwise)
+                    )
 
+    optional = frozenset(text.get("optional", ()))
     phrases: list[_Phrase] = []
     labels: dict[str, str] = {}
     cats = lang.get("categories", {})
     for key in cats:
         if key not in CATEGORY_KEYS:
             raise CategoryDataError(f"{language}: unknown category {key!r}")
+    emergency = lang.get("emergency", {})
+    # Emergency phrases are matched more tightly: "broken ... in" is not "broken in".
+    emergency_gap = int(emergency.get("max_gap", base.max_gap))
     for key in CATEGORY_KEYS:
         entry = cats.get(key)
         if not entry or not entry.get("label"):
             raise CategoryDataError(f"{language}: category {key!r} needs a label")
         labels[key] = entry["label"]
+        gap = emergency_gap if key == "emergency" else base.max_gap
         for list_name, weight in weights.items():
-            compile_list(entry.get(list_name, ()), _CATEGORY, key, float(weight))
+            compile_list(entry.get(list_name, ()), _CATEGORY, key, float(weight), max_gap=gap)
     compile_list(lang.get("neutral", {}).get("phrases", ()), _CATEGORY, "", 0.0)
 
-    emergency = lang.get("emergency", {})
     for i, combo in enumerate(emergency.get("combos", ())):
         group = f"combo{i}"
         otherwise = combo.get("otherwise", "")
@@ -270,22 +314,21 @@ def _build(language: str, lang: dict, tuning: dict) -> Categories:
     for i, phrase in enumerate(phrases):
         index.setdefault(phrase.tokens[0], []).append(i)
         vocab.update(phrase.tokens)
-    by_length: dict[int, list[str]] = {}
+    by_shape: dict[tuple[str, int], list[str]] = {}
     for word in sorted(vocab):
         if len(word) >= base.fuzzy_min_length:
             for n in range(len(word) - 2, len(word) + 3):
-                by_length.setdefault(n, []).append(word)
+                by_shape.setdefault((word[0], n), []).append(word)
 
-    return Categories(
-        **{
-            **{f: getattr(base, f) for f in base.__dataclass_fields__ if f != "_fuzzy_cache"},
-            "labels": labels,
-            "phrases": tuple(phrases),
-            "index": {k: tuple(v) for k, v in index.items()},
-            "vocab": frozenset(vocab),
-            "vocab_by_length": {k: tuple(v) for k, v in by_length.items()},
-            "no_fuzzy": frozenset(text.get("no_fuzzy", ())),
-        }
+    return dataclasses.replace(
+        base,
+        labels=labels,
+        phrases=tuple(phrases),
+        index={k: tuple(v) for k, v in index.items()},
+        vocab=frozenset(vocab),
+        vocab_by_shape={k: tuple(v) for k, v in by_shape.items()},
+        no_fuzzy=frozenset(text.get("no_fuzzy", ())),
+        _fuzzy_cache={},
     )
 
 
@@ -299,12 +342,12 @@ def _expand(source: str) -> list[str]:
 def _find_matches(tokens: list[str], categories: Categories) -> list[_Match]:
     """Find every phrase occurrence, allowing a few filler words between phrase words."""
     matches_at = [categories._token_matches(t) for t in tokens]
-    gap = categories.max_gap
     found: list[_Match] = []
     for i, words in enumerate(matches_at):
         for word in words:
             for pid in categories.index.get(word, ()):
                 phrase = categories.phrases[pid]
+                gap = phrase.max_gap
                 positions = [i]
                 for want in phrase.tokens[1:]:
                     last = positions[-1]
@@ -332,14 +375,19 @@ def _resolve(matches: list[_Match]) -> list[_Match]:
     return kept
 
 
-def _near(m: _Match, others: list[_Match], window: int) -> bool:
-    """Tell whether any of `others` sits within `window` tokens either side of `m`."""
-    return any(o.start <= m.end + window and o.end >= m.start - window for o in others)
+def _near(m: _Match, others: list[_Match], window: int, sentence_of: list[int]) -> bool:
+    """Tell whether any of `others` sits in `m`'s sentence within `window` tokens of it."""
+    return any(
+        o.start <= m.end + window
+        and o.end >= m.start - window
+        and sentence_of[o.start] == sentence_of[m.start]
+        for o in others
+    )
 
 
 def _negated(m: _Match, negations: list[_Match], window: int) -> bool:
-    """Tell whether a negation ends in the few tokens just before `m` starts."""
-    return any(m.start - window <= o.end < m.start for o in negations)
+    """Tell whether a negation sits just before `m` or in a gap between its words."""
+    return any(m.start - window <= o.end <= m.end and o.start not in m.positions for o in negations)
 
 
 def _confidence(value: float, total: float) -> float:
@@ -351,7 +399,7 @@ def _confidence(value: float, total: float) -> float:
 
 def classify(text: str, categories: Categories) -> Classification:
     """Classify a request's text into a category and urgency."""
-    tokens = categories.normalise(text) if isinstance(text, str) else []
+    tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
     found = _find_matches(tokens, categories)
     guards = [m for m in found if m.phrase.pool == _GUARD]
     present = {m.phrase.tag for m in guards}
@@ -370,7 +418,7 @@ def classify(text: str, categories: Categories) -> Classification:
             if m.phrase.needs and m.phrase.needs not in present:
                 tag = m.phrase.otherwise
             elif _negated(m, negations, categories.negation_window) or _near(
-                m, harmless, categories.guard_window
+                m, harmless, categories.guard_window, sentence_of
             ):
                 continue
             else:

@@ -66,34 +66,39 @@ def load_audio(
             raise EmptyAudio("The audio is empty (0 bytes).")
         source = io.BytesIO(bytes(source))
     head = _peek(source)
+    if head == b"":
+        raise EmptyAudio("The audio is empty (0 bytes).")
+    head = head or b""
     try:
         container = av.open(source, mode="r", options=_OPEN_OPTIONS, metadata_errors="ignore")
     except FileNotFoundError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
         if head.startswith(_AUDIO_MAGIC):
-            raise CorruptAudio(f"The audio file is damaged and cannot be opened: {_reason(e)}.") from e
+            raise CorruptAudio(
+                f"The audio file is damaged and cannot be opened: {_reason(e)}."
+            ) from e
         raise NotAudio(f"This is not an audio file we can decode: {_reason(e)}.") from e
     with container:
         samples = _decode(container, head, max_seconds, sample_rate)
     return audio_from_samples(samples, sample_rate)
 
 
-def _peek(source) -> bytes:
-    """Return the first bytes of a path or seekable file without consuming them."""
+def _peek(source) -> bytes | None:
+    """Return the first bytes of a path or seekable file without consuming them, or None."""
     if isinstance(source, str | os.PathLike):
         try:
             with open(source, "rb") as f:
                 return f.read(16)
         except OSError:
-            return b""
+            return None
     try:
         pos = source.tell()
         head = source.read(16)
         source.seek(pos)
         return head
     except (OSError, AttributeError, ValueError):
-        return b""
+        return None
 
 
 def _decode(container, head: bytes, max_seconds: float, sample_rate: int) -> np.ndarray:
@@ -130,7 +135,9 @@ def _decode(container, head: bytes, max_seconds: float, sample_rate: int) -> np.
         raise AudioTooLong(_too_long(len(samples) / sample_rate, max_seconds))
     if failure is not None and len(samples) < MIN_SECONDS * sample_rate:
         if head.startswith(_AUDIO_MAGIC) or samples.size:
-            raise CorruptAudio(f"The audio is damaged; decoding failed: {_reason(failure)}.") from failure
+            raise CorruptAudio(
+                f"The audio is damaged; decoding failed: {_reason(failure)}."
+            ) from failure
         raise NotAudio(f"This is not an audio file we can decode: {_reason(failure)}.") from failure
     return samples
 
@@ -166,4 +173,3 @@ def _check_content(audio: Audio) -> None:
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     if peak < SILENT_PEAK or rms < SILENT_RMS:
         raise SilentAudio(f"The audio is silent (peak {peak:.4f}, rms {rms:.5f}).")
-

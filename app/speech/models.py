@@ -395,7 +395,9 @@ def _unzip(archive: Path, staging: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             members = [i for i in zf.infolist() if not i.is_dir()]
             tops = {PurePosixPath(i.filename).parts[0] for i in members}
-            strip = len(tops) == 1 and all(len(PurePosixPath(i.filename).parts) > 1 for i in members)
+            strip = len(tops) == 1 and all(
+                len(PurePosixPath(i.filename).parts) > 1 for i in members
+            )
             for info in members:
                 parts = PurePosixPath(info.filename).parts[1 if strip else 0 :]
                 destination = _inside(staging, str(PurePosixPath(*parts)))

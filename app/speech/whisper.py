@@ -73,9 +73,9 @@ class WhisperEngine:
         words = tuple(
             Word(
                 text=w.word.strip(),
-                start=round(w.start, 3),
-                end=round(w.end, 3),
-                confidence=round(w.probability, 4),
+                start=round(float(w.start), 3),
+                end=round(float(w.end), 3),
+                confidence=round(float(w.probability), 4),
             )
             for s in segments
             for w in s.words or ()
@@ -98,5 +98,5 @@ def _confidence(words: tuple[Word, ...], avg_logprobs: list[float]) -> float:
     if words:
         return round(sum(w.confidence for w in words) / len(words), 4)
     if avg_logprobs:
-        return round(math.exp(sum(avg_logprobs) / len(avg_logprobs)), 4)
+        return round(math.exp(float(sum(avg_logprobs)) / len(avg_logprobs)), 4)
     return 0.0

@@ -1,0 +1,183 @@
+"""Render speech to WAV files with pyttsx3 (espeak-ng) for tests and the benchmark.
+
+Rendered files are cached under tests/artifacts/speech/, keyed by a hash of the arguments,
+so reruns cost nothing. Telephone audio is made the way a phone line makes it: band-limited
+to 300-3400 Hz and stored as 8 kHz mu-law.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "speech"
+# espeak-ng voice ids as pyttsx3 reports them; short names are what tests write.
+VOICES = {"en-us": "gmw/en-us", "ko": "ko", "cmn": "sit/cmn"}
+CODECS = ("pcm_s16le", "pcm_mulaw")
+# pyttsx3 keeps one global engine; rendering from two threads at once would mix files.
+_lock = threading.Lock()
+
+
+class RenderError(Exception):
+    """Text could not be rendered to speech."""
+
+
+def render(
+    text: str,
+    path: str | os.PathLike | None = None,
+    *,
+    voice: str = "en-us",
+    rate: int = 140,
+    sample_rate: int = 16000,
+    codec: str = "pcm_s16le",
+) -> Path:
+    """Render text as speech to a mono WAV at sample_rate and return its path."""
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}")
+    key = json.dumps([text, voice, rate, sample_rate, codec], ensure_ascii=False)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cached = ARTIFACTS / f"{digest}.wav"
+    if not cached.exists():
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ARTIFACTS) as tmp:
+            raw = Path(tmp) / "raw.wav"
+            _speak(text, raw, voice=voice, rate=rate)
+            out = Path(tmp) / "out.wav"
+            _convert(raw, out, sample_rate=sample_rate, codec=codec)
+            out.replace(cached)
+    if path is None:
+        return cached
+    shutil.copyfile(cached, path)
+    return Path(path)
+
+
+def telephone(text: str, path: str | os.PathLike | None = None, **kwargs) -> Path:
+    """Render text as 8 kHz mu-law telephone-band speech."""
+    return render(text, path, sample_rate=8000, codec="pcm_mulaw", **kwargs)
+
+
+def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
+    """Synthesise text to a 22 kHz WAV with pyttsx3, or the espeak-ng CLI if that fails."""
+    with _lock:
+        try:
+            import pyttsx3
+
+            engine = pyttsx3.init("espeak")
+            engine.setProperty("voice", VOICES.get(voice, voice))
+            engine.setProperty("rate", rate)
+            # The espeak driver keeps only the last file per runAndWait, so one at a time;
+            # it also prints "Audio saved to ..." on stdout, which we swallow.
+            with contextlib.redirect_stdout(io.StringIO()):
+                engine.save_to_file(text, str(path))
+                engine.runAndWait()
+        except (ImportError, RuntimeError, OSError):
+            pass
+    if not path.exists() or path.stat().st_size <= 44:
+        _espeak_cli(text, path, voice=voice, rate=rate)
+
+
+def _espeak_cli(text: str, path: Path, *, voice: str, rate: int) -> None:
+    """Synthesise text with the espeak-ng command line."""
+    command = ["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text]
+    done = subprocess.run(command, capture_output=True, check=False)
+    if done.returncode != 0 or not path.exists():
+        raise RenderError(f"espeak-ng failed: {done.stderr.decode(errors='replace')}")
+
+
+def _convert(src: Path, dst: Path, *, sample_rate: int, codec: str) -> None:
+    """Resample to sample_rate and encode as codec, band-limiting telephone audio."""
+    if sample_rate <= 8000 and shutil.which("sox"):
+        encoding = ["-e", "u-law"] if codec == "pcm_mulaw" else ["-e", "signed", "-b", "16"]
+        command = ["sox", str(src), "-r", str(sample_rate), *encoding, str(dst), "sinc", "300-3400"]
+        subprocess.run(command, check=True, capture_output=True)
+        return
+    samples = _read_mono(src, sample_rate)
+    write_wav(samples, dst, sample_rate=sample_rate, codec=codec)
+
+
+def _read_mono(path: Path, sample_rate: int) -> np.ndarray:
+    """Decode a file to mono float32 at sample_rate with PyAV."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+    chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    return np.concatenate(chunks)
+
+
+def write_wav(
+    samples: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    sample_rate: int = 16000,
+    codec: str = "pcm_s16le",
+) -> Path:
+    """Write mono float samples to a WAV with the given PCM codec."""
+    return encode(samples, path, sample_rate=sample_rate, codec=codec, container="wav")
+
+
+def encode(
+    samples: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    sample_rate: int,
+    codec: str,
+    container: str,
+    video: bool = False,
+) -> Path:
+    """Encode mono float samples with PyAV, optionally beside a tiny video track."""
+    with av.open(str(path), mode="w", format=container) as out:
+        if video:
+            picture = out.add_stream("libvpx" if container == "webm" else "mpeg4", rate=5)
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        stream = out.add_stream(codec, rate=sample_rate)
+        stream.layout = "mono"
+        encoder_format = stream.codec_context.codec.audio_formats[0].name
+        resampler = av.AudioResampler(format=encoder_format, layout="mono", rate=sample_rate)
+        frame_size = stream.codec_context.frame_size or 1024
+        data = np.asarray(samples, dtype=np.float32).reshape(-1)
+        for start in range(0, len(data), frame_size):
+            chunk = data[start : start + frame_size].reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            for converted in resampler.resample(frame):
+                out.mux(stream.encode(converted))
+        out.mux(stream.encode(None))
+        if video:
+            for i in range(int(len(data) / sample_rate * 5) + 1):
+                image = av.VideoFrame.from_ndarray(
+                    np.full((48, 64, 3), 40, dtype=np.uint8), format="rgb24"
+                )
+                image.pts = i
+                out.mux(picture.encode(image))
+            out.mux(picture.encode(None))
+    return Path(path)
+
+
+def has_encoder(name: str) -> bool:
+    """Return whether the PyAV build can encode with the named codec."""
+    try:
+        av.codec.Codec(name, "w")
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def require_encoder(name: str) -> None:
+    """Skip the calling test, naming the codec, when PyAV cannot encode with it."""
+    import pytest
+
+    if not has_encoder(name):
+        pytest.skip(f"this PyAV build has no {name} encoder")
