@@ -5,7 +5,7 @@ import json
 import click
 import pytest
 
-from tests.speechgen import telephone
+from tests.speechgen import render, telephone
 
 
 def all_commands(group, prefix=()):
@@ -50,7 +50,7 @@ def test_classify_json_reads_lines_from_stdin(runner):
 
 @pytest.mark.slow
 def test_transcribe_json_contract(runner, tmp_path):
-    wav = telephone("Please send someone to mow my lawn next week.")
+    wav = render("Please send someone to help me with my computer.")
     bad = tmp_path / "notes.txt"
     bad.write_text("not audio at all")
     result = runner.invoke(args=["transcribe", str(wav), str(bad), "--json"])
@@ -66,7 +66,7 @@ def test_transcribe_json_contract(runner, tmp_path):
         "duration_s",
         "decode_s",
     }
-    assert "lawn" in good["text"].lower()
+    assert "computer" in good["text"].lower()
     assert (good["engine"], good["model"], good["language"]) == ("whisper", "whisper-tiny-en", "en")
     assert failed["file"] == str(bad) and failed["error"] == "NotAudio"
 
