@@ -1,5 +1,6 @@
 """The SQLite database: one handle per request, schema through named migrations."""
 
+import queue
 import sqlite3
 from pathlib import Path
 
@@ -11,10 +12,15 @@ from sqlite_utils import Database
 from .migrations import migrations
 
 
+# Idle connections kept per app: opening one costs more than most requests' work.
+POOL_SIZE = 16
+
+
 def connect(path):
     """Open a sqlite-utils Database with CareCall's connection settings."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30)
+    # Pooled connections move between request threads, one user at a time.
+    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -23,17 +29,31 @@ def connect(path):
 
 
 def get_db():
-    """Return this request's database handle, opening it on first use."""
+    """Return this request's database handle, reusing an idle one when there is one."""
     if "db" not in g:
-        g.db = connect(current_app.config["DATABASE"])
+        try:
+            g.db = _pool().get_nowait()
+        except queue.Empty:
+            g.db = connect(current_app.config["DATABASE"])
     return g.db
 
 
 def close_db(e=None):
-    """Close this request's database handle if one was opened."""
+    """Give this request's database handle back to the pool, or close it if the pool is full."""
     db = g.pop("db", None)
-    if db is not None:
+    if db is None:
+        return
+    if db.conn.in_transaction:
+        db.conn.rollback()
+    try:
+        _pool().put_nowait(db)
+    except queue.Full:
         db.close()
+
+
+def _pool():
+    """Return the app's pool of idle database handles."""
+    return current_app.extensions["carecall.db_pool"]
 
 
 def migrate(path):
@@ -62,5 +82,6 @@ def migrate_command():
 
 def init_app(app):
     """Register database teardown and the migrate command."""
+    app.extensions["carecall.db_pool"] = queue.Queue(maxsize=POOL_SIZE)
     app.teardown_appcontext(close_db)
     app.cli.add_command(migrate_command)
