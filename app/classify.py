@@ -1,16 +1,23 @@
 """Turn a request transcript into a demand category and an urgency.
 
 Pure core: no Flask, no I/O except `load_categories`. Every phrase, cue, guard and weight
-lives in ivr_flows/categories.toml, one table per language, so a new language is new data.
+lives in ivr_flows/categories.toml, one table per language, and labelled example requests
+in ivr_flows/examples/<language>.tsv, so a new language is new data.
+
+Two kinds of evidence are combined: phrases from the data file, and the votes of the
+labelled examples that share the most rare words with the request (nearest neighbours).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import heapq
 import itertools
 import math
 import re
 import tomllib
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +41,8 @@ CATEGORY_KEYS = (
 URGENCIES = ("critical", "high", "normal", "low")
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "ivr_flows" / "categories.toml"
+# Labelled example requests live beside categories.toml, one TSV per language.
+EXAMPLES_DIR = "examples"
 
 # Transcripts are a few sentences; anything far longer is a stuck recording, not a request.
 MAX_TOKENS = 2000
@@ -106,6 +115,29 @@ class _Match:
 
 
 @dataclass(frozen=True)
+class ExampleBank:
+    """Labelled example requests, indexed by word for nearest-neighbour lookup."""
+
+    texts: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    postings: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    idf: Mapping[str, float] = field(default_factory=dict)
+    norms: tuple[float, ...] = ()
+    vocab_by_shape: Mapping[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    stop_words: frozenset[str] = frozenset()
+    k: int = 11
+    power: float = 2.0
+    weight: float = 0.5
+    min_similarity: float = 0.2
+    emergency_share: float = 0.5
+    emergency_similarity: float = 0.4
+    guarded_emergency_share: float = 0.8
+    veto_share: float = 0.0
+    veto_below: float = 3.0
+    _fuzzy_cache: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class Categories:
     """Phrase lists, cues and tuning for one language, precompiled for fast matching."""
 
@@ -114,6 +146,11 @@ class Categories:
     contractions: Mapping[str, tuple[str, ...]]
     suffixes: tuple[tuple[str, str], ...]
     fillers: frozenset[str]
+    word_forms: Mapping[str, str]
+    stem_endings: tuple[tuple[str, str], ...]
+    stem_tidy: tuple[tuple[str, str], ...]
+    stem_keep: frozenset[str]
+    min_stem: int
     rewrite_re: re.Pattern[str] | None
     rewrites: Mapping[str, str]
     phrases: tuple[_Phrase, ...]
@@ -128,7 +165,10 @@ class Categories:
     guard_window: int
     other_threshold: float
     emergency_score: float
+    evidence_decay: float
+    examples: ExampleBank = field(default_factory=ExampleBank)
     _fuzzy_cache: dict[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    _stem_cache: dict[str, str] = field(default_factory=dict, compare=False)
 
     def label(self, key: str) -> str:
         """Return the plain words for a category key, for reading back to a caller."""
@@ -168,7 +208,29 @@ class Categories:
         if self.rewrite_re is not None and out:
             joined = self.rewrite_re.sub(lambda m: self.rewrites[m.group(0)], " ".join(out))
             out = joined.split()
-        return out
+        return [self.stem(t) for t in out]
+
+    def stem(self, word: str) -> str:
+        """Fold a word to its family form, so "leaks", "leaking" and "leaked" are "leak"."""
+        cached = self._stem_cache.get(word)
+        if cached is not None:
+            return cached
+        form = self.word_forms.get(word, word)
+        if form not in self.stem_keep:
+            form = self._strip(self._strip(form, self.stem_endings), self.stem_tidy)
+        if len(self._stem_cache) < 50_000:
+            self._stem_cache[word] = form
+        return form
+
+    def _strip(self, word: str, endings: tuple[tuple[str, str], ...]) -> str:
+        """Apply the first ending rule that leaves a stem long enough to mean something."""
+        for ending, replacement in endings:
+            if word.endswith(ending):
+                stem = word[: -len(ending)]
+                if len(stem) >= self.min_stem and any(c in "aeiouy" for c in stem):
+                    return stem + replacement
+                return word
+        return word
 
     def _token_matches(self, token: str) -> frozenset[str]:
         """Return the vocabulary words a text token stands for, exact or close misspelling."""
@@ -195,13 +257,74 @@ class Categories:
 
 
 def load_categories(language: str = "en", path: Path | None = None) -> Categories:
-    """Load the category phrase lists for one language from ivr_flows/categories.toml."""
-    with open(path or DEFAULT_PATH, "rb") as fh:
+    """Load one language's phrase lists from categories.toml and its labelled examples."""
+    path = Path(path or DEFAULT_PATH)
+    with open(path, "rb") as fh:
         data = tomllib.load(fh)
     if language not in data or not isinstance(data[language], dict):
         known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
         raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
-    return _build(language, data[language])
+    categories = _build(language, data[language])
+    examples = path.parent / EXAMPLES_DIR / f"{language}.tsv"
+    if examples.is_file():
+        categories = with_examples(categories, read_examples(examples))
+    return categories
+
+
+def read_examples(path: Path) -> list[tuple[str, str]]:
+    """Read (text, category) rows from a labelled examples TSV with a header row."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = [(r["text"], r["category"]) for r in reader if r.get("text")]
+    for text, category in rows:
+        if category not in CATEGORY_KEYS:
+            raise CategoryDataError(f"{path.name}: unknown category {category!r} for {text!r}")
+    return rows
+
+
+def with_examples(categories: Categories, rows: Iterable[tuple[str, str]]) -> Categories:
+    """Return a copy of `categories` whose example bank holds exactly these labelled rows."""
+    old = categories.examples
+    texts: list[str] = []
+    labels: list[str] = []
+    words: list[frozenset[str]] = []
+    for text, category in rows:
+        found = _example_words(categories.normalise(text), old.stop_words)
+        if found:
+            texts.append(text)
+            labels.append(category)
+            words.append(found)
+    frequency: dict[str, int] = defaultdict(int)
+    for found in words:
+        for word in found:
+            frequency[word] += 1
+    # Rare words tell requests apart; a word in every example ("shop") says little.
+    idf = {w: math.log((len(words) + 1) / (n + 0.5)) for w, n in frequency.items()}
+    postings: dict[str, list[int]] = defaultdict(list)
+    for i, found in enumerate(words):
+        for word in found:
+            postings[word].append(i)
+    by_shape: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for word in sorted(idf):
+        if len(word) >= categories.fuzzy_min_length:
+            for n in range(len(word) - 2, len(word) + 3):
+                by_shape[(word[0], n)].append(word)
+    bank = dataclasses.replace(
+        old,
+        texts=tuple(texts),
+        labels=tuple(labels),
+        postings={w: tuple(ids) for w, ids in postings.items()},
+        idf=idf,
+        norms=tuple(math.sqrt(sum(idf[w] ** 2 for w in found)) for found in words),
+        vocab_by_shape={k: tuple(v) for k, v in by_shape.items()},
+        _fuzzy_cache={},
+    )
+    return dataclasses.replace(categories, examples=bank)
+
+
+def _example_words(tokens: Iterable[str], stop_words: frozenset[str]) -> frozenset[str]:
+    """Return the words of a request that say what it is about."""
+    return frozenset(t for t in tokens if t not in stop_words)
 
 
 def _build(language: str, lang: dict) -> Categories:
@@ -214,6 +337,7 @@ def _build(language: str, lang: dict) -> Categories:
     }
     suffixes = tuple((k.translate(_APOSTROPHES), v) for k, v in text.get("suffixes", {}).items())
     fillers = frozenset(text.get("fillers", ()))
+    stemming = text.get("stemming", {})
     rewrites = {k: v for k, v in text.get("rewrites", {}).items()}
     rewrite_re = None
     if rewrites:
@@ -226,6 +350,11 @@ def _build(language: str, lang: dict) -> Categories:
         contractions=contractions,
         suffixes=suffixes,
         fillers=fillers,
+        word_forms=dict(stemming.get("forms", {})),
+        stem_endings=tuple(tuple(rule) for rule in stemming.get("endings", ())),
+        stem_tidy=tuple(tuple(rule) for rule in stemming.get("tidy", ())),
+        stem_keep=frozenset(stemming.get("keep", ())),
+        min_stem=int(stemming.get("min_stem", 3)),
         rewrite_re=rewrite_re,
         rewrites=rewrites,
         phrases=(),
@@ -240,6 +369,27 @@ def _build(language: str, lang: dict) -> Categories:
         guard_window=int(tuning.get("guard_window", 7)),
         other_threshold=float(tuning.get("other_threshold", 0.5)),
         emergency_score=float(tuning.get("emergency_score", 0.9)),
+        evidence_decay=float(tuning.get("evidence_decay", 1.0)),
+    )
+    examples = lang.get("examples", {})
+    defaults = ExampleBank()
+    bank = ExampleBank(
+        stop_words=frozenset(
+            w for word in examples.get("stop_words", ()) for w in base.normalise(word)
+        ),
+        k=int(examples.get("k", defaults.k)),
+        power=float(examples.get("power", defaults.power)),
+        weight=float(examples.get("weight", defaults.weight)),
+        min_similarity=float(examples.get("min_similarity", defaults.min_similarity)),
+        emergency_share=float(examples.get("emergency_share", defaults.emergency_share)),
+        emergency_similarity=float(
+            examples.get("emergency_similarity", defaults.emergency_similarity)
+        ),
+        guarded_emergency_share=float(
+            examples.get("guarded_emergency_share", defaults.guarded_emergency_share)
+        ),
+        veto_share=float(examples.get("veto_share", defaults.veto_share)),
+        veto_below=float(examples.get("veto_below", defaults.veto_below)),
     )
     weights = tuning.get(
         "list_weights", {"decisive": 3.0, "strong": 2.0, "phrases": 1.0, "weak": 0.5}
@@ -327,8 +477,10 @@ def _build(language: str, lang: dict) -> Categories:
         index={k: tuple(v) for k, v in index.items()},
         vocab=frozenset(vocab),
         vocab_by_shape={k: tuple(v) for k, v in by_shape.items()},
-        no_fuzzy=frozenset(text.get("no_fuzzy", ())),
+        no_fuzzy=frozenset(base.stem(w) for w in text.get("no_fuzzy", ())),
+        examples=bank,
         _fuzzy_cache={},
+        _stem_cache={},
     )
 
 
@@ -397,6 +549,59 @@ def _confidence(value: float, total: float) -> float:
     return round(value / total * (1 - math.exp(-value)), 3)
 
 
+def _bank_word(token: str, categories: Categories) -> str:
+    """Return the example-bank word a text token stands for, or the token itself."""
+    bank = categories.examples
+    if (
+        token in bank.idf
+        or len(token) < categories.fuzzy_min_length
+        or token in categories.no_fuzzy
+    ):
+        return token
+    cached = bank._fuzzy_cache.get(token)
+    if cached is not None:
+        return cached
+    edits = 2 if len(token) >= categories.fuzzy_two_edits_length else 1
+    candidates = bank.vocab_by_shape.get((token[0], len(token)), ())
+    best = process.extractOne(token, candidates, scorer=Levenshtein.distance, score_cutoff=edits)
+    word = best[0] if best else token
+    if len(bank._fuzzy_cache) < 50_000:
+        bank._fuzzy_cache[token] = word
+    return word
+
+
+def nearest_examples(tokens: list[str], categories: Categories) -> list[tuple[float, int]]:
+    """Return (similarity, example index) of the examples closest to normalised tokens."""
+    bank = categories.examples
+    if not bank.texts:
+        return []
+    words = {_bank_word(t, categories) for t in _example_words(tokens, bank.stop_words)}
+    words = {w for w in words if w in bank.idf}
+    if not words:
+        return []
+    # Cosine similarity over rare-word-weighted word sets, via the inverted index.
+    overlap: dict[int, float] = defaultdict(float)
+    for word in words:
+        weight = bank.idf[word] ** 2
+        for i in bank.postings[word]:
+            overlap[i] += weight
+    norm = math.sqrt(sum(bank.idf[w] ** 2 for w in words))
+    return heapq.nlargest(
+        bank.k, ((value / (norm * bank.norms[i]), i) for i, value in overlap.items() if value)
+    )
+
+
+def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, float]:
+    """Share out the neighbours' votes by category, closer neighbours counting more."""
+    if not neighbours or neighbours[0][0] < bank.min_similarity:
+        return {}
+    votes: dict[str, float] = defaultdict(float)
+    for similarity, i in neighbours:
+        votes[bank.labels[i]] += similarity**bank.power
+    total = sum(votes.values())
+    return {key: value / total for key, value in votes.items()} if total > 0 else {}
+
+
 def classify(text: str, categories: Categories) -> Classification:
     """Classify a request's text into a category and urgency."""
     tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
@@ -406,13 +611,17 @@ def classify(text: str, categories: Categories) -> Classification:
     negations = [m for m in guards if m.phrase.tag == "negation"]
     harmless = [m for m in guards if m.phrase.tag == "guard"]
 
-    scores = dict.fromkeys(CATEGORY_KEYS, 0.0)
+    evidence: dict[str, list[float]] = {key: [] for key in CATEGORY_KEYS}
     first_seen: dict[str, int] = {}
     matched: list[str] = []
     is_emergency = False
+    # Words that neutral phrases use up, or that made an emergency phrase the guards
+    # turned down, are kept from the examples too: "haven't fallen" is not "fallen".
+    spent: set[int] = set()
     for m in _resolve([m for m in found if m.phrase.pool == _CATEGORY]):
         tag = m.phrase.tag
         if not tag:
+            spent.update(m.positions)
             continue
         if tag == "emergency":
             if m.phrase.needs and m.phrase.needs not in present:
@@ -420,14 +629,22 @@ def classify(text: str, categories: Categories) -> Classification:
             elif _negated(m, negations, categories.negation_window) or _near(
                 m, harmless, categories.guard_window, sentence_of
             ):
+                spent.update(m.positions)
                 continue
             else:
                 is_emergency = True
             if not tag:
                 continue
-        scores[tag] += m.phrase.weight
+        evidence[tag].append(m.phrase.weight)
         first_seen.setdefault(tag, m.start)
         matched.append(m.phrase.source)
+
+    # Diminishing returns: the strongest evidence counts in full, each further piece less.
+    decay = categories.evidence_decay
+    scores = {
+        key: sum(w * decay**i for i, w in enumerate(sorted(weights, reverse=True)))
+        for key, weights in evidence.items()
+    }
 
     urgency_hits = set()
     for m in _resolve([m for m in found if m.phrase.pool == _URGENCY]):
@@ -435,22 +652,47 @@ def classify(text: str, categories: Categories) -> Classification:
             urgency_hits.add(m.phrase.tag)
             matched.append(m.phrase.source)
 
-    total = sum(scores.values())
-    ranked = sorted(
-        (k for k in CATEGORY_KEYS if scores[k] > 0),
-        key=lambda k: (-scores[k], first_seen.get(k, 0), CATEGORY_KEYS.index(k)),
+    # Second opinion: how were the labelled examples most like this request classified?
+    bank = categories.examples
+    neighbours = nearest_examples([t for i, t in enumerate(tokens) if i not in spent], categories)
+    votes = _votes(neighbours, bank)
+    knn_emergency = (
+        votes.get("emergency", 0.0) >= bank.emergency_share
+        and bank.labels[neighbours[0][1]] == "emergency"
+        and neighbours[0][0] >= bank.emergency_similarity
+        and (not harmless or votes["emergency"] >= bank.guarded_emergency_share)
     )
+    # A lone weak emergency phrase ("killing me") that no similar example backs is a figure
+    # of speech; a decisive one ("can't breathe") always stands.
+    vetoed = bool(votes) and (
+        votes.get("emergency", 0.0) <= bank.veto_share and scores["emergency"] < bank.veto_below
+    )
+    is_emergency = (is_emergency and not vetoed) or knn_emergency
+
+    total = sum(scores.values())
+    combined = {
+        key: _confidence(scores[key], total) + bank.weight * votes.get(key, 0.0)
+        for key in CATEGORY_KEYS
+        if key != "emergency"
+    }
+    scale = 1 + bank.weight if votes else 1.0
+    ranked = sorted(
+        (k for k in combined if combined[k] > 0),
+        key=lambda k: (-combined[k], first_seen.get(k, 0), CATEGORY_KEYS.index(k)),
+    )
+    phrase_best = max((scores[k] for k in combined), default=0.0)
     if is_emergency:
         category = "emergency"
         score = max(categories.emergency_score, _confidence(scores["emergency"], total))
-    elif ranked and scores[ranked[0]] >= categories.other_threshold:
+    elif ranked and (phrase_best >= categories.other_threshold or votes):
         category = ranked[0]
-        score = _confidence(scores[category], total)
+        score = round(combined[category] / scale, 3)
     else:
-        category, score = "other", _confidence(scores["other"], total)
-    alternatives = tuple(
-        (k, _confidence(scores[k], total)) for k in ranked if k not in (category, "emergency")
-    )
+        category, score = "other", round(combined["other"] / scale, 3)
+    alternatives = tuple((k, round(combined[k] / scale, 3)) for k in ranked if k != category)
+    nearest = next((i for _, i in neighbours if bank.labels[i] == category), None)
+    if nearest is not None and votes:
+        matched.append(f"example: {bank.texts[nearest]}")
 
     if is_emergency:
         urgency = "critical"
@@ -462,7 +704,7 @@ def classify(text: str, categories: Categories) -> Classification:
         urgency = "normal"
     return Classification(
         category=category,
-        score=score,
+        score=min(score, 1.0),
         alternatives=alternatives,
         urgency=urgency,
         emergency=is_emergency,

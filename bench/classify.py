@@ -3,6 +3,13 @@
 Example:
     python bench/classify.py
     python bench/classify.py --data bench/data/requests_en.tsv --language en
+    python bench/classify.py --data bench/data/heldout_r1.tsv --data bench/data/heldout_r2.tsv
+    python bench/classify.py --data bench/data/heldout_r5.tsv --held-out
+    python bench/classify.py --leave-one-out --examples-only
+
+The example bank (ivr_flows/examples/<lang>.tsv) usually holds the rows being scored, so
+plain runs flatter the nearest-example vote. --held-out scores each file with a bank that
+lacks that file's rows; --leave-one-out scores each row with a bank that lacks that row.
 """
 
 from __future__ import annotations
@@ -17,7 +24,18 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app.classify import CATEGORY_KEYS, Categories, classify, load_categories  # noqa: E402
+from app.classify import (  # noqa: E402
+    CATEGORY_KEYS,
+    DEFAULT_PATH,
+    EXAMPLES_DIR,
+    Categories,
+    Classification,
+    classify,
+    load_categories,
+    nearest_examples,
+    read_examples,
+    with_examples,
+)
 
 DEFAULT_DATA = REPO / "bench" / "data" / "requests_en.tsv"
 
@@ -29,10 +47,43 @@ def read_rows(path: Path) -> list[tuple[str, str, str]]:
         return [(r["text"], r["category"], r["urgency"]) for r in reader if r.get("text")]
 
 
-def evaluate(rows: list[tuple[str, str, str]], categories: Categories) -> dict:
-    """Classify every row and return accuracy, per-category and emergency metrics."""
+def examples_only(text: str, categories: Categories) -> Classification:
+    """Classify by the nearest examples' vote alone, ignoring the phrase lists."""
+    bank = categories.examples
+    neighbours = nearest_examples(categories.normalise(text), categories)
+    votes: dict[str, float] = {}
+    if neighbours and neighbours[0][0] >= bank.min_similarity:
+        for similarity, i in neighbours:
+            votes[bank.labels[i]] = votes.get(bank.labels[i], 0.0) + similarity**bank.power
+    category = max(votes, key=votes.get) if votes else "other"
+    emergency = category == "emergency"
+    return Classification(category, 0.0, (), "critical" if emergency else "normal", emergency, ())
+
+
+def without(categories: Categories, bank: list[tuple[str, str]], texts: set[str]) -> Categories:
+    """Return categories whose example bank lacks the given request texts."""
+    return with_examples(categories, [row for row in bank if row[0] not in texts])
+
+
+def evaluate(
+    rows: list[tuple[str, str, str]],
+    categories: Categories,
+    predict=classify,
+    leave_one_out: list[tuple[str, str]] | None = None,
+) -> dict:
+    """Classify every row and return accuracy, per-category and emergency metrics.
+
+    With `leave_one_out` (the example bank's rows), each row is classified by a bank
+    rebuilt without it; timing then includes the rebuilds.
+    """
     started = time.perf_counter()
-    scored = [(text, c, u, classify(text, categories)) for text, c, u in rows]
+    if leave_one_out is None:
+        scored = [(text, c, u, predict(text, categories)) for text, c, u in rows]
+    else:
+        scored = [
+            (text, c, u, predict(text, without(categories, leave_one_out, {text})))
+            for text, c, u in rows
+        ]
     elapsed = time.perf_counter() - started
 
     per_category = {}
@@ -89,12 +140,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled TSV file")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        help="labelled TSV file; repeat for a table per file (default: requests_en.tsv)",
+    )
     parser.add_argument("--language", default="en", help="language table in categories.toml")
     parser.add_argument("--errors", action="store_true", help="list misclassified requests")
+    parser.add_argument(
+        "--held-out", action="store_true", help="score each file without its rows in the bank"
+    )
+    parser.add_argument(
+        "--leave-one-out", action="store_true", help="score each row without itself in the bank"
+    )
+    parser.add_argument(
+        "--examples-only", action="store_true", help="score the nearest-example vote alone"
+    )
     args = parser.parse_args(argv)
     categories = load_categories(args.language)
-    print(report(evaluate(read_rows(args.data), categories), show_errors=args.errors))
+    bank_path = DEFAULT_PATH.parent / EXAMPLES_DIR / f"{args.language}.tsv"
+    bank = read_examples(bank_path) if bank_path.is_file() else []
+    predict = examples_only if args.examples_only else classify
+    paths = args.data or [DEFAULT_DATA]
+    for path in paths:
+        if len(paths) > 1:
+            print(f"== {path.name}")
+        rows = read_rows(path)
+        scoring = categories
+        if args.held_out:
+            scoring = without(categories, bank, {text for text, _, _ in rows})
+        loo = bank if args.leave_one_out else None
+        result = evaluate(rows, scoring, predict=predict, leave_one_out=loo)
+        print(report(result, show_errors=args.errors))
+        if len(paths) > 1:
+            print()
     return 0
 
 

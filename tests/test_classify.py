@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from hypothesis import strategies as st
 
 from app.classify import (
     CATEGORY_KEYS,
+    DEFAULT_PATH,
     URGENCIES,
+    CategoryDataError,
     Classification,
     UnknownLanguage,
     classify,
@@ -120,12 +123,127 @@ def test_emergency(en, text):
         "the fence has fallen down in the wind",
         "I can't get up the stairs to change the light bulb",
         "I'm scared there might be someone in my garden, could someone fit a security light",
+        "Could someone fix my glasses, a screw has fallen out of the arm.",
     ],
 )
 def test_emergency_guards(en, text):
     result = classify(text, en)
     assert not result.emergency, result
     assert result.category != "emergency"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "he's gone grey and isn't answering me, please come quick",
+        "Mum's slumped in the chair and I can't wake her.",
+        "I took all my tablets. All of them. I'm sorry.",
+        "i cant feel my legs and im stuck on the bathroom floor",
+        "My heart is racing and my arm's gone numb.",
+        "It's freezing in here and the boiler's dead, I've no heating and I'm shaking.",
+        "Me dad's after falling down the stairs and he's not moving at all.",
+        "she swallowed a whole packet of paracetamol about an hour ago",
+        "The heating packed in two days ago and it's bitter, I can see my breath indoors.",
+        "i feel really poorly my chest is crushing and im sweating buckets",
+        "I've scalded my leg with the kettle and the skin's all blistered and peeling.",
+        "Me wife's gone off somewhere in her nightie, she's got dementia and it's dark out.",
+        "My sugar's dropped really low and I'm shaking and can't think straight.",
+        "My mother's fallen and banged her head, she's awake but very confused and being sick.",
+        "He cut himself shaving and it's just pouring, it won't stop.",
+        "My husband has dementia and he's gone out and I don't know where he is.",
+        "I'm really worried, I think I can smell gas coming from the meter cupboard.",
+    ],
+)
+def test_indirect_emergency(en, text):
+    result = classify(text, en)
+    assert (result.category, result.urgency, result.emergency) == ("emergency", "critical", True)
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        (
+            "My friend had a fall last month, could someone visit her? She's very low.",
+            "companionship",
+        ),
+        ("I need help paying the gas bill, it's gone sky high.", "paperwork"),
+        ("The fire alarm keeps beeping, I think it needs a battery.", "home_repair"),
+        ("need a lift to my cardiology check next tuesday", "transport"),
+        ("Could someone come with me to the blood test appointment on Friday?", "medical"),
+        ("I'd like to learn to use the emergency button on my phone.", "tech_help"),
+        (
+            "Could someone help me write to the council about the smoke from the bonfires?",
+            "paperwork",
+        ),
+        (
+            "Somebody needs to clear the leaves off my path, I nearly slipped yesterday.",
+            "home_repair",
+        ),
+        ("Could someone take me to have my bloods done on Tuesday morning?", "medical"),
+        ("how do i set up the emergency contacts on my new iphone", "tech_help"),
+        ("I'm scared of falling in the shower, could someone fit a grab rail?", "home_repair"),
+        (
+            "Can someone come to the heart failure clinic with me, I never remember what they say.",
+            "medical",
+        ),
+        (
+            "My radiator is cold, I think it needs bleeding, could a handyman come round?",
+            "home_repair",
+        ),
+        ("Could someone go with me to my blood transfusion at the hospital?", "medical"),
+        (
+            "My doctor says I had a mini stroke, I need a lift to the stroke clinic next week.",
+            "transport",
+        ),
+        ("The telly's gone blue and says no signal since the storm.", "tech_help"),
+        ("The kitchen tap's been dripping for a week and it's driving me mad.", "home_repair"),
+    ],
+)
+def test_tricky_non_emergency(en, text, category):
+    result = classify(text, en)
+    assert not result.emergency, result
+    assert result.category == category, result
+
+
+@pytest.mark.parametrize(
+    ("word", "family"),
+    [("leaking", "leaks"), ("neighbors", "neighbour"), ("driving", "drive"), ("took", "taken")],
+)
+def test_word_families_meet(en, word, family):
+    assert en.stem(word) == en.stem(family)
+
+
+def test_tablets_are_not_a_tablet(en):
+    assert en.stem("tablets") != en.stem("tablet")
+
+
+def _data_phrases(node, where=""):
+    """Yield (where, phrase) for every phrase string in a categories.toml table."""
+    if isinstance(node, str):
+        yield where, node
+    elif isinstance(node, list):
+        for item in node:
+            yield from _data_phrases(item, where)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key not in ("text", "tuning", "name", "label"):
+                yield from _data_phrases(value, f"{where}.{key}")
+
+
+def test_no_multi_word_alternatives():
+    # `a|b` offers one-word alternatives: "with cooking|the cooking" means
+    # "with cooking cooking" or "with the cooking", never "with cooking".
+    with open(DEFAULT_PATH, "rb") as fh:
+        data = tomllib.load(fh)
+    bad = []
+    for where, phrase in _data_phrases(data):
+        words = phrase.split()
+        if any(w.startswith("|") or w.endswith("|") or "||" in w for w in words):
+            bad.append((where, phrase))
+        for left, right in zip(words, words[1:], strict=False):
+            if "|" in left + right and set(left.split("|")) & set(right.split("|")) - {"_"}:
+                bad.append((where, phrase))
+    assert bad == []
 
 
 @pytest.mark.parametrize(
@@ -251,6 +369,54 @@ def test_new_language_is_just_data(tmp_path):
     result = classify("Meals word pronto", zz)
     assert (zz.language, zz.label("meals")) == ("zz", "meals label")
     assert (result.category, result.urgency) == ("meals", "high")
+
+
+def _language_with_examples(tmp_path, examples):
+    """Write a minimal zz language and its examples file; return the categories.toml path."""
+    categories = "\n".join(
+        f'[zz.categories.{key}]\nlabel = "{key} label"\nphrases = ["{key} word"]'
+        for key in CATEGORY_KEYS
+    )
+    path = tmp_path / "categories.toml"
+    path.write_text(categories + '\n[zz.examples]\nstop_words = ["the"]\n', encoding="utf-8")
+    (tmp_path / "examples").mkdir()
+    lines = ["text\tcategory\turgency"] + [f"{t}\t{c}\tnormal" for t, c in examples]
+    (tmp_path / "examples" / "zz.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_examples_file_gives_a_second_opinion(tmp_path):
+    path = _language_with_examples(
+        tmp_path,
+        [("the lorry broke down", "transport"), ("the budgie sings", "other")],
+    )
+    zz = load_categories("zz", path)
+    result = classify("my lorry broke", zz)
+    assert result.category == "transport"
+    assert "example: the lorry broke down" in result.matched
+    assert classify("Meals word", zz).category == "meals"
+
+
+def test_examples_file_with_unknown_category_raises(tmp_path):
+    path = _language_with_examples(tmp_path, [("the lorry broke down", "lorries")])
+    with pytest.raises(CategoryDataError):
+        load_categories("zz", path)
+
+
+def test_english_examples_are_loaded(en):
+    assert len(en.examples.texts) >= 700
+    assert set(en.examples.labels) == set(CATEGORY_KEYS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I haven't fallen over, I just need a hand with the hoovering.",
+        "A screw has fallen out of my glasses, could someone fix them?",
+    ],
+)
+def test_guarded_words_do_not_reach_the_examples(en, text):
+    assert not classify(text, en).emergency
 
 
 def test_labelled_set_meets_targets(en):
