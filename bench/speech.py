@@ -1,15 +1,20 @@
 """Benchmark the installed speech models on rendered, telephone-band elderly requests.
 
-Usage: python bench/speech.py [--sets phone,wide] [--beam 1]
+Usage: python bench/speech.py
 
-Each model runs in its own child process so load time and peak RSS are its own.
+Each row runs in its own child process so load time and peak RSS are its own. Rows differ by
+model, set (phone = 8 kHz mu-law 300-3400 Hz, wide = 16 kHz), espeak-ng voice and beam, so the
+table shows how much of the error is the synthetic voice and how much the model.
 Targets for whisper-tiny-en on the phone set: WER <= 5 % at RTF <= 0.10 on 2 cores.
+RTF is wall time and rises when other jobs load the machine (see the load column); CPU is
+decode CPU-seconds per audio second over all threads, which load does not inflate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -23,7 +28,7 @@ from app.speech import load_audio  # noqa: E402
 from app.speech.errors import ModelNotInstalled  # noqa: E402
 from app.speech.models import DEFAULT_MODELS_DIR, model_path  # noqa: E402
 from app.speech.wer import word_error_rate  # noqa: E402
-from tests.speechgen import render, telephone  # noqa: E402
+from tests.speechgen import CLEAR_VOICE, render, telephone  # noqa: E402
 
 ENGLISH = [
     "Hello, this is Margaret on Elm Street. I need a ride to my doctor's appointment "
@@ -59,28 +64,29 @@ KOREAN = [
     "내일 아침에 전화해 주세요",
 ]
 ROWS = [
-    # (model, language, set, beam)
-    ("whisper-tiny-en", "en", "phone", 1),
-    ("whisper-tiny-en", "en", "phone", 5),
-    ("whisper-tiny-en", "en", "wide", 1),
-    ("whisper-base", "en", "phone", 1),
-    ("vosk-ko", "ko", "phone-ko", 0),
+    # (model, language, set, voice, beam)
+    ("whisper-tiny-en", "en", "phone", "en-us", 1),
+    ("whisper-tiny-en", "en", "phone", "en-us-klatt", 1),
+    ("whisper-tiny-en", "en", "phone", CLEAR_VOICE, 1),
+    ("whisper-tiny-en", "en", "phone", CLEAR_VOICE, 3),
+    ("whisper-tiny-en", "en", "wide", "en-us", 1),
+    ("whisper-tiny-en", "en", "wide", CLEAR_VOICE, 1),
+    ("whisper-base", "en", "phone", CLEAR_VOICE, 1),
+    ("vosk-ko", "ko", "phone", "ko", 0),
 ]
 
 
-def clips(name: str) -> list[tuple[str, Path]]:
-    """Return (reference text, rendered file) pairs for a named set."""
-    if name == "phone":
-        return [(t, telephone(t)) for t in ENGLISH]
-    if name == "wide":
-        return [(t, render(t)) for t in ENGLISH]
-    return [(t, telephone(t, voice="ko")) for t in KOREAN]
+def clips(set_name: str, voice: str) -> list[tuple[str, Path]]:
+    """Return (reference text, rendered file) pairs for a set spoken by a voice."""
+    texts = KOREAN if voice == "ko" else ENGLISH
+    make = telephone if set_name == "phone" else render
+    return [(t, make(t, voice=voice)) for t in texts]
 
 
-def run_one(model: str, language: str, set_name: str, beam: int) -> dict:
+def run_one(model: str, language: str, set_name: str, voice: str, beam: int) -> dict:
     """Load one model, transcribe a set, and return its measurements."""
     path = model_path(model, DEFAULT_MODELS_DIR)
-    audios = [(ref, load_audio(p)) for ref, p in clips(set_name)]
+    audios = [(ref, load_audio(p)) for ref, p in clips(set_name, voice)]
     started = time.perf_counter()
     if model.startswith("whisper"):
         from app.speech.whisper import WhisperEngine
@@ -92,12 +98,14 @@ def run_one(model: str, language: str, set_name: str, beam: int) -> dict:
         engine = VoskEngine(path, model=model, language=language)
     load_s = time.perf_counter() - started
     errors = words = 0.0
-    decode_s = audio_s = 0.0
+    decode_s = cpu_s = audio_s = 0.0
     worst = (0.0, "")
+    load = os.getloadavg()[0]
     for ref, audio in audios:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         text = engine.transcribe(audio, language).text
         decode_s += time.perf_counter() - started
+        cpu_s += time.process_time() - cpu_started
         audio_s += audio.duration_s
         n = len(ref.split())
         rate = word_error_rate(ref, text)
@@ -107,11 +115,14 @@ def run_one(model: str, language: str, set_name: str, beam: int) -> dict:
     return {
         "model": model,
         "set": set_name,
+        "voice": voice,
         "beam": beam,
         "clips": len(audios),
         "audio_s": audio_s,
         "wer": errors / words,
         "rtf": decode_s / audio_s,
+        "cpu": cpu_s / audio_s,
+        "load": load,
         "load_s": load_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worst": worst,
@@ -124,14 +135,13 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        model, language, set_name, beam = json.loads(args.one)
-        print(json.dumps(run_one(model, language, set_name, beam)))
+        print(json.dumps(run_one(*json.loads(args.one))))
         return
-    for name in {row[2] for row in ROWS}:
-        clips(name)  # render (cached) before timing anything
+    for _, _, set_name, voice, _ in ROWS:
+        clips(set_name, voice)  # render (cached) before timing anything
     print(
-        f"{'model':16} {'set':9} {'beam':>4} {'clips':>5} {'audio s':>8} {'WER':>6} "
-        f"{'RTF':>6} {'load s':>7} {'peak RSS':>9}"
+        f"{'model':16} {'set':5} {'voice':12} {'beam':>4} {'clips':>5} {'audio s':>7} "
+        f"{'WER':>6} {'RTF':>6} {'CPU':>6} {'load':>5} {'load s':>6} {'peak RSS':>8}"
     )
     for row in ROWS:
         try:
@@ -147,9 +157,9 @@ def main() -> None:
         )
         r = json.loads(done.stdout.strip().splitlines()[-1])
         print(
-            f"{r['model']:16} {r['set']:9} {r['beam'] or '-':>4} {r['clips']:>5} "
-            f"{r['audio_s']:8.1f} {r['wer']:6.1%} {r['rtf']:6.3f} {r['load_s']:7.2f} "
-            f"{r['peak_rss_mb']:7.0f}MB"
+            f"{r['model']:16} {r['set']:5} {r['voice']:12} {r['beam'] or '-':>4} "
+            f"{r['clips']:>5} {r['audio_s']:7.1f} {r['wer']:6.1%} {r['rtf']:6.3f} "
+            f"{r['cpu']:6.3f} {r['load']:5.1f} {r['load_s']:6.2f} {r['peak_rss_mb']:6.0f}MB"
         )
         print(f"{'':16} worst: {r['worst'][0]:.0%} {r['worst'][1]!r}")
 

@@ -8,6 +8,7 @@ to 300-3400 Hz and stored as 8 kHz mu-law.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -23,7 +24,17 @@ import numpy as np
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "speech"
 # espeak-ng voice ids as pyttsx3 reports them; short names are what tests write.
-VOICES = {"en-us": "gmw/en-us", "ko": "ko", "cmn": "sit/cmn"}
+# "+klatt*" are espeak-ng's Klatt-synthesiser variants of the voice, shipped in espeak-ng-data.
+# Through a 300-3400 Hz phone band Whisper tiny.en mishears them far less than the default
+# voice (~30 % vs ~38 % WER on 48 requests; see bench/speech.py), so accuracy tests use one.
+VOICES = {
+    "en-us": "gmw/en-us",
+    "en-us-klatt": "gmw/en-us+klatt",
+    "en-us-klatt2": "gmw/en-us+klatt2",
+    "ko": "ko",
+    "cmn": "sit/cmn",
+}
+CLEAR_VOICE = "en-us-klatt2"
 CODECS = ("pcm_s16le", "pcm_mulaw")
 # pyttsx3 keeps one global engine; rendering from two threads at once would mix files.
 _lock = threading.Lock()
@@ -69,6 +80,7 @@ def telephone(text: str, path: str | os.PathLike | None = None, **kwargs) -> Pat
 
 def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
     """Synthesise text to a 22 kHz WAV with pyttsx3, or the espeak-ng CLI if that fails."""
+    _require_voice(VOICES.get(voice, voice))
     with _lock:
         try:
             import pyttsx3
@@ -85,6 +97,28 @@ def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
             pass
     if not path.exists() or path.stat().st_size <= 44:
         _espeak_cli(text, path, voice=voice, rate=rate)
+
+
+def _require_voice(voice_id: str) -> None:
+    """Raise RenderError naming the package when an espeak-ng voice variant is missing."""
+    # espeak-ng and pyttsx3 silently fall back to the plain voice for an unknown "+variant",
+    # which would mislabel every WER measured with it.
+    _, plus, variant = voice_id.partition("+")
+    if plus and variant not in _espeak_variants():
+        raise RenderError(
+            f"espeak-ng voice variant {variant!r} is not installed; "
+            "install the Debian package espeak-ng-data (scripts/setup does)."
+        )
+
+
+@functools.cache
+def _espeak_variants() -> frozenset[str]:
+    """Return the voice variant files espeak-ng has, e.g. "klatt"."""
+    done = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=False)
+    # "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/x86_64-linux-gnu/espeak-ng-data"
+    data = Path(done.stdout.partition("Data at:")[2].strip())
+    variants = data / "voices" / "!v"
+    return frozenset(p.name for p in variants.iterdir()) if variants.is_dir() else frozenset()
 
 
 def _espeak_cli(text: str, path: Path, *, voice: str, rate: int) -> None:

@@ -18,7 +18,7 @@ from app.speech import (
 )
 from app.speech.models import DEFAULT_MODELS_DIR, model_path
 from app.speech.wer import word_error_rate
-from tests.speechgen import encode, render, require_encoder, telephone
+from tests.speechgen import CLEAR_VOICE, encode, render, require_encoder, telephone
 
 ENGLISH = [
     "I need a ride to the doctor on Thursday morning.",
@@ -55,11 +55,15 @@ def test_whisper_transcribes_english(service, sentence):
 
 @pytest.mark.slow
 def test_whisper_transcribes_telephone_english(service):
-    # espeak's synthetic consonants live above 4 kHz, so the phone band costs tiny.en far more
-    # on rendered speech (measured mean WER ~0.28) than at 16 kHz (~0.08); see bench/speech.py.
-    rates = [word_error_rate(s, service.transcribe(telephone(s)).text) for s in ENGLISH]
-    assert sum(rates) / len(rates) <= 0.35, rates
-    assert max(rates) <= 0.6, rates
+    # espeak's consonant cues sit largely above 3.4 kHz, so the phone band costs tiny.en far
+    # more than at 16 kHz; the Klatt voice suffers least. Measured here: mean 0.18, worst 0.36
+    # (default voice: mean ~0.3, worst 0.4-0.6 as fallback sampling varies).
+    rates = [
+        word_error_rate(s, service.transcribe(telephone(s, voice=CLEAR_VOICE)).text)
+        for s in ENGLISH
+    ]
+    assert sum(rates) / len(rates) <= 0.28, rates
+    assert max(rates) <= 0.5, rates
 
 
 @pytest.mark.slow
