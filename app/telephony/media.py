@@ -1,0 +1,295 @@
+"""Twilio recordings: downloaded only from allowed hosts, stored before Twilio hears 2xx."""
+
+import base64
+import ipaddress
+import logging
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+from flask import current_app
+
+from .. import jobs, pipeline, queue
+from ..db import get_db
+from . import store
+
+log = logging.getLogger(__name__)
+
+FETCH = "twilio.fetch_recording"
+RECONCILE = "twilio.reconcile"
+LOOPBACK_NAMES = {"localhost"}
+
+
+class RecordingError(Exception):
+    """A Twilio recording could not be fetched."""
+
+
+class HostNotAllowed(RecordingError):
+    """A recording URL points somewhere other than the allowed Twilio hosts."""
+
+
+class DownloadFailed(RecordingError):
+    """Twilio's media server did not hand over the recording this time."""
+
+
+def media_url(recording_url):
+    """Return the URL of a recording's WAV: Twilio's RecordingUrl has no extension."""
+    parts = urlsplit(recording_url)
+    if PurePosixPath(parts.path).suffix:
+        return recording_url
+    return parts._replace(path=parts.path + ".wav").geturl()
+
+
+def check_host(url, allowed_hosts):
+    """Refuse any URL that is not on an allowed host (no SSRF); plain http only on loopback."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    allowed = {h.lower() for h in allowed_hosts}
+    if host not in allowed and parts.netloc.lower() not in allowed:
+        raise HostNotAllowed(f"recording host {host!r} is not in TWILIO_RECORDING_HOSTS")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and _is_loopback(host):
+        return
+    raise HostNotAllowed(f"recording URL scheme {parts.scheme!r} is not allowed for {host!r}")
+
+
+def _is_loopback(host):
+    """Tell whether a host name is this machine (a test's fake Twilio)."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _AllowedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another allowed host; credentials never go along."""
+
+    def __init__(self, allowed_hosts):
+        super().__init__()
+        self.allowed_hosts = allowed_hosts
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        """Check the redirect target before following it."""
+        check_host(newurl, self.allowed_hosts)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def download(url, *, account_sid, auth_token, allowed_hosts, timeout, max_bytes):
+    """Fetch a recording's audio with the account's credentials; return its bytes."""
+    url = media_url(url)
+    check_host(url, allowed_hosts)
+    request = urllib.request.Request(url, headers={"Accept": "audio/wav, audio/*"})
+    token = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+    # Unredirected: the account's credentials are sent to Twilio's host and nowhere else.
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    handlers = [_AllowedRedirects(allowed_hosts)]
+    if _is_loopback((urlsplit(url).hostname or "").lower()):
+        handlers.append(urllib.request.ProxyHandler({}))
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            data = response.read(max_bytes + 1)
+    except HostNotAllowed:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DownloadFailed(f"download of {url} failed: {exc}") from exc
+    if len(data) > max_bytes:
+        raise DownloadFailed(f"recording at {url} is larger than {max_bytes} bytes")
+    if not data:
+        raise DownloadFailed(f"recording at {url} is empty")
+    return data
+
+
+def _download_for(config, url):
+    """Download with this app's Twilio account, hosts and limits."""
+    return download(
+        url,
+        account_sid=config["TWILIO_ACCOUNT_SID"],
+        auth_token=config["TWILIO_AUTH_TOKEN"],
+        allowed_hosts=config["TWILIO_RECORDING_HOSTS"],
+        timeout=config["TWILIO_DOWNLOAD_TIMEOUT"],
+        max_bytes=config["TWILIO_MAX_RECORDING_BYTES"],
+    )
+
+
+def note(db, *, recording_sid, call_sid, url, purpose, phone, language, duration_s=None):
+    """Keep a recording's metadata before anything else, once per RecordingSid; return it."""
+    stamp = queue.now()
+    db.execute(
+        "INSERT INTO twilio_recordings (recording_sid, call_sid, url, purpose, phone, language,"
+        " duration_s, state, attempts, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?) ON CONFLICT(recording_sid) DO NOTHING",
+        [recording_sid, call_sid, url, purpose, phone, language, duration_s, stamp, stamp],
+    )
+    return recording(db, recording_sid)
+
+
+def recording(db, recording_sid):
+    """Return a noted recording, or None."""
+    return next(db["twilio_recordings"].rows_where("recording_sid = ?", [recording_sid]), None)
+
+
+def accept(db, **meta):
+    """Store a recording and queue it for transcription, or a retried download; return request."""
+    config = current_app.config
+    row = note(db, **meta)
+    if row["request_id"]:
+        return queue.get(db, row["request_id"])  # Twilio's retry: stored already
+    try:
+        audio = _download_for(config, row["url"])
+    except HostNotAllowed as exc:
+        _refuse(db, row, exc)
+        return None
+    except DownloadFailed as exc:
+        _failed_attempt(db, row, exc)
+        jobs.enqueue(
+            db,
+            FETCH,
+            {"recording_sid": row["recording_sid"]},
+            key=f"{FETCH}:{row['recording_sid']}",
+            priority=20,
+            max_attempts=config["TWILIO_FETCH_ATTEMPTS"] + 1,
+        )
+        return None
+    return _store(db, row, audio)
+
+
+def _store(db, row, audio):
+    """Hand downloaded audio to the pipeline and mark the recording stored."""
+    request = pipeline.receive(
+        db,
+        audio,
+        channel="voicemail" if row["purpose"] == "voicemail" else "phone",
+        phone=row["phone"],
+        language=row["language"],
+        source_key=row["recording_sid"],
+        suffix=".wav",
+    )
+    db["twilio_recordings"].update(
+        row["recording_sid"],
+        {"state": "stored", "request_id": request["id"], "error": None, "updated_at": queue.now()},
+    )
+    return request
+
+
+def _failed_attempt(db, row, exc):
+    """Count a failed download attempt."""
+    log.warning("recording %s: %s", row["recording_sid"], exc)
+    db.execute(
+        "UPDATE twilio_recordings SET attempts = attempts + 1, error = ?, updated_at = ?"
+        " WHERE recording_sid = ?",
+        [str(exc), queue.now(), row["recording_sid"]],
+    )
+
+
+def _refuse(db, row, exc):
+    """Never fetch from a host we do not trust; a person calls the caller back instead."""
+    log.error("recording %s refused: %s", row["recording_sid"], exc)
+    db["twilio_recordings"].update(
+        row["recording_sid"], {"state": "refused", "error": str(exc), "updated_at": queue.now()}
+    )
+    _callback_request(db, row, f"recording refused: {exc}")
+
+
+def _callback_request(db, row, reason):
+    """Queue a 'call back' item for a recording nobody could fetch; return it."""
+    request, _ = queue.create(
+        db,
+        channel="voicemail" if row["purpose"] == "voicemail" else "phone",
+        phone=row["phone"],
+        language=row["language"] or current_app.config["DEFAULT_LANGUAGE"],
+        source_key=row["recording_sid"],
+        category="other",
+        urgency="high",
+        needs_review=1,
+        error=f"call back: {reason}",
+    )
+    db["twilio_recordings"].update(
+        row["recording_sid"], {"request_id": request["id"], "updated_at": queue.now()}
+    )
+    return request
+
+
+@jobs.handler(FETCH)
+def fetch_job(payload):
+    """Job: download a recording Twilio told us about, until it is stored or given up."""
+    db = get_db()
+    config = current_app.config
+    row = recording(db, payload["recording_sid"])
+    if row is None or row["state"] != "pending":
+        return
+    try:
+        audio = _download_for(config, row["url"])
+    except HostNotAllowed as exc:
+        _refuse(db, row, exc)
+        return
+    except DownloadFailed as exc:
+        _failed_attempt(db, row, exc)
+        if row["attempts"] + 1 >= config["TWILIO_FETCH_ATTEMPTS"]:
+            db["twilio_recordings"].update(
+                row["recording_sid"], {"state": "dead", "updated_at": queue.now()}
+            )
+            _callback_request(db, row, f"recording could not be downloaded: {exc}")
+            return
+        raise
+    _store(db, row, audio)
+
+
+def twilio_client(config):
+    """Return a twilio REST Client for the account, pointed at TWILIO_API_BASE_URL."""
+    from twilio.rest import Client
+
+    client = Client(config["TWILIO_ACCOUNT_SID"], config["TWILIO_AUTH_TOKEN"])
+    client.api.base_url = config["TWILIO_API_BASE_URL"]
+    return client
+
+
+def reconcile(db, client, *, api_base_url, since, default_language):
+    """Note and fetch every account recording since a date that we never stored; return them."""
+    found = []
+    for item in client.recordings.list(date_created_after=since):
+        if item.status not in (None, "completed") or recording(db, item.sid):
+            continue
+        if queue.find_by_source(db, item.sid):
+            continue
+        call = store.get_call(db, item.call_sid) if item.call_sid else None
+        uri = item.uri.removesuffix(".json")
+        note(
+            db,
+            recording_sid=item.sid,
+            call_sid=item.call_sid,
+            url=api_base_url.rstrip("/") + uri,
+            purpose="voicemail",  # we missed its call: a person listens and calls back
+            phone=call["phone"] if call else None,
+            language=call["language"] if call else default_language,
+            duration_s=float(item.duration) if item.duration else None,
+        )
+        jobs.enqueue(
+            db,
+            FETCH,
+            {"recording_sid": item.sid},
+            key=f"{FETCH}:{item.sid}",
+            priority=5,
+            max_attempts=current_app.config["TWILIO_FETCH_ATTEMPTS"] + 1,
+        )
+        found.append(item.sid)
+    return found
+
+
+@jobs.handler(RECONCILE)
+def reconcile_job(payload):
+    """Job: recover recordings from the last days that no webhook delivered."""
+    config = current_app.config
+    since = datetime.now(UTC) - timedelta(days=payload.get("days", 2))
+    reconcile(
+        get_db(),
+        twilio_client(config),
+        api_base_url=config["TWILIO_API_BASE_URL"],
+        since=since,
+        default_language=config["DEFAULT_LANGUAGE"],
+    )

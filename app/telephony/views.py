@@ -1,0 +1,576 @@
+"""Twilio's voice webhooks: each turns a signed form post into one step of the call, as TwiML."""
+
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, current_app, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from .. import pipeline, queue
+from ..classify import UnknownLanguage
+from ..db import get_db
+from ..flows import KEYS, available_languages, load_flow
+from . import media, speak, store, words
+from .signature import twilio_only
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("telephony", __name__, url_prefix="/twilio")
+
+TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
+# Steps whose failure must reach Twilio as a 5xx: nothing may be acknowledged unstored.
+MUST_FAIL_LOUDLY = ("telephony.recording_status",)
+
+
+def twiml(response):
+    """Return TwiML as a Flask response."""
+    return Response(str(response), mimetype="text/xml")
+
+
+def _config():
+    return current_app.config
+
+
+def _flow(language):
+    """Return the flow for a language, falling back to the default language."""
+    config = _config()
+    if language not in available_languages(config["FLOWS_DIR"]):
+        language = config["DEFAULT_LANGUAGE"]
+    return load_flow(config["FLOWS_DIR"], language)
+
+
+def _call():
+    """Return this webhook's call, starting it if Twilio's first webhook never reached us."""
+    config = _config()
+    call, _ = store.start_call(
+        get_db(),
+        request.form.get("CallSid", ""),
+        request.form.get("From"),
+        default_language=config["DEFAULT_LANGUAGE"],
+        languages=available_languages(config["FLOWS_DIR"]),
+    )
+    return call
+
+
+def _speaker(call):
+    return speak.Speaker(_flow(call["language"]), call["pace"] or "normal")
+
+
+def _label(category, language):
+    """Return a category in plain words for the readback."""
+    try:
+        return pipeline.categories_for(language).label(category or "other")
+    except (UnknownLanguage, KeyError):
+        return pipeline.categories_for(_config()["DEFAULT_LANGUAGE"]).label(category or "other")
+
+
+def _coordinator(config, now=None):
+    """Return the coordinator line if someone answers it now, else None."""
+    number = config.get("COORDINATOR_NUMBER")
+    if not number:
+        return None
+    start, end = config["COORDINATOR_HOURS"]
+    now = now or datetime.now(ZoneInfo(config["COORDINATOR_TIMEZONE"]))
+    if now.weekday() not in config["COORDINATOR_DAYS"]:
+        return None
+    return number if start <= now.hour < end else None
+
+
+def _duty_coordinator(config):
+    """Return who answers in an emergency: the duty line, or the coordinator within hours."""
+    return config.get("DUTY_COORDINATOR_NUMBER") or _coordinator(config)
+
+
+def _spoken_number(number):
+    """Spell a phone number like 911 digit by digit."""
+    return words.digits("".join(ch for ch in str(number) if ch.isdigit()))
+
+
+@bp.post("/voice")
+@twilio_only
+def voice():
+    """Answer a new call: greet the caller, in their remembered language, with the main menu."""
+    config = _config()
+    call, known = store.start_call(
+        get_db(),
+        request.form.get("CallSid", ""),
+        request.form.get("From"),
+        default_language=config["DEFAULT_LANGUAGE"],
+        languages=available_languages(config["FLOWS_DIR"]),
+    )
+    speaker = _speaker(call)
+    flow = speaker.flow
+    texts = [flow.prompt("welcome_back" if known else "greeting")]
+    response = speak.menu(
+        speaker,
+        [*texts, *_menu_texts(call, "main")],
+        url_for(".menu", name="main"),
+        timeout=flow.timing.gather_seconds,
+    )
+    # Other languages are offered each in its own voice, before the menu is repeated.
+    gather = response.verbs[0]
+    for language in available_languages(config["FLOWS_DIR"]):
+        other = load_flow(config["FLOWS_DIR"], language)
+        if language != flow.language and other.select_prompt:
+            gather.append(speak.Speaker(other, call["pace"]).say(other.select_prompt))
+    return twiml(response)
+
+
+def _menu_texts(call, name):
+    """Return what a menu says, including the request or status it is about."""
+    flow = _flow(call["language"])
+    menu = flow.menu(name)
+    db = get_db()
+    if name == "readback":
+        return [*_readback_texts(flow, queue.get(db, call["request_id"])), flow.prompt(menu.prompt)]
+    if name == "after_status":
+        return [_status_text(flow, call), flow.prompt(menu.prompt)]
+    if name == "emergency":
+        return [
+            flow.prompt(
+                "emergency", emergency_number=_spoken_number(_config()["EMERGENCY_NUMBER"])
+            ),
+            flow.prompt(menu.prompt),
+        ]
+    return [flow.prompt(menu.prompt)]
+
+
+def _ask(call, name, before=()):
+    """Ask a menu's question, after any words that lead up to it."""
+    if call["menu"] != name:
+        # Each write is a moment of the database lock: skip the ones that change nothing.
+        call = store.update_call(get_db(), call["call_sid"], menu=name)
+    speaker = _speaker(call)
+    return twiml(
+        speak.menu(
+            speaker,
+            [*before, *_menu_texts(call, name)],
+            url_for(".menu", name=name),
+            timeout=speaker.flow.timing.gather_seconds,
+        )
+    )
+
+
+@bp.post("/menu/<name>")
+@twilio_only
+def menu(name):
+    """Act on the key a caller pressed in a menu, or on their silence."""
+    db = get_db()
+    call = _call()
+    flow = _flow(call["language"])
+    current = flow.menu(name)
+    digit = request.form.get("Digits", "")[:1]
+    if not digit:
+        silences = call["silences"] + 1
+        call = store.update_call(db, call["call_sid"], silences=silences, pace="slow")
+        store.remember(db, call["phone"], pace="slow")
+        if silences >= flow.timing.silence_retries:
+            return _do(call, current.on_silence)
+        return _ask(call, name, before=[flow.prompt("no_key_heard")])
+    if call["silences"]:
+        call = store.update_call(db, call["call_sid"], silences=0)
+    if name == "main" and (switched := _switch_language(call, digit)) is not None:
+        return switched
+    meaning = KEYS.get(digit)
+    if meaning == "repeat":
+        if call["pace"] != "slow":
+            call = store.update_call(db, call["call_sid"], pace="slow")
+            store.remember(db, call["phone"], pace="slow")
+        return _ask(call, name)
+    if meaning == "person":
+        return _do(call, "person")
+    action = current.action_for(meaning) if meaning else None
+    if action is None:
+        return _ask(call, name, before=[flow.prompt("unknown_key")])
+    return _do(call, action)
+
+
+def _switch_language(call, digit):
+    """Switch the call to the language whose select key was pressed; None if it was not one."""
+    config = _config()
+    for language in available_languages(config["FLOWS_DIR"]):
+        other = load_flow(config["FLOWS_DIR"], language)
+        if other.select_key == digit and language != call["language"]:
+            db = get_db()
+            call = store.update_call(db, call["call_sid"], language=language)
+            store.remember(db, call["phone"], language=language)
+            return _ask(call, "main", before=[other.prompt("language_switched")])
+    return None
+
+
+def _do(call, action):
+    """Carry out what a key (or silence) led to."""
+    return ACTIONS[action](call)
+
+
+def _record(call, before=()):
+    db = get_db()
+    call = store.update_call(db, call["call_sid"], menu="record")
+    speaker = _speaker(call)
+    return twiml(
+        speak.record(
+            speaker,
+            [*before, speaker.flow.prompt("record")],
+            url_for(".recorded", purpose="request"),
+            status_callback=url_for(".recording_status", purpose="request"),
+            silence_seconds=speaker.flow.timing.record_silence_seconds,
+            max_seconds=_config()["RECORD_MAX_SECONDS"],
+            after=url_for(".no_message", purpose="request"),
+        )
+    )
+
+
+def _voicemail(call, before=()):
+    db = get_db()
+    call = store.update_call(db, call["call_sid"], menu="voicemail")
+    speaker = _speaker(call)
+    return twiml(
+        speak.record(
+            speaker,
+            [*before, speaker.flow.prompt("voicemail")],
+            url_for(".recorded", purpose="voicemail"),
+            status_callback=url_for(".recording_status", purpose="voicemail"),
+            silence_seconds=speaker.flow.timing.record_silence_seconds,
+            max_seconds=_config()["RECORD_MAX_SECONDS"],
+            after=url_for(".no_message", purpose="voicemail"),
+        )
+    )
+
+
+def _confirm(call):
+    db = get_db()
+    request_ = pipeline.confirm(db, call["request_id"], actor="caller")
+    store.update_call(db, call["call_sid"], outcome="request", menu="done")
+    speaker = _speaker(call)
+    number = words.digits(request_["id"])
+    return twiml(
+        speak.goodbye(
+            speaker,
+            [
+                speaker.flow.prompt("confirmed", number=number),
+                speaker.flow.prompt("callback_promise"),
+            ],
+        )
+    )
+
+
+def _rerecord(call):
+    db = get_db()
+    if call["request_id"]:
+        pipeline.withdraw(db, call["request_id"], actor="caller", reason="said it again")
+    call = store.update_call(
+        db, call["call_sid"], request_id=None, recording_sid=None, outcome=None
+    )
+    return _record(call)
+
+
+def _status(call):
+    db = get_db()
+    if call["outcome"] is None:
+        call = store.update_call(db, call["call_sid"], outcome="status")
+    return _ask(call, "after_status")
+
+
+def _status_text(flow, call):
+    """Read the caller's latest request in plain words."""
+    latest = store.latest_request(get_db(), call["phone"]) if call["phone"] else None
+    if latest is None:
+        return flow.prompt("no_request")
+    return words.status_sentence(latest, flow, _label(latest["category"], flow.language))
+
+
+def _goodbye(call):
+    speaker = _speaker(call)
+    return twiml(speak.goodbye(speaker, [speaker.flow.prompt("goodbye")]))
+
+
+def _person(call):
+    config = _config()
+    speaker = _speaker(call)
+    number = _duty_coordinator(config) if call["menu"] == "emergency" else _coordinator(config)
+    if number is None:
+        return _voicemail(call, before=[speaker.flow.prompt("person_unavailable")])
+    store.update_call(get_db(), call["call_sid"], menu="person")
+    return twiml(
+        speak.connect(speaker, [speaker.flow.prompt("connecting")], number, url_for(".dialed"))
+    )
+
+
+ACTIONS = {
+    "record": _record,
+    "status": _status,
+    "confirm": _confirm,
+    "rerecord": _rerecord,
+    "goodbye": _goodbye,
+    "voicemail": _voicemail,
+    "main": lambda call: _ask(call, "main"),
+    "person": _person,
+    "emergency": lambda call: _emergency_goodbye(call),
+}
+
+
+@bp.post("/no-message/<purpose>")
+@twilio_only
+def no_message(purpose):
+    """Ask again when a recording ended without a message; after three, take a callback."""
+    return _no_message(purpose)
+
+
+def _no_message(purpose):
+    db = get_db()
+    call = _call()
+    flow = _flow(call["language"])
+    silences = call["silences"] + 1
+    call = store.update_call(db, call["call_sid"], silences=silences, pace="slow")
+    if purpose == "voicemail" or silences >= flow.timing.silence_retries:
+        if purpose == "voicemail":
+            _callback(db, call, "missed call: no message left")
+            store.update_call(db, call["call_sid"], outcome="voicemail")
+            return twiml(speak.goodbye(_speaker(call), [flow.prompt("voicemail_silent")]))
+        return _voicemail(call)
+    return _record(call, before=[flow.prompt("no_message_heard")])
+
+
+@bp.post("/recorded/<purpose>")
+@twilio_only
+def recorded(purpose):
+    """Keep the caller's message safe, then hold while it is transcribed."""
+    form = request.form
+    if not form.get("RecordingSid") or form.get("RecordingDuration", "1") == "0":
+        return _no_message(purpose)
+    db = get_db()
+    call = _call()
+    stored = media.accept(
+        db,
+        recording_sid=form["RecordingSid"],
+        call_sid=call["call_sid"],
+        url=form.get("RecordingUrl", ""),
+        purpose=purpose,
+        phone=call["phone"],
+        language=call["language"],
+        duration_s=float(form.get("RecordingDuration") or 0) or None,
+    )
+    call = store.update_call(
+        db,
+        call["call_sid"],
+        silences=0,
+        recording_sid=form["RecordingSid"],
+        request_id=stored["id"] if stored else None,
+        outcome="voicemail" if purpose == "voicemail" else "request",
+        menu="waiting" if purpose == "request" else "done",
+    )
+    speaker = _speaker(call)
+    if purpose == "voicemail":
+        return twiml(speak.goodbye(speaker, [speaker.flow.prompt("voicemail_thanks")]))
+    return twiml(
+        speak.hold(
+            speaker,
+            [speaker.flow.prompt("holding")],
+            url_for(".wait", n=0),
+            pause_seconds=speaker.flow.timing.poll_seconds,
+        )
+    )
+
+
+@bp.post("/wait")
+@twilio_only
+def wait():
+    """Read the message back once it is transcribed; until then, hold the line briefly."""
+    db = get_db()
+    call = _call()
+    speaker = _speaker(call)
+    flow = speaker.flow
+    polls = request.args.get("n", 0, type=int)
+    request_ = _request_of(db, call)
+    if request_ is not None and request_["stage"] != "received":
+        return _readback(call, request_)
+    if polls >= flow.timing.poll_limit:
+        if request_ is not None:
+            queue.update(
+                db, request_["id"], {"needs_review": 1}, actor="system", action="readback timed out"
+            )
+        store.update_call(db, call["call_sid"], menu="done")
+        return twiml(
+            speak.goodbye(speaker, [flow.prompt("unconfirmed_wait"), flow.prompt("goodbye")])
+        )
+    # A few words every few polls, so the caller knows the line is still open.
+    texts = [flow.prompt("still_holding")] if polls and polls % 5 == 0 else []
+    return twiml(
+        speak.hold(
+            speaker, texts, url_for(".wait", n=polls + 1), pause_seconds=flow.timing.poll_seconds
+        )
+    )
+
+
+def _request_of(db, call):
+    """Return the request this call's recording became, once it is stored."""
+    if call["request_id"]:
+        return queue.get(db, call["request_id"])
+    if call["recording_sid"]:
+        row = media.recording(db, call["recording_sid"])
+        if row and row["request_id"]:
+            store.update_call(db, call["call_sid"], request_id=row["request_id"])
+            return queue.get(db, row["request_id"])
+    return None
+
+
+def _readback_texts(flow, request_):
+    """Say back what we understood: the words only when we are confident of them."""
+    label = _label(request_["category"], flow.language)
+    if request_["needs_review"] or not (request_["transcript"] or "").strip():
+        return [flow.prompt("listen_later"), flow.prompt("sounds_like", category=label)]
+    return [
+        flow.prompt("heard", transcript=request_["transcript"].strip().rstrip(".")),
+        flow.prompt("sounds_like", category=label),
+    ]
+
+
+def _readback(call, request_):
+    db = get_db()
+    call = store.update_call(db, call["call_sid"], request_id=request_["id"])
+    if request_["emergency"]:
+        return _emergency(call, request_)
+    return _ask(call, "readback")
+
+
+def _emergency(call, request_):
+    """Tell the caller to dial the emergency number now; put their request first, with an alert."""
+    db = get_db()
+    with db.atomic():
+        if request_["urgency"] != "critical":
+            queue.update(
+                db, request_["id"], {"urgency": "critical"}, actor="system", action="emergency"
+            )
+        alerted = any(e["action"] == "alert" for e in queue.events(db, request_["id"]))
+        if not alerted:
+            queue.record_event(db, request_["id"], "system", "alert", {"reason": "emergency"})
+    pipeline.confirm(db, request_["id"], actor="system")
+    call = store.update_call(db, call["call_sid"], outcome="emergency")
+    if _duty_coordinator(_config()):
+        return _ask(call, "emergency")
+    return _emergency_goodbye(call)
+
+
+def _emergency_goodbye(call):
+    """Say the emergency advice twice and end the call, so the caller can dial at once."""
+    speaker = _speaker(call)
+    number = _spoken_number(_config()["EMERGENCY_NUMBER"])
+    text = speaker.flow.prompt("emergency", emergency_number=number)
+    return twiml(speak.goodbye(speaker, [text, text]))
+
+
+@bp.post("/dialed")
+@twilio_only
+def dialed():
+    """After a call to a coordinator: if nobody answered, take a voicemail instead."""
+    call = _call()
+    if call["outcome"] == "emergency":
+        # Nobody on duty answered: the emergency number is still the caller's best help.
+        return _emergency_goodbye(call)
+    if request.form.get("DialCallStatus") == "completed":
+        store.update_call(get_db(), call["call_sid"], outcome=call["outcome"] or "person")
+        return _goodbye(call)
+    flow = _flow(call["language"])
+    return _voicemail(call, before=[flow.prompt("person_unavailable")])
+
+
+@bp.post("/recording-status/<purpose>")
+@twilio_only
+def recording_status(purpose):
+    """Store a finished recording Twilio tells us about, before acknowledging it."""
+    form = request.form
+    if form.get("RecordingStatus") != "completed" or not form.get("RecordingSid"):
+        return "", 204
+    db = get_db()
+    call = store.get_call(db, form.get("CallSid", "")) or {}
+    media.accept(
+        db,
+        recording_sid=form["RecordingSid"],
+        call_sid=form.get("CallSid"),
+        url=form.get("RecordingUrl", ""),
+        purpose=purpose,
+        phone=call.get("phone"),
+        language=call.get("language") or _config()["DEFAULT_LANGUAGE"],
+        duration_s=float(form.get("RecordingDuration") or 0) or None,
+    )
+    return "", 204
+
+
+@bp.post("/call-status")
+@twilio_only
+def call_status():
+    """At the end of a call, queue a 'call back' item if the caller left with nothing done."""
+    form = request.form
+    status = form.get("CallStatus", "")
+    db = get_db()
+    call = store.get_call(db, form.get("CallSid", ""))
+    if call is not None:
+        call = store.update_call(
+            db,
+            call["call_sid"],
+            call_status=status,
+            duration_s=float(form.get("CallDuration") or 0),
+        )
+    if status not in TERMINAL:
+        return "", 204
+    if call is None:
+        call = {
+            "call_sid": form.get("CallSid", ""),
+            "phone": form.get("From"),
+            "language": _config()["DEFAULT_LANGUAGE"],
+            "outcome": None,
+            "request_id": None,
+            "recording_sid": None,
+        }
+    if call["request_id"]:
+        request_ = queue.get(db, call["request_id"])
+        if not request_["confirmed_at"] and request_["status"] != "cancelled":
+            queue.update(
+                db,
+                request_["id"],
+                {"needs_review": 1},
+                actor="system",
+                action="caller hung up before confirming",
+            )
+    elif call["outcome"] is None and not call["recording_sid"]:
+        _callback(db, call, "missed call — call back")
+    return "", 204
+
+
+def _callback(db, call, reason):
+    """Queue a 'call back' item for a caller who left without a request; once per call."""
+    request_, _ = queue.create(
+        db,
+        channel="phone",
+        phone=call["phone"],
+        language=call["language"],
+        source_key=f"callback:{call['call_sid']}",
+        category="other",
+        urgency="normal",
+        needs_review=1,
+        error=reason,
+    )
+    return request_
+
+
+@bp.errorhandler(Exception)
+def apologise(exc):
+    """Answer a broken step with a spoken apology and a voicemail, never dead air."""
+    if isinstance(exc, HTTPException):
+        return exc
+    if request.endpoint in MUST_FAIL_LOUDLY:
+        raise exc
+    log.exception("telephony step %s failed", request.endpoint)
+    flow = _flow(_config()["DEFAULT_LANGUAGE"])
+    speaker = speak.Speaker(flow, "slow")
+    response = speak.record(
+        speaker,
+        [flow.prompt("sorry"), flow.prompt("voicemail")],
+        url_for(".recorded", purpose="voicemail"),
+        status_callback=url_for(".recording_status", purpose="voicemail"),
+        silence_seconds=flow.timing.record_silence_seconds,
+        max_seconds=_config()["RECORD_MAX_SECONDS"],
+        after=url_for(".no_message", purpose="voicemail"),
+    )
+    return twiml(response)
