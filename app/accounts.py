@@ -1,0 +1,425 @@
+"""Who may use the console and API: users, roles, passwords, lock-out and bearer tokens."""
+
+import functools
+import getpass
+import hashlib
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+import click
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .db import connect
+from .queue import now, record_event
+
+# What each role may do; a permission is checked, never a role name.
+PERMISSIONS = {
+    "admin": frozenset({"view", "act", "manage_users"}),
+    "coordinator": frozenset({"view", "act"}),
+    "viewer": frozenset({"view"}),
+}
+ROLES = tuple(PERMISSIONS)
+TOKEN_PREFIX = "cc_"
+MIN_PASSWORD_LENGTH = 10
+
+
+@functools.cache
+def password_hasher(time_cost=3, memory_kib=65536, parallelism=4):
+    """Return an argon2id hasher with these costs (the defaults are argon2-cffi's)."""
+    return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+
+
+def hasher_for(config):
+    """Return the password hasher app config asks for."""
+    return password_hasher(
+        config["PASSWORD_HASH_TIME_COST"],
+        config["PASSWORD_HASH_MEMORY_KIB"],
+        config["PASSWORD_HASH_PARALLELISM"],
+    )
+
+
+@functools.cache
+def _dummy_hash(hasher):
+    """Return a hash to verify against when the user does not exist.
+
+    A wrong name then costs as long as a wrong password, so timing does not reveal names.
+    """
+    return hasher.hash(secrets.token_hex(16))
+
+
+class AccountError(Exception):
+    """An account operation could not be done."""
+
+
+class BadCredentials(AccountError):
+    """The name or password is wrong, or the account is disabled."""
+
+
+class LockedOut(AccountError):
+    """Too many failed logins: wait retry_after seconds."""
+
+    def __init__(self, retry_after):
+        super().__init__(f"too many failed attempts; try again in {math.ceil(retry_after)} s")
+        self.retry_after = retry_after
+
+
+class BadAccountField(AccountError, ValueError):
+    """A name, role or password is not acceptable."""
+
+
+class UnknownAccount(AccountError, LookupError):
+    """No user or token has that name or id."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Someone acting: a logged-in user or an API token."""
+
+    kind: str  # user or token
+    id: int
+    name: str
+    role: str
+
+    @property
+    def actor(self):
+        """Return how audit events name this principal, e.g. user:alice."""
+        return f"{self.kind}:{self.name}"
+
+    def can(self, permission):
+        """Return whether this principal's role grants the permission."""
+        return permission in PERMISSIONS.get(self.role, ())
+
+
+@dataclass(frozen=True)
+class LockoutPolicy:
+    """How many failures lock an account and for how long, doubling each time."""
+
+    max_failures: int = 5
+    base_seconds: float = 30.0
+    max_seconds: float = 3600.0
+
+    def delay(self, failures):
+        """Return how long an account with this many consecutive failures stays locked."""
+        if failures < self.max_failures:
+            return 0.0
+        return min(self.base_seconds * 2 ** (failures - self.max_failures), self.max_seconds)
+
+
+def hash_password(password, hasher=None):
+    """Hash a password with argon2id."""
+    return (hasher or password_hasher()).hash(password)
+
+
+def check_role(role):
+    """Raise BadAccountField unless role is a known role."""
+    if role not in PERMISSIONS:
+        raise BadAccountField(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def create_user(db, name, role, password, *, hasher=None, actor="system"):
+    """Create a user with a hashed password; return its row without the hash."""
+    name = (name or "").strip()
+    check_role(role)
+    if not name or len(name) > 64 or any(c.isspace() for c in name):
+        raise BadAccountField("name must be 1-64 characters without spaces")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise BadAccountField(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
+        raise BadAccountField(f"user {name!r} already exists")
+    row = {"name": name, "role": role, "password_hash": hash_password(password, hasher)}
+    with db.atomic():
+        user_id = db["users"].insert({**row, "active": 1, "created_at": now()}).last_pk
+        record_event(db, None, actor, "user_created", {"user": name, "role": [None, role]})
+    return get_user(db, user_id)
+
+
+def get_user(db, user_id):
+    """Return an active user's public fields by id, or None."""
+    row = db.execute(
+        "SELECT id, name, role, active, created_at FROM users WHERE id = ?", [user_id]
+    ).fetchone()
+    if row is None:
+        return None
+    return dict(zip(("id", "name", "role", "active", "created_at"), row, strict=True))
+
+
+def list_users(db):
+    """Return every user's public fields, by name."""
+    rows = db.execute("SELECT id, name, role, active, created_at FROM users ORDER BY name")
+    return [dict(zip(("id", "name", "role", "active", "created_at"), r, strict=True)) for r in rows]
+
+
+def set_active(db, name, active, *, actor="system"):
+    """Enable or disable a user by name, audited."""
+    with db.atomic():
+        cursor = db.execute("UPDATE users SET active = ? WHERE name = ?", [int(active), name])
+        if cursor.rowcount == 0:
+            raise UnknownAccount(f"no user {name!r}")
+        detail = {"user": name, "active": [int(not active), int(active)]}
+        record_event(db, None, actor, "user_enabled" if active else "user_disabled", detail)
+
+
+def principal_for_user(db, user_id):
+    """Return the Principal for an active user id, or None."""
+    user = get_user(db, user_id)
+    if user is None or not user["active"]:
+        return None
+    return Principal("user", user["id"], user["name"], user["role"])
+
+
+def authenticate(db, name, password, *, policy, hasher=None, clock=time.time):
+    """Check a name and password under the lock-out policy; return the user's Principal."""
+    hasher = hasher or password_hasher()
+    name = (name or "").strip()
+    at = clock()
+    state = db.execute(
+        "SELECT failures, locked_until FROM login_attempts WHERE name = ?", [name]
+    ).fetchone()
+    failures, locked_until = state or (0, 0.0)
+    if locked_until and at < locked_until:
+        raise LockedOut(locked_until - at)
+    row = db.execute(
+        "SELECT id, password_hash, active FROM users WHERE name = ?", [name]
+    ).fetchone()
+    ok = _verify(hasher, row[1] if row else _dummy_hash(hasher), password)
+    ok = ok and row is not None and bool(row[2])
+    with db.atomic():
+        if not ok:
+            failures += 1
+            db["login_attempts"].upsert(
+                {
+                    "name": name,
+                    "failures": failures,
+                    "locked_until": at + policy.delay(failures),
+                    "last_failure_at": at,
+                },
+                pk="name",
+            )
+        else:
+            db.execute("DELETE FROM login_attempts WHERE name = ?", [name])
+            # Costs were raised since this password was set: store it at today's cost.
+            if hasher.check_needs_rehash(row[1]):
+                db["users"].update(row[0], {"password_hash": hash_password(password, hasher)})
+    if not ok:
+        if policy.delay(failures):
+            raise LockedOut(policy.delay(failures))
+        raise BadCredentials("wrong name or password")
+    return principal_for_user(db, row[0])
+
+
+def _verify(hasher, password_hash, password):
+    """Return whether password matches the argon2 hash."""
+    try:
+        return hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _token_hash(token):
+    """Return the stored form of a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(db, name, role, *, actor="system"):
+    """Create an API token; return (the token, shown only now, and its row)."""
+    check_role(role)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = {"name": name, "role": role, "token_hash": _token_hash(token), "created_at": now()}
+    with db.atomic():
+        token_id = db["api_tokens"].insert(row).last_pk
+        detail = {"token": token_id, "name": name, "role": [None, role]}
+        record_event(db, None, actor, "token_created", detail)
+    return token, {"id": token_id, "name": name, "role": role, "created_at": row["created_at"]}
+
+
+def list_tokens(db):
+    """Return every token's public fields, newest first."""
+    cols = ("id", "name", "role", "created_at", "last_used_at", "revoked_at")
+    rows = db.execute(f"SELECT {', '.join(cols)} FROM api_tokens ORDER BY id DESC")
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def revoke_token(db, token_id, *, actor="system"):
+    """Revoke a token by id so it no longer authenticates, audited."""
+    with db.atomic():
+        cursor = db.execute(
+            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            [now(), token_id],
+        )
+        if cursor.rowcount == 0:
+            raise UnknownAccount(f"no live token {token_id}")
+        record_event(db, None, actor, "token_revoked", {"token": token_id})
+
+
+def principal_for_token(db, token):
+    """Return the Principal for a live bearer token, or None."""
+    if not token or not token.startswith(TOKEN_PREFIX):
+        return None
+    row = db.execute(
+        "SELECT id, name, role FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        [_token_hash(token)],
+    ).fetchone()
+    if row is None:
+        return None
+    db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [now(), row[0]])
+    return Principal("token", row[0], row[1], row[2])
+
+
+def lockout_policy(config):
+    """Build the lock-out policy from app config."""
+    return LockoutPolicy(
+        max_failures=config["LOGIN_MAX_FAILURES"],
+        base_seconds=config["LOCKOUT_BASE_SECONDS"],
+        max_seconds=config["LOCKOUT_MAX_SECONDS"],
+    )
+
+
+def _cli_actor():
+    """Name the person at the terminal in audit events."""
+    return f"cli:{getpass.getuser()}"
+
+
+@click.group("users")
+def users_cli():
+    """Manage console users.
+
+    Example: flask --app app users create alice --role coordinator
+    """
+
+
+@users_cli.command("create")
+@with_appcontext
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the user may do.")
+@click.option("--generate-password", is_flag=True, help="Generate a password and print it once.")
+def users_create(name, role, generate_password):
+    """Create a user, asking for a password or generating one.
+
+    Example: flask --app app users create alice --role coordinator --generate-password
+    """
+    if generate_password:
+        password = secrets.token_urlsafe(12)
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    db = connect(current_app.config["DATABASE"])
+    try:
+        user = create_user(
+            db, name, role, password, hasher=hasher_for(current_app.config), actor=_cli_actor()
+        )
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.close()
+    click.echo(f"created {user['role']} {user['name']}")
+    if generate_password:
+        click.echo(f"password: {password}")
+
+
+@users_cli.command("list")
+@with_appcontext
+def users_list():
+    """List users and their roles.
+
+    Example: flask --app app users list
+    """
+    db = connect(current_app.config["DATABASE"])
+    try:
+        for user in list_users(db):
+            state = "active" if user["active"] else "disabled"
+            click.echo(f"{user['name']:<24} {user['role']:<12} {state}")
+    finally:
+        db.close()
+
+
+@users_cli.command("disable")
+@with_appcontext
+@click.argument("name")
+def users_disable(name):
+    """Disable a user so they can no longer log in.
+
+    Example: flask --app app users disable alice
+    """
+    db = connect(current_app.config["DATABASE"])
+    try:
+        set_active(db, name, False, actor=_cli_actor())
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.close()
+    click.echo(f"disabled {name}")
+
+
+@click.group("tokens")
+def tokens_cli():
+    """Manage API bearer tokens.
+
+    Example: flask --app app tokens create --role coordinator --name dispatch-bot
+    """
+
+
+@tokens_cli.command("create")
+@with_appcontext
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the token may do.")
+@click.option("--name", default="api", show_default=True, help="Who or what uses the token.")
+def tokens_create(role, name):
+    """Create an API token and print it once; only its hash is stored.
+
+    Example: flask --app app tokens create --role coordinator --name dispatch-bot
+    """
+    db = connect(current_app.config["DATABASE"])
+    try:
+        token, row = create_token(db, name, role, actor=_cli_actor())
+    finally:
+        db.close()
+    click.echo(f"token {row['id']} ({row['role']}, {row['name']}): {token}")
+
+
+@tokens_cli.command("list")
+@with_appcontext
+def tokens_list():
+    """List API tokens (never their secret part).
+
+    Example: flask --app app tokens list
+    """
+    db = connect(current_app.config["DATABASE"])
+    try:
+        for t in list_tokens(db):
+            state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "live"
+            click.echo(f"{t['id']:>4} {t['name']:<20} {t['role']:<12} {state}")
+    finally:
+        db.close()
+
+
+@tokens_cli.command("revoke")
+@with_appcontext
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id):
+    """Revoke an API token by id.
+
+    Example: flask --app app tokens revoke 3
+    """
+    db = connect(current_app.config["DATABASE"])
+    try:
+        revoke_token(db, token_id, actor=_cli_actor())
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.close()
+    click.echo(f"revoked token {token_id}")
+
+
+def init_app(app):
+    """Set lock-out defaults and register the users and tokens commands."""
+    app.config.setdefault("LOGIN_MAX_FAILURES", 5)
+    app.config.setdefault("LOCKOUT_BASE_SECONDS", 30.0)
+    app.config.setdefault("LOCKOUT_MAX_SECONDS", 3600.0)
+    app.config.setdefault("PASSWORD_HASH_TIME_COST", 3)
+    app.config.setdefault("PASSWORD_HASH_MEMORY_KIB", 65536)
+    app.config.setdefault("PASSWORD_HASH_PARALLELISM", 4)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(tokens_cli)

@@ -1,0 +1,255 @@
+"""What coordinators do to a request: correct, note, call back, change status, merge.
+
+Pure core over a sqlite-utils Database: no Flask. Every change writes an events row
+through app.queue, and multi-row changes happen in one transaction.
+"""
+
+import json
+from datetime import datetime, timedelta
+
+from rapidfuzz import fuzz, utils
+
+from .. import queue
+from ..classify import CATEGORY_KEYS
+from .search import LIST_COLUMNS, row_dict
+
+EDITABLE = ("category", "urgency", "transcript")
+CALLBACK_OUTCOMES = {
+    "reached": "Reached the caller",
+    "no_answer": "No answer",
+    "left_message": "Left a message",
+    "wrong_number": "Wrong number",
+}
+MAX_TEXT = 10_000
+
+
+class ActionError(ValueError):
+    """A console action was refused."""
+
+
+class BadChange(ActionError):
+    """A field was given a value the console does not accept."""
+
+
+class MergeRefused(ActionError):
+    """Two requests cannot be merged."""
+
+
+def _clean_text(value, what):
+    """Return value stripped, or raise BadChange if empty or too long."""
+    text = (value or "").strip()
+    if not text:
+        raise BadChange(f"{what} must not be empty")
+    if len(text) > MAX_TEXT:
+        raise BadChange(f"{what} must be at most {MAX_TEXT} characters")
+    return text
+
+
+def validate_changes(changes):
+    """Return only the editable fields that are set, checked; raise BadChange otherwise."""
+    out = {}
+    for name, value in changes.items():
+        if name not in (*EDITABLE, "status"):
+            raise BadChange(f"{name} cannot be changed here")
+        if value is None or value == "":
+            continue
+        if name == "category" and value not in CATEGORY_KEYS:
+            raise BadChange(f"category must be one of {', '.join(CATEGORY_KEYS)}")
+        if name == "urgency" and value not in queue.URGENCY_RANK:
+            raise BadChange(f"urgency must be one of {', '.join(queue.URGENCY_RANK)}")
+        if name == "status" and value not in queue.STATUSES:
+            raise BadChange(f"status must be one of {', '.join(queue.STATUSES)}")
+        out[name] = _clean_text(value, name) if name == "transcript" else value
+    return out
+
+
+def change(db, request_id, changes, *, actor):
+    """Apply corrections and a status change; store each correction as labelled data."""
+    changes = validate_changes(changes)
+    with db.atomic():
+        before = queue.get(db, request_id)
+        corrected = {k: v for k, v in changes.items() if k in EDITABLE and before.get(k) != v}
+        status = changes.get("status")
+        result = before
+        if corrected:
+            transcript = corrected.get("transcript", before.get("transcript"))
+            for name, value in corrected.items():
+                db["corrections"].insert(
+                    {
+                        "request_id": request_id,
+                        "field": name,
+                        "before": before.get(name),
+                        "after": value,
+                        "transcript": transcript,
+                        "language": before.get("language"),
+                        "actor": actor,
+                        "created_at": queue.now(),
+                    }
+                )
+            # A person has now read it: it no longer waits for review.
+            result = queue.update(
+                db, request_id, {**corrected, "needs_review": 0}, actor=actor, action="corrected"
+            )
+        if status and status != before["status"]:
+            result = queue.update(db, request_id, {"status": status}, actor=actor, action="status")
+    return result
+
+
+def set_status(db, request_id, status, *, actor):
+    """Move a request to another status, audited."""
+    return change(db, request_id, {"status": status}, actor=actor)
+
+
+def _touch(db, request_id):
+    """Mark a request as having new activity, so it rises in the queue."""
+    db.execute("UPDATE requests SET updated_at = ? WHERE id = ?", [queue.now(), request_id])
+
+
+def add_note(db, request_id, body, *, actor):
+    """Attach a coordinator's note to a request, audited."""
+    body = _clean_text(body, "note")
+    with db.atomic():
+        queue.get(db, request_id)
+        note_id = (
+            db["notes"]
+            .insert(
+                {"request_id": request_id, "actor": actor, "body": body, "created_at": queue.now()}
+            )
+            .last_pk
+        )
+        queue.record_event(db, request_id, actor, "note", {"note_id": note_id, "body": body})
+        _touch(db, request_id)
+    return note_id
+
+
+def notes(db, request_id):
+    """Return a request's notes, oldest first."""
+    return list(db["notes"].rows_where("request_id = ?", [request_id], order_by="id"))
+
+
+def log_callback(db, request_id, outcome, note="", *, actor):
+    """Record that someone called the senior back, and how it went, audited."""
+    if outcome not in CALLBACK_OUTCOMES:
+        raise BadChange(f"outcome must be one of {', '.join(CALLBACK_OUTCOMES)}")
+    note = (note or "").strip()[:MAX_TEXT]
+    with db.atomic():
+        queue.get(db, request_id)
+        row = {"request_id": request_id, "actor": actor, "outcome": outcome, "note": note}
+        callback_id = db["callbacks"].insert({**row, "created_at": queue.now()}).last_pk
+        detail = {"callback_id": callback_id, "outcome": outcome, "note": note}
+        queue.record_event(db, request_id, actor, "called_back", detail)
+        _touch(db, request_id)
+    return callback_id
+
+
+def callbacks(db, request_id):
+    """Return a request's call-back log, oldest first."""
+    return list(db["callbacks"].rows_where("request_id = ?", [request_id], order_by="id"))
+
+
+def merged_into(db, request_id):
+    """Return the requests merged into this one, oldest first."""
+    cursor = db.execute(
+        f"SELECT {LIST_COLUMNS}, r.audio_path, r.video_path FROM requests r"
+        " WHERE r.merged_into = ? ORDER BY r.id",
+        [request_id],
+    )
+    return [row_dict(cursor, row) for row in cursor.fetchall()]
+
+
+def duplicates(db, request, *, window_hours, similarity, limit=10, scan=500):
+    """Suggest requests to merge: same phone within the window, or a very similar transcript."""
+    created = datetime.fromisoformat(request["created_at"])
+    low = (created - timedelta(hours=window_hours)).isoformat(timespec="seconds")
+    high = (created + timedelta(hours=window_hours)).isoformat(timespec="seconds")
+    cursor = db.execute(
+        f"SELECT {LIST_COLUMNS}, r.transcript AS full_transcript FROM requests r"
+        " WHERE r.created_at BETWEEN ? AND ? AND r.id != ? AND r.merged_into IS NULL"
+        " AND r.status != 'cancelled' ORDER BY r.created_at DESC LIMIT ?",
+        [low, high, request["id"], scan],
+    )
+    mine = utils.default_process(request.get("transcript") or "")
+    found = []
+    for row in (row_dict(cursor, r) for r in cursor.fetchall()):
+        reasons = []
+        if request.get("phone") and row["phone"] == request["phone"]:
+            reasons.append("same phone number")
+        other = utils.default_process(row.pop("full_transcript") or "")
+        # Short transcripts ("help me") are alike by chance, not by being the same request.
+        if len(mine) >= 20 and len(other) >= 20:
+            score = fuzz.token_sort_ratio(mine, other)
+            if score >= similarity:
+                reasons.append(f"similar words ({score:.0f}%)")
+        if reasons:
+            found.append({**row, "reasons": reasons})
+    return found[:limit]
+
+
+def merge(db, survivor_id, duplicate_id, *, actor):
+    """Merge a duplicate into a survivor: keep both recordings, mark the survivor called again."""
+    if survivor_id == duplicate_id:
+        raise MergeRefused("a request cannot be merged into itself")
+    with db.atomic():
+        survivor = queue.get(db, survivor_id)
+        duplicate = queue.get(db, duplicate_id)
+        if survivor.get("merged_into") or duplicate.get("merged_into"):
+            raise MergeRefused("one of these requests was already merged")
+        queue.update(
+            db,
+            duplicate_id,
+            {"merged_into": survivor_id, "status": "cancelled"},
+            actor=actor,
+            action="merged_into",
+        )
+        urgency = min(
+            (survivor.get("urgency") or "normal", duplicate.get("urgency") or "normal"),
+            key=lambda u: queue.URGENCY_RANK.get(u, 2),
+        )
+        # The caller asked again: whatever was most urgent in either call still holds.
+        changes = {"called_again": (survivor.get("called_again") or 0) + 1, "urgency": urgency}
+        queue.update(db, survivor_id, changes, actor=actor, action="merged")
+        queue.record_event(db, survivor_id, actor, "merge", {"duplicate": duplicate_id})
+    return queue.get(db, survivor_id)
+
+
+def export_corrections(db):
+    """Yield every stored correction with the transcript it was about, oldest first."""
+    for row in db["corrections"].rows_where(order_by="id"):
+        yield dict(row)
+
+
+def marked_words(words, threshold):
+    """Return transcript words with a flag on those the recogniser was unsure of."""
+    out = []
+    for word in words or []:
+        confidence = word.get("confidence")
+        low = confidence is not None and confidence < threshold
+        out.append({**word, "low": low})
+    return out
+
+
+def describe(detail):
+    """Return an audit event's detail as short readable text."""
+    if not isinstance(detail, dict):
+        return json.dumps(detail, ensure_ascii=False)
+    parts = []
+    for key, value in detail.items():
+        if isinstance(value, list) and len(value) == 2:
+            parts.append(f"{key}: {value[0]!s} → {value[1]!s}")
+        else:
+            parts.append(f"{key}: {value}")
+    return "; ".join(parts)
+
+
+def labelled_examples(db):
+    """Yield (text, category, urgency) for each request whose category or urgency was corrected.
+
+    The text is the transcript as corrected; tabs and line breaks become spaces.
+    """
+    cursor = db.execute(
+        "SELECT r.transcript, r.category, r.urgency FROM requests r"
+        " WHERE r.id IN (SELECT request_id FROM corrections WHERE field IN ('category', 'urgency'))"
+        " AND r.transcript IS NOT NULL ORDER BY r.id"
+    )
+    for text, category, urgency in cursor:
+        yield " ".join(text.split()), category or "other", urgency or "normal"

@@ -1,0 +1,413 @@
+"""Console pages under /console: log in, the live queue, one request, users and tokens."""
+
+import functools
+import mimetypes
+from pathlib import Path
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
+
+from .. import accounts, queue
+from ..classify import CATEGORY_KEYS, load_categories
+from ..db import get_db
+from . import actions, search
+
+bp = Blueprint("console", __name__, url_prefix="/console")
+
+
+@bp.before_request
+def load_principal():
+    """Find who is logged in for this request, if anyone."""
+    user_id = session.get("user_id")
+    g.principal = accounts.principal_for_user(get_db(), user_id) if user_id else None
+    if user_id and g.principal is None:
+        session.clear()
+
+
+def require(permission):
+    """Let a view run only for a logged-in principal with the permission."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(**kwargs):
+            if g.principal is None:
+                return redirect(url_for("console.login", next=request.full_path))
+            if not g.principal.can(permission):
+                abort(403)
+            return view(**kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+@bp.context_processor
+def console_context():
+    """Give console templates the principal and plain words for categories."""
+    return {
+        "principal": g.get("principal"),
+        "category_label": _label,
+        "CATEGORY_KEYS": CATEGORY_KEYS,
+        "URGENCIES": tuple(queue.URGENCY_RANK),
+        "STATUSES": queue.STATUSES,
+        "CHANNELS": queue.CHANNELS,
+    }
+
+
+def _labels():
+    """Return the English category labels, loaded once per app."""
+    labels = current_app.extensions.get("console_labels")
+    if labels is None:
+        labels = current_app.extensions["console_labels"] = load_categories("en")
+    return labels
+
+
+def _label(key):
+    """Return a category key as plain words."""
+    if not key:
+        return "Not yet classified"
+    return _labels().label(key)
+
+
+def _safe_next(target):
+    """Return target if it is a path inside the console, else the queue."""
+    if target and target.startswith("/console") and not target.startswith("//"):
+        return target
+    return url_for("console.queue")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Show the login form, or log in with a name and password."""
+    error, status = None, 200
+    if request.method == "GET" and g.principal is not None:
+        return redirect(_safe_next(request.args.get("next")))
+    if request.method == "POST":
+        policy = accounts.lockout_policy(current_app.config)
+        try:
+            principal = accounts.authenticate(
+                get_db(),
+                request.form.get("name"),
+                request.form.get("password", ""),
+                policy=policy,
+                hasher=accounts.hasher_for(current_app.config),
+            )
+        except accounts.LockedOut as exc:
+            error, status = f"Too many failed attempts. {_wait_words(exc.retry_after)}", 429
+        except accounts.BadCredentials:
+            error, status = "That name and password do not match an active account.", 401
+        else:
+            # A fresh session at login: nothing from before survives into the logged-in one.
+            session.clear()
+            session["user_id"] = principal.id
+            session.permanent = True
+            return redirect(_safe_next(request.args.get("next")), code=303)
+    return render_template("console/login.html", error=error), status
+
+
+def _wait_words(seconds):
+    """Say how long to wait in words."""
+    seconds = max(1, round(seconds))
+    if seconds < 120:
+        return f"Try again in {seconds} seconds."
+    return f"Try again in {round(seconds / 60)} minutes."
+
+
+@bp.post("/logout")
+def logout():
+    """Log out and return to the login page."""
+    session.clear()
+    return redirect(url_for("console.login"), code=303)
+
+
+def _queue_view(template):
+    """Render the queue, or just its rows, for the filters in the query string."""
+    try:
+        filters = search.Filters.from_args(request.args)
+    except search.BadFilter as exc:
+        filters, error = search.Filters(), str(exc)
+    else:
+        error = None
+    db = get_db()
+    rows, next_cursor = search.list_requests(
+        db,
+        filters,
+        limit=current_app.config["CONSOLE_PAGE_SIZE"],
+        cursor=request.args.get("cursor") or None,
+        exclude_pinned=True,
+    )
+    html = render_template(
+        template,
+        filters=filters,
+        rows=rows,
+        pinned=search.pinned(db),
+        next_cursor=next_cursor,
+        filter_error=error,
+        poll_ms=int(current_app.config["CONSOLE_POLL_SECONDS"] * 1000),
+    )
+    return html, 400 if error else 200
+
+
+@bp.get("/", endpoint="queue")
+@require("view")
+def queue_page():
+    """Show the live queue: critical requests pinned on top, newest activity first."""
+    return _queue_view("console/queue.html")
+
+
+@bp.get("/rows")
+@require("view")
+def rows():
+    """Return just the queue's rows, for the page to refresh itself."""
+    return _queue_view("console/_rows.html")
+
+
+@bp.get("/requests/<int:request_id>")
+@require("view")
+def detail(request_id):
+    """Show one request: recording, transcript, corrections, notes, history, duplicates."""
+    db = get_db()
+    try:
+        item = queue.get(db, request_id)
+    except queue.RequestNotFound:
+        abort(404)
+    config = current_app.config
+    history = [r for r in search.caller_history(db, item.get("phone")) if r["id"] != request_id]
+    suggestions = []
+    if not item.get("merged_into"):
+        suggestions = actions.duplicates(
+            db,
+            item,
+            window_hours=config["DUPLICATE_WINDOW_HOURS"],
+            similarity=config["DUPLICATE_SIMILARITY"],
+        )
+    events = queue.events(db, request_id)
+    for event in events:
+        event["text"] = actions.describe(event["detail"])
+    return render_template(
+        "console/request.html",
+        item=item,
+        words=actions.marked_words(item.get("transcript_words"), config["LOW_WORD_CONFIDENCE"]),
+        notes=actions.notes(db, request_id),
+        callbacks=actions.callbacks(db, request_id),
+        outcomes=actions.CALLBACK_OUTCOMES,
+        history=history,
+        duplicates=suggestions,
+        merged=actions.merged_into(db, request_id),
+        events=list(reversed(events)),
+    )
+
+
+def _media(request_id, column):
+    """Send a request's recording from DATA_DIR, with Range support for seeking."""
+    try:
+        item = queue.get(get_db(), request_id)
+    except queue.RequestNotFound:
+        abort(404)
+    relative = item.get(column)
+    if not relative:
+        abort(404)
+    root = Path(current_app.config["DATA_DIR"]).resolve()
+    path = (root / relative).resolve()
+    # A stored path is data: it must never lead outside DATA_DIR.
+    if not path.is_relative_to(root) or not path.is_file():
+        abort(404)
+    mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    response = send_file(path, mimetype=mimetype, conditional=True, max_age=0)
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.get("/requests/<int:request_id>/audio")
+@require("view")
+def audio(request_id):
+    """Stream a request's audio recording."""
+    return _media(request_id, "audio_path")
+
+
+@bp.get("/requests/<int:request_id>/video")
+@require("view")
+def video(request_id):
+    """Stream a request's video recording."""
+    return _media(request_id, "video_path")
+
+
+def _act(request_id, do, done_message):
+    """Run a console action for a request, then go back to it with a message."""
+    try:
+        do(get_db())
+    except queue.RequestNotFound:
+        abort(404)
+    except (actions.ActionError, queue.BadRequestField) as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.detail", request_id=request_id), code=303)
+    flash(done_message, "ok")
+    target = request.form.get("next") or url_for("console.detail", request_id=request_id)
+    return redirect(_safe_next(target), code=303)
+
+
+@bp.post("/requests/<int:request_id>/correct")
+@require("act")
+def correct(request_id):
+    """Save corrections to a request's category, urgency or transcript."""
+    changes = {k: request.form.get(k) for k in actions.EDITABLE if k in request.form}
+    return _act(
+        request_id,
+        lambda db: actions.change(db, request_id, changes, actor=g.principal.actor),
+        "Corrections saved.",
+    )
+
+
+@bp.post("/requests/<int:request_id>/status")
+@require("act")
+def status(request_id):
+    """Move a request to another status."""
+    value = request.form.get("status", "")
+    return _act(
+        request_id,
+        lambda db: actions.set_status(db, request_id, value, actor=g.principal.actor),
+        f"Status is now {value.replace('_', ' ')}.",
+    )
+
+
+@bp.post("/requests/<int:request_id>/notes")
+@require("act")
+def add_note(request_id):
+    """Add a note to a request."""
+    body = request.form.get("body", "")
+    return _act(
+        request_id,
+        lambda db: actions.add_note(db, request_id, body, actor=g.principal.actor),
+        "Note added.",
+    )
+
+
+@bp.post("/requests/<int:request_id>/callbacks")
+@require("act")
+def add_callback(request_id):
+    """Log a call back to the senior and its outcome."""
+    outcome, note = request.form.get("outcome", ""), request.form.get("note", "")
+    return _act(
+        request_id,
+        lambda db: actions.log_callback(db, request_id, outcome, note, actor=g.principal.actor),
+        "Call back logged.",
+    )
+
+
+@bp.post("/requests/<int:request_id>/merge")
+@require("act")
+def merge(request_id):
+    """Merge another request into this one."""
+    try:
+        duplicate = int(request.form.get("duplicate", ""))
+    except ValueError:
+        abort(400)
+    return _act(
+        request_id,
+        lambda db: actions.merge(db, request_id, duplicate, actor=g.principal.actor),
+        f"Request {duplicate} merged into this one.",
+    )
+
+
+@bp.get("/users")
+@require("manage_users")
+def users():
+    """List users and API tokens for an administrator."""
+    db = get_db()
+    return render_template(
+        "console/users.html",
+        users=accounts.list_users(db),
+        tokens=accounts.list_tokens(db),
+        roles=accounts.ROLES,
+        new_secret=None,
+    )
+
+
+@bp.post("/users")
+@require("manage_users")
+def create_user():
+    """Create a user with the password an administrator typed."""
+    db = get_db()
+    try:
+        user = accounts.create_user(
+            db,
+            request.form.get("name"),
+            request.form.get("role"),
+            request.form.get("password", ""),
+            hasher=accounts.hasher_for(current_app.config),
+            actor=g.principal.actor,
+        )
+    except accounts.AccountError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"Created {user['role']} {user['name']}.", "ok")
+    return redirect(url_for("console.users"), code=303)
+
+
+@bp.post("/users/<name>/disable")
+@require("manage_users")
+def disable_user(name):
+    """Disable a user's account."""
+    if name == g.principal.name:
+        flash("You cannot disable your own account.", "error")
+    else:
+        try:
+            accounts.set_active(get_db(), name, False, actor=g.principal.actor)
+        except accounts.AccountError as exc:
+            flash(str(exc), "error")
+        else:
+            flash(f"Disabled {name}.", "ok")
+    return redirect(url_for("console.users"), code=303)
+
+
+@bp.post("/tokens")
+@require("manage_users")
+def create_token():
+    """Create an API token and show it once."""
+    db = get_db()
+    try:
+        secret, row = accounts.create_token(
+            db, request.form.get("name") or "api", request.form.get("role"), actor=g.principal.actor
+        )
+    except accounts.AccountError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.users"), code=303)
+    return render_template(
+        "console/users.html",
+        users=accounts.list_users(db),
+        tokens=accounts.list_tokens(db),
+        roles=accounts.ROLES,
+        new_secret=(row, secret),
+    )
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@require("manage_users")
+def revoke_token(token_id):
+    """Revoke an API token."""
+    try:
+        accounts.revoke_token(get_db(), token_id, actor=g.principal.actor)
+    except accounts.AccountError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"Revoked token {token_id}.", "ok")
+    return redirect(url_for("console.users"), code=303)
+
+
+@bp.errorhandler(400)
+@bp.errorhandler(403)
+@bp.errorhandler(404)
+def console_error(error):
+    """Show an error as a page a person can act on; a missing CSRF token is a 400."""
+    return render_template("console/error.html", error=error), error.code

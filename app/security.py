@@ -1,0 +1,45 @@
+"""Web security for every response: CSRF on forms, strict headers, careful session cookies."""
+
+from flask import current_app
+from flask_wtf.csrf import CSRFProtect
+
+csrf = CSRFProtect()
+
+# These blueprints authenticate each request themselves (Twilio signature, bearer token),
+# never by session cookie, so a cross-site form cannot act through them.
+CSRF_EXEMPT_BLUEPRINTS = ("telephony", "kiosk", "api")
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def add_security_headers(response):
+    """Set the security headers on a response, keeping any a view set itself."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    # Only a deployment that serves HTTPS (and so sends Secure cookies) may pin browsers to it.
+    if current_app.config.get("SESSION_COOKIE_SECURE"):
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+def init_app(app):
+    """Protect forms with CSRF, exempt token-authenticated blueprints and harden cookies."""
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    # Flask ships SameSite=None and Secure=False; keep whatever the deployment chose instead.
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    csrf.init_app(app)
+    for name in CSRF_EXEMPT_BLUEPRINTS:
+        if name in app.blueprints:
+            csrf.exempt(app.blueprints[name])
+    app.after_request(add_security_headers)

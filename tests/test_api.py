@@ -1,0 +1,139 @@
+"""The JSON API: bearer tokens, the console's rules, the same audit trail."""
+
+import pytest
+
+from app import accounts, queue
+from tests.test_console import add_request
+
+
+def bearer(db, role, name=None):
+    """Return Authorization headers for a fresh token with the role."""
+    token, _ = accounts.create_token(db, name or role, role)
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer cc_not-a-real-token"}, 401),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+    ],
+)
+def test_no_valid_token_is_401(client, db, headers, status):
+    response = client.get("/api/v1/requests", headers=headers)
+    assert response.status_code == status
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.is_json
+
+
+def test_revoked_token_is_401(client, db):
+    token, row = accounts.create_token(db, "bot", "viewer")
+    accounts.revoke_token(db, row["id"])
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/requests", headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "status"),
+    [
+        ("viewer", "GET", 200),
+        ("viewer", "PATCH", 403),
+        ("coordinator", "GET", 200),
+        ("coordinator", "PATCH", 200),
+        ("admin", "PATCH", 200),
+    ],
+)
+def test_roles(client, db, role, method, status):
+    item = add_request(db)
+    response = client.open(
+        f"/api/v1/requests/{item['id']}",
+        method=method,
+        headers=bearer(db, role),
+        json={"status": "triaged"} if method == "PATCH" else None,
+    )
+    assert response.status_code == status
+    expected = "triaged" if method == "PATCH" and status == 200 else "new"
+    assert queue.get(db, item["id"])["status"] == expected
+
+
+def test_session_cookie_does_not_authenticate_the_api(app, db):
+    from tests.test_console import as_role
+
+    app.config.update(
+        PASSWORD_HASH_TIME_COST=1, PASSWORD_HASH_MEMORY_KIB=64, PASSWORD_HASH_PARALLELISM=1
+    )
+    client = as_role(app, db, "coordinator")
+    assert client.get("/api/v1/requests").status_code == 401
+
+
+def test_patch_is_audited_as_the_token_and_stores_corrections(client, db):
+    item = add_request(db, category="other")
+    response = client.patch(
+        f"/api/v1/requests/{item['id']}",
+        headers=bearer(db, "coordinator", "dispatch-bot"),
+        json={"category": "transport", "urgency": "high", "note": "Needs a wheelchair taxi"},
+    )
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert (body["category"], body["urgency"]) == ("transport", "high")
+    assert body["notes"][0]["body"] == "Needs a wheelchair taxi"
+    actors = {(e["actor"], e["action"]) for e in body["events"]}
+    assert {("token:dispatch-bot", "corrected"), ("token:dispatch-bot", "note")} <= actors
+    corrected = [e for e in body["events"] if e["action"] == "corrected"][0]
+    assert corrected["detail"]["category"] == ["other", "transport"]
+    assert [r["field"] for r in db["corrections"].rows] == ["category", "urgency"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"status": "lost"}, 400, "status must be"),
+        ({"category": "spaceflight"}, 400, "category must be"),
+        ({"phone": "+1"}, 400, "cannot change phone"),
+        ({"note": 5}, 400, "note must be text"),
+        ({}, 400, "send a JSON object"),
+    ],
+)
+def test_bad_patches_are_400_and_change_nothing(client, db, body, status, message):
+    item = add_request(db)
+    response = client.patch(
+        f"/api/v1/requests/{item['id']}", headers=bearer(db, "coordinator"), json=body
+    )
+    assert response.status_code == status and message in response.json["error"]
+    assert len(queue.events(db, item["id"])) == 1
+
+
+def test_missing_request_is_404(client, db):
+    headers = bearer(db, "coordinator")
+    assert client.get("/api/v1/requests/999", headers=headers).status_code == 404
+    response = client.patch("/api/v1/requests/999", headers=headers, json={"status": "done"})
+    assert response.status_code == 404 and response.is_json
+
+
+def test_list_filters_and_pages(client, db):
+    for i in range(5):
+        add_request(db, phone="+15550000001", transcript=f"shopping list number {i}")
+    add_request(db, phone="+15550000002", transcript="my boiler is broken", category="home_repair")
+    headers = bearer(db, "viewer")
+    seen, cursor = [], None
+    while True:
+        args = {"phone": "+15550000001", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/api/v1/requests", headers=headers, query_string=args).json
+        seen += [r["id"] for r in body["requests"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 5
+    found = client.get(
+        "/api/v1/requests", headers=headers, query_string={"q": "boiler", "category": "home_repair"}
+    ).json["requests"]
+    assert [r["phone"] for r in found] == ["+15550000002"]
+
+
+@pytest.mark.parametrize(
+    "args", [{"status": "lost"}, {"limit": "many"}, {"cursor": "!!"}, {"date_to": "soon"}]
+)
+def test_bad_list_arguments_are_400(client, db, args):
+    response = client.get("/api/v1/requests", headers=bearer(db, "viewer"), query_string=args)
+    assert response.status_code == 400 and response.is_json

@@ -1,0 +1,487 @@
+"""The coordinator console through the Flask test client: permissions, audit, merge, search."""
+
+import json
+import re
+import wave
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlite_utils import Database
+
+from app import accounts, queue
+from app.console import actions, search
+from app.migrations import migrations
+from app.security import CSRF_EXEMPT_BLUEPRINTS, SECURITY_HEADERS
+
+PASSWORD = "correct horse battery"
+# Real argon2id, at test-sized cost: the production cost is a quarter second per hash.
+FAST = {
+    "PASSWORD_HASH_TIME_COST": 1,
+    "PASSWORD_HASH_MEMORY_KIB": 64,
+    "PASSWORD_HASH_PARALLELISM": 1,
+}
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture(autouse=True)
+def fast_hashing(app):
+    """Hash passwords at test-sized cost in this module's app."""
+    app.config.update(FAST)
+
+
+def fast_hasher():
+    """Return the test-sized password hasher."""
+    return accounts.password_hasher(1, 64, 1)
+
+
+def make_user(db, name, role):
+    """Create a user with the test password."""
+    return accounts.create_user(db, name, role, PASSWORD, hasher=fast_hasher())
+
+
+def csrf_token(client, path="/console/login"):
+    """Fetch a page and return the CSRF token its forms carry."""
+    html = client.get(path, follow_redirects=True).get_data(as_text=True)
+    match = _CSRF.search(html)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def login(client, name, password=PASSWORD):
+    """Log in through the real form; return the response."""
+    token = csrf_token(client)
+    return client.post(
+        "/console/login", data={"name": name, "password": password, "csrf_token": token}
+    )
+
+
+def write_wav(path, seconds=1.0, rate=8000):
+    """Write a short silent mono WAV and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * int(seconds * rate))
+    return path
+
+
+def add_request(db, **fields):
+    """Queue a transcribed request with sensible defaults."""
+    fields.setdefault("channel", "phone")
+    fields.setdefault("phone", "+15550000001")
+    fields.setdefault("category", "groceries")
+    fields.setdefault("urgency", "normal")
+    fields.setdefault("stage", "transcribed")
+    item, _ = queue.create(db, **fields)
+    return item
+
+
+def as_role(app, db, role):
+    """Return a client logged in as a fresh user with the role."""
+    make_user(db, role + "1", role)
+    client = app.test_client()
+    assert login(client, role + "1").status_code == 303
+    return client
+
+
+def post_form(client, path, data, page=None):
+    """Post a console form with the CSRF token from the page it lives on."""
+    token = csrf_token(client, page or "/console/")
+    return client.post(path, data={**data, "csrf_token": token})
+
+
+@pytest.fixture
+def coordinator(app, db):
+    """Return a client logged in as a coordinator."""
+    return as_role(app, db, "coordinator")
+
+
+def test_token_blueprints_are_csrf_exempt_and_console_is_not(app):
+    client = app.test_client()
+    checked = set()
+    for rule in app.url_map.iter_rules():
+        blueprint = rule.endpoint.partition(".")[0]
+        methods = rule.methods & {"POST", "PATCH", "PUT", "DELETE"}
+        if blueprint not in (*CSRF_EXEMPT_BLUEPRINTS, "console") or not methods:
+            continue
+        path = re.sub(r"<[^>]+>", "1", rule.rule)
+        response = client.open(path, method=sorted(methods)[0], data={})
+        refused = b"CSRF" in response.data
+        assert refused == (blueprint == "console"), (rule.rule, response.status_code)
+        checked.add(blueprint)
+    assert {"api", "console"} <= checked
+
+
+@pytest.mark.parametrize("path", ["/", "/console/login", "/console/", "/api/v1/requests"])
+def test_security_headers_on_every_response(client, path):
+    response = client.get(path)
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_session_cookie_is_http_only_and_same_site(app, db, client):
+    make_user(db, "alice", "coordinator")
+    response = login(client, "alice")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+
+
+@pytest.mark.parametrize(("secure", "hsts"), [(False, False), (True, True)])
+def test_hsts_only_when_cookies_are_secure(app, client, secure, hsts):
+    app.config["SESSION_COOKIE_SECURE"] = secure
+    assert ("Strict-Transport-Security" in client.get("/").headers) is hsts
+
+
+def test_pages_have_no_inline_scripts_or_styles(app, db, coordinator):
+    item = add_request(db, transcript="I need milk", urgency="critical")
+    pages = [
+        coordinator.get("/console/"),
+        coordinator.get(f"/console/requests/{item['id']}"),
+        app.test_client().get("/console/login"),
+    ]
+    for page in pages:
+        html = page.get_data(as_text=True)
+        assert "<script>" not in html and "style=" not in html and "<style" not in html
+        assert re.findall(r"<script [^>]*src=\"/static/", html)
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "expected"),
+    [
+        (None, "GET", "/console/", 302),
+        (None, "GET", "/console/requests/{id}", 302),
+        (None, "GET", "/console/requests/{id}/audio", 302),
+        ("viewer", "GET", "/console/", 200),
+        ("viewer", "GET", "/console/requests/{id}", 200),
+        ("viewer", "POST", "/console/requests/{id}/status", 403),
+        ("viewer", "POST", "/console/requests/{id}/correct", 403),
+        ("viewer", "POST", "/console/requests/{id}/notes", 403),
+        ("viewer", "POST", "/console/requests/{id}/callbacks", 403),
+        ("viewer", "POST", "/console/requests/{id}/merge", 403),
+        ("viewer", "GET", "/console/users", 403),
+        ("coordinator", "POST", "/console/requests/{id}/status", 303),
+        ("coordinator", "GET", "/console/users", 403),
+        ("coordinator", "POST", "/console/users", 403),
+        ("coordinator", "POST", "/console/tokens", 403),
+        ("admin", "GET", "/console/users", 200),
+        ("admin", "POST", "/console/requests/{id}/status", 303),
+    ],
+)
+def test_permission_boundaries(app, db, role, method, path, expected):
+    item = add_request(db, transcript="please bring bread")
+    client = as_role(app, db, role) if role else app.test_client()
+    path = path.format(id=item["id"])
+    if method == "GET":
+        response = client.get(path)
+    else:
+        token = csrf_token(client, "/console/login")
+        response = client.post(path, data={"status": "triaged", "csrf_token": token})
+    assert response.status_code == expected
+    if role == "viewer":
+        assert queue.get(db, item["id"])["status"] == "new"
+
+
+def test_viewer_sees_no_forms(app, db):
+    item = add_request(db, transcript="please bring bread")
+    html = as_role(app, db, "viewer").get(f"/console/requests/{item['id']}").get_data(True)
+    assert "Save corrections" not in html and "Add note" not in html
+
+
+@pytest.mark.parametrize("path", ["/console/requests/{id}/status", "/console/logout"])
+def test_csrf_missing_is_400(app, db, coordinator, path):
+    item = add_request(db)
+    response = coordinator.post(path.format(id=item["id"]), data={"status": "done"})
+    assert response.status_code == 400
+    assert queue.get(db, item["id"])["status"] == "new"
+
+
+def test_status_change_is_audited_with_before_and_after(db, coordinator):
+    item = add_request(db)
+    response = post_form(
+        coordinator, f"/console/requests/{item['id']}/status", {"status": "triaged"}
+    )
+    assert response.status_code == 303
+    event = queue.events(db, item["id"])[-1]
+    assert event["actor"] == "user:coordinator1"
+    assert event["action"] == "status"
+    assert event["detail"]["status"] == ["new", "triaged"]
+
+
+def test_correction_is_audited_and_stored_as_labelled_data(db, coordinator, runner, tmp_path):
+    item = add_request(db, transcript="my tap is leaking", category="other", needs_review=1)
+    post_form(
+        coordinator,
+        f"/console/requests/{item['id']}/correct",
+        {"category": "home_repair", "urgency": "high", "transcript": "my tap is leaking badly"},
+    )
+    after = queue.get(db, item["id"])
+    assert (after["category"], after["urgency"], after["needs_review"]) == (
+        "home_repair",
+        "high",
+        False,
+    )
+    event = queue.events(db, item["id"])[-1]
+    assert event["action"] == "corrected"
+    assert event["detail"]["category"] == ["other", "home_repair"]
+    out = tmp_path / "corrections.jsonl"
+    result = runner.invoke(args=["export-corrections", "--field", "category", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["field"], r["before"], r["after"]) for r in rows] == [
+        ("category", "other", "home_repair")
+    ]
+    assert rows[0]["transcript"] == "my tap is leaking badly"
+    assert rows[0]["actor"] == "user:coordinator1"
+    result = runner.invoke(args=["export-corrections", "--format", "tsv"])
+    assert result.stdout.splitlines()[:2] == [
+        "text\tcategory\turgency",
+        "my tap is leaking badly\thome_repair\thigh",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"category": "spaceflight"}, "category must be one of"),
+        ({"urgency": "whenever"}, "urgency must be one of"),
+        ({"transcript": "   "}, "transcript must not be empty"),
+        ({"status": "lost"}, "status must be one of"),
+        ({"phone": "+1"}, "cannot be changed"),
+    ],
+)
+def test_bad_changes_are_refused(db, changes, message):
+    item = add_request(db)
+    with pytest.raises(actions.BadChange, match=message):
+        actions.change(db, item["id"], changes, actor="user:x")
+    assert len(queue.events(db, item["id"])) == 1
+
+
+def test_notes_and_callbacks_are_audited(db, coordinator):
+    item = add_request(db)
+    post_form(coordinator, f"/console/requests/{item['id']}/notes", {"body": "Daughter visits Fri"})
+    post_form(
+        coordinator,
+        f"/console/requests/{item['id']}/callbacks",
+        {"outcome": "reached", "note": "Milk on Tuesday is fine"},
+    )
+    html = coordinator.get(f"/console/requests/{item['id']}").get_data(as_text=True)
+    assert "Daughter visits Fri" in html and "Milk on Tuesday is fine" in html
+    kinds = [(e["actor"], e["action"]) for e in queue.events(db, item["id"])]
+    assert kinds[-2:] == [("user:coordinator1", "note"), ("user:coordinator1", "called_back")]
+    assert actions.callbacks(db, item["id"])[0]["outcome"] == "reached"
+
+
+def test_duplicates_by_phone_window_and_similar_words(db):
+    first = add_request(db, phone="+15551112222", transcript="Could someone get my shopping")
+    same_phone = add_request(db, phone="+15551112222", transcript="It's about the tap")
+    similar = add_request(
+        db, phone="+15559990000", transcript="could someone get my shopping please"
+    )
+    unrelated = add_request(db, phone="+15553334444", transcript="I would like a lift to church")
+    old = add_request(db, phone="+15551112222", transcript="Could someone get my shopping")
+    db["requests"].update(old["id"], {"created_at": "2020-01-01T00:00:00+00:00"})
+    found = actions.duplicates(db, queue.get(db, first["id"]), window_hours=24, similarity=85)
+    by_id = {d["id"]: d["reasons"] for d in found}
+    assert by_id[same_phone["id"]] == ["same phone number"]
+    assert by_id[similar["id"]][0].startswith("similar words")
+    assert unrelated["id"] not in by_id and old["id"] not in by_id
+
+
+def test_merge_keeps_both_recordings_and_marks_called_again(app, db, coordinator):
+    data = Path(app.config["DATA_DIR"])
+    write_wav(data / "recordings" / "a.wav")
+    write_wav(data / "recordings" / "b.wav")
+    survivor = add_request(db, audio_path="recordings/a.wav", transcript="bread and milk please")
+    dupe = add_request(
+        db, audio_path="recordings/b.wav", urgency="high", transcript="bread and milk please"
+    )
+    page = f"/console/requests/{survivor['id']}"
+    assert f'name="duplicate" value="{dupe["id"]}"' in coordinator.get(page).get_data(True)
+    response = post_form(coordinator, f"{page}/merge", {"duplicate": dupe["id"]}, page=page)
+    assert response.status_code == 303
+    kept, merged = queue.get(db, survivor["id"]), queue.get(db, dupe["id"])
+    assert kept["called_again"] == 1 and kept["urgency"] == "high"
+    assert merged["merged_into"] == survivor["id"] and merged["status"] == "cancelled"
+    assert merged["audio_path"] == "recordings/b.wav"
+    html = coordinator.get(page).get_data(as_text=True)
+    assert f"/console/requests/{dupe['id']}/audio" in html and "called again" in html
+    with coordinator.get(f"/console/requests/{dupe['id']}/audio") as audio:
+        assert audio.status_code == 200
+    assert [e["action"] for e in queue.events(db, dupe["id"])][-1] == "merged_into"
+    with pytest.raises(actions.MergeRefused):
+        actions.merge(db, survivor["id"], dupe["id"], actor="user:x")
+
+
+def test_audio_is_served_with_range_to_logged_in_users_only(app, db, coordinator):
+    write_wav(Path(app.config["DATA_DIR"]) / "recordings" / "x.wav", seconds=2)
+    item = add_request(db, audio_path="recordings/x.wav")
+    url = f"/console/requests/{item['id']}/audio"
+    with coordinator.get(url) as whole:
+        assert whole.status_code == 200 and whole.mimetype in ("audio/x-wav", "audio/wav")
+    with coordinator.get(url, headers={"Range": "bytes=100-199"}) as part:
+        assert part.status_code == 206 and len(part.data) == 100
+    assert app.test_client().get(url).status_code == 302
+
+
+@pytest.mark.parametrize("stored", ["../secret.wav", "/etc/passwd", "recordings/missing.wav"])
+def test_audio_never_leaves_data_dir(app, db, coordinator, stored):
+    (Path(app.config["DATA_DIR"]).parent / "secret.wav").write_bytes(b"RIFF")
+    item = add_request(db, audio_path=stored)
+    with coordinator.get(f"/console/requests/{item['id']}/audio") as response:
+        assert response.status_code == 404
+
+
+def test_queue_pins_open_critical_requests_first(db, coordinator):
+    add_request(db, transcript="a lift to the shops")
+    critical = add_request(db, transcript="I have fallen and cannot get up", urgency="critical")
+    add_request(db, transcript="help with a form")
+    html = coordinator.get("/console/").get_data(as_text=True)
+    pinned, rest = html.split('id="list-heading"')
+    assert f'data-id="{critical["id"]}"' in pinned
+    assert f'data-id="{critical["id"]}"' not in rest
+    assert f'data-pinned-ids="{critical["id"]}"' in coordinator.get("/console/rows").get_data(True)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, ["tea", "fall", "pills"]),
+        ({"status": "all"}, ["done", "tea", "fall", "pills"]),
+        ({"status": "done"}, ["done"]),
+        ({"category": "medical"}, ["pills"]),
+        ({"urgency": "critical"}, ["fall"]),
+        ({"region": "north"}, ["tea"]),
+        ({"channel": "kiosk"}, ["pills"]),
+        ({"language": "ko"}, ["fall"]),
+        ({"phone": "+15550000009"}, ["pills"]),
+        ({"q": "tablets"}, ["pills"]),
+        ({"q": "fallen floor"}, ["fall"]),
+        ({"q": "fell", "status": "all"}, []),
+        ({"date_from": "2030-01-01"}, []),
+        ({"date_to": "2030-01-01"}, ["tea", "fall", "pills"]),
+    ],
+)
+def test_filters(db, args, expected):
+    texts = {
+        "done": dict(transcript="old news", status="done"),
+        "tea": dict(transcript="someone to have tea with", region="north"),
+        "fall": dict(transcript="I have fallen on the floor", urgency="critical", language="ko"),
+        "pills": dict(
+            transcript="my tablets ran out",
+            category="medical",
+            channel="kiosk",
+            phone="+15550000009",
+        ),
+    }
+    ids = {}
+    for name, fields in texts.items():
+        status = fields.pop("status", None)
+        ids[add_request(db, **fields)["id"]] = name
+        if status:
+            queue.update(db, max(ids), {"status": status}, actor="system", action="test")
+    rows, _ = search.list_requests(db, search.Filters.from_args(args))
+    assert sorted(ids[r["id"]] for r in rows) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"status": "lost"}, {"category": "x"}, {"urgency": "soon"}, {"date_from": "yesterday"}],
+)
+def test_bad_filters_are_refused(args):
+    with pytest.raises(search.BadFilter):
+        search.Filters.from_args(args)
+
+
+def test_fts_follows_transcript_corrections(db):
+    item = add_request(db, transcript="the boiler is broken")
+    assert search.list_requests(db, search.Filters(q="boiler"))[0]
+    actions.change(db, item["id"], {"transcript": "the radiator is cold"}, actor="user:x")
+    assert search.list_requests(db, search.Filters(q="boiler"))[0] == []
+    assert [r["id"] for r in search.list_requests(db, search.Filters(q="radiators"))[0]] == [
+        item["id"]
+    ]
+
+
+@pytest.mark.parametrize("text", ['"', "AND OR NOT", "*", "col:thing", "NEAR(a b)", "ü'); --"])
+def test_fts_query_never_raises_on_what_people_type(db, text):
+    add_request(db, transcript="and or not near thing")
+    search.list_requests(db, search.Filters(q=text))
+
+
+def test_cursor_pages_through_everything_once(db):
+    made = {add_request(db, transcript=f"request {i}")["id"] for i in range(7)}
+    seen, cursor = [], None
+    while True:
+        rows, cursor = search.list_requests(
+            db, search.Filters(status="all"), limit=3, cursor=cursor
+        )
+        seen += [r["id"] for r in rows]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(made) and len(seen) == len(made)
+
+
+def test_low_confidence_words_are_marked_and_seekable(db, coordinator):
+    words = [
+        {"text": "bring", "start": 0.0, "end": 0.3, "confidence": 0.95},
+        {"text": "paracetamol", "start": 0.4, "end": 1.1, "confidence": 0.31},
+    ]
+    item = add_request(db, transcript="bring paracetamol", transcript_words=json.dumps(words))
+    html = coordinator.get(f"/console/requests/{item['id']}").get_data(as_text=True)
+    low = r'<button type="button" class="word low" data-start="0.4"[^>]*>paracetamol'
+    assert re.search(low, html)
+    assert '<span class="word">bring</span>' in html
+
+
+def test_admin_creates_user_and_token_in_the_browser_forms(app, db):
+    admin = as_role(app, db, "admin")
+    response = post_form(
+        admin,
+        "/console/users",
+        {"name": "bob", "role": "viewer", "password": "long enough pw"},
+        page="/console/users",
+    )
+    assert response.status_code == 303
+    assert [u["role"] for u in accounts.list_users(db) if u["name"] == "bob"] == ["viewer"]
+    html = post_form(
+        admin, "/console/tokens", {"name": "bot", "role": "viewer"}, page="/console/users"
+    ).get_data(as_text=True)
+    secret = re.search(r"<code>(cc_[^<]+)</code>", html).group(1)
+    assert accounts.principal_for_token(db, secret).role == "viewer"
+    assert secret not in json.dumps(list(db["api_tokens"].rows))
+    audit = [(e["actor"], e["action"]) for e in db["events"].rows_where("request_id IS NULL")]
+    assert ("user:admin1", "user_created") in audit
+    assert ("user:admin1", "token_created") in audit
+
+
+def test_alert_sound_is_a_short_wav():
+    path = Path(__file__).resolve().parent.parent / "app/static/console/alert.wav"
+    with wave.open(str(path)) as sound:
+        seconds = sound.getnframes() / sound.getframerate()
+    assert 0.2 < seconds < 1.0 and path.stat().st_size < 50_000
+
+
+def test_disabled_user_is_logged_out(app, db, coordinator):
+    accounts.set_active(db, "coordinator1", False)
+    assert coordinator.get("/console/").status_code == 302
+
+
+@pytest.fixture(scope="module")
+def memory_db():
+    """Return one migrated in-memory database with a request, for property tests."""
+    database = Database(memory=True)
+    migrations.apply(database)
+    add_request(database, transcript="and or not near thing")
+    return database
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=60))
+def test_search_never_raises_on_any_text(memory_db, text):
+    rows, _ = search.list_requests(memory_db, search.Filters(status="all", q=text))
+    assert isinstance(rows, list)
