@@ -41,13 +41,14 @@ def create_app(test_config=None):
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret(instance / "secret_key")
 
-    from . import cli, db, jobs, pipeline, web
+    from . import accounts, cli, console, db, jobs, kiosk, pipeline, security, telephony, web
 
-    db.init_app(app)
-    jobs.init_app(app)
-    pipeline.init_app(app)
-    cli.init_app(app)
+    # The rooms of the house: storage and jobs first, then each way in, then the guards.
+    for room in (db, jobs, pipeline, cli, accounts, telephony, kiosk, console):
+        room.init_app(app)
     app.register_blueprint(web.bp)
+    # Last: CSRF exemptions name blueprints, so every blueprint must be registered by now.
+    security.init_app(app)
     return app
 
 

@@ -1,6 +1,7 @@
 """Command-line edges: transcribe, classify, intake and serve, as JSON lines when asked."""
 
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -10,8 +11,9 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from . import jobs, pipeline
+from .accounts import create_user, hasher_for
 from .classify import classify, load_categories
-from .db import migrate
+from .db import connect, migrate
 from .queue import CHANNELS
 from .speech import SpeechError, load_audio
 from .speech.models import models_cli
@@ -121,16 +123,54 @@ def serve_command(host, port):
     app = current_app._get_current_object()
     migrate(app.config["DATABASE"])
     worker = jobs.start_worker(app) if app.config["WORKER"] == "inprocess" else None
-    base = f"http://{host}:{port}"
-    click.echo(f"CareCall is serving on {base}/  (health: {base}/healthz)")
-    click.echo(f"  database:   {app.config['DATABASE']}")
-    click.echo(f"  recordings: {Path(app.config['DATA_DIR']) / 'recordings'}")
-    click.echo(f"  worker:     {'in-process' if worker else 'external: flask --app app worker'}")
+    for line in banner(app, f"http://{host}:{port}", first_admin(app), worker is not None):
+        click.echo(line)
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False)
     finally:
         if worker:
             worker.stop()
+
+
+def first_admin(app):
+    """Create an admin with a generated password when there are no users yet; return both."""
+    db = connect(app.config["DATABASE"])
+    try:
+        if db["users"].count:
+            return None
+        password = secrets.token_urlsafe(12)
+        create_user(db, "admin", "admin", password, hasher=hasher_for(app.config))
+        return "admin", password
+    finally:
+        db.close()
+
+
+def banner(app, base, admin, in_process):
+    """Return the lines that tell a person where everything is and how to log in."""
+    config = app.config
+    public = (config.get("PUBLIC_BASE_URL") or base).rstrip("/")
+    lines = [
+        f"CareCall is serving on {base}/",
+        f"  coordinator console: {base}/console/",
+        f"  kiosk page:          {base}/kiosk  (register a tablet first:"
+        ' flask --app app kiosks add "Riverside Centre" --region riverside)',
+        f"  Twilio voice webhook: POST {public}/twilio/voice"
+        + ("" if config.get("TWILIO_AUTH_TOKEN") else "  (set TWILIO_AUTH_TOKEN to accept calls)"),
+        f"  health:              {base}/healthz",
+        f"  database:            {config['DATABASE']}",
+        f"  recordings:          {Path(config['DATA_DIR']) / 'recordings'}",
+        f"  worker:              {'in-process' if in_process else 'run: flask --app app worker'}",
+    ]
+    if admin:
+        lines.append(
+            f"  first login: user {admin[0]}, password {admin[1]}  (shown once; change it)"
+        )
+    else:
+        lines.append(
+            "  log in with your console user; add one: flask --app app users create NAME"
+            " --role coordinator"
+        )
+    return lines
 
 
 def _emit_error(name, exc, as_json):

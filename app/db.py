@@ -11,7 +11,6 @@ from sqlite_utils import Database
 
 from .migrations import migrations
 
-
 # Idle connections kept per app: opening one costs more than most requests' work.
 POOL_SIZE = 16
 

@@ -7,7 +7,9 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import click
 from flask import current_app, has_app_context
@@ -19,11 +21,28 @@ log = logging.getLogger(__name__)
 
 # kind -> function(payload) run inside an app context; filled by @handler.
 HANDLERS = {}
+# Jobs queued once a day by any running worker; filled by daily().
+SCHEDULE = []
 MAX_BACKOFF_SECONDS = 300.0
+SCHEDULE_CHECK_SECONDS = 60.0
 
 
 class UnknownJobKind(LookupError):
     """No handler is registered for this kind of job."""
+
+
+@dataclass(frozen=True)
+class Daily:
+    """A job to queue once a day, from the given UTC hour on, while enabled(app) is true."""
+
+    kind: str
+    hour: int
+    payload: dict
+    enabled: Callable
+
+    def key(self, day):
+        """Return the idempotency key that makes it one job per day, however many workers."""
+        return f"{self.kind}:{day.isoformat()}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,21 @@ def handler(kind):
         return fn
 
     return register
+
+
+def daily(kind, *, hour, payload=None, enabled=lambda app: True):
+    """Schedule a kind of job to be queued once a day from hour (UTC) on."""
+    SCHEDULE.append(Daily(kind, hour, payload or {}, enabled))
+
+
+def enqueue_due(app, db, now=None):
+    """Queue today's scheduled jobs whose hour has come; return their ids."""
+    now = now or datetime.now(UTC)
+    return [
+        enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
+        for entry in SCHEDULE
+        if now.hour >= entry.hour and entry.enabled(app)
+    ]
 
 
 def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=None):
@@ -203,8 +237,13 @@ class Worker(threading.Thread):
     def run(self):
         """Run jobs, sleeping until woken or the poll interval passes."""
         name = worker_name()
+        next_schedule_check = 0.0
         while not self.stopping.is_set():
             try:
+                if time.monotonic() >= next_schedule_check:
+                    next_schedule_check = time.monotonic() + SCHEDULE_CHECK_SECONDS
+                    with self.app.app_context():
+                        enqueue_due(self.app, get_db())
                 ran = run_one(self.app, name)
             except Exception:
                 log.exception("worker loop error; continuing")

@@ -84,6 +84,65 @@ def m0001(db):
     db["jobs"].create_index(["state", "priority", "run_after"])
 
 
+@migrations(name="0002_telephony")
+def m0002_telephony(db):
+    """Create phone calls, remembered callers, and Twilio recordings awaiting download."""
+    db["calls"].create(
+        {
+            "call_sid": str,  # Twilio's CallSid: every webhook of one call carries it
+            "phone": str,
+            "language": str,
+            "pace": str,  # normal or slow: how fast prompts are spoken
+            "menu": str,  # where the caller is now
+            "silences": int,  # prompts in a row the caller has not answered
+            "request_id": int,  # the request this call made, if any
+            "recording_sid": str,  # the recording being turned into that request
+            "outcome": str,  # request, voicemail, status, emergency, person; NULL = missed
+            "call_status": str,  # Twilio's last CallStatus
+            "duration_s": float,
+            "started_at": str,
+            "updated_at": str,
+        },
+        pk="call_sid",
+        not_null={"started_at", "updated_at"},
+        defaults={"silences": 0, "pace": "normal"},
+    )
+    db["calls"].create_index(["phone", "started_at"])
+    db["callers"].create(
+        {
+            "phone": str,
+            "language": str,  # greeted in this language next time
+            "pace": str,  # and at this pace
+            "calls": int,
+            "last_call_at": str,
+        },
+        pk="phone",
+        defaults={"calls": 0, "pace": "normal"},
+    )
+    db["twilio_recordings"].create(
+        {
+            "recording_sid": str,  # Twilio's RecordingSid: the request's source_key
+            "call_sid": str,
+            "url": str,  # RecordingUrl as Twilio sent it, checked against allowed hosts
+            "purpose": str,  # request or voicemail
+            "phone": str,
+            "language": str,
+            "duration_s": float,
+            "state": str,  # pending -> stored, or dead after every download failed
+            "request_id": int,
+            "attempts": int,
+            "error": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="recording_sid",
+        not_null={"state", "created_at", "updated_at"},
+        defaults={"state": "pending", "attempts": 0},
+    )
+    db["twilio_recordings"].create_index(["call_sid"])
+    db["twilio_recordings"].create_index(["state"])
+
+
 @migrations(name="0003_console")
 def m0003_console(db):
     """Add accounts, tokens, lock-out, notes, call-backs, corrections, merging and FTS."""
@@ -166,3 +225,24 @@ def m0003_console(db):
         "CREATE INDEX idx_requests_critical_open ON requests(updated_at)"
         " WHERE urgency = 'critical' AND status NOT IN ('done', 'cancelled')"
     )
+
+
+@migrations(name="0004_kiosks")
+def m0004_kiosks(db):
+    """Create the kiosk registry: tablets whose hashed tokens name a centre and its region."""
+    db["kiosks"].create(
+        {
+            "id": int,
+            "name": str,  # the community centre, e.g. "Riverside Centre"
+            "region": str,  # stamped on every request the kiosk sends
+            "language": str,  # the page's language; None means the app's default
+            "token_hash": str,  # sha256 of the bearer token; the token itself is never stored
+            "token_hint": str,  # first characters of the token, to tell tablets apart
+            "created_at": str,
+            "last_seen_at": str,
+            "revoked_at": str,
+        },
+        pk="id",
+        not_null={"name", "region", "token_hash", "created_at"},
+    )
+    db["kiosks"].create_index(["token_hash"], unique=True)

@@ -82,3 +82,49 @@ def test_intake_json_prints_the_queued_request(runner):
     assert request["phone"] == "+15551234567" and request["channel"] == "voicemail"
     assert request["stage"] == "transcribed" and request["status"] == "new"
     assert request["category"] in {"transport", "groceries"}
+
+
+def test_serve_prints_where_to_look_and_a_first_login(tmp_path):
+    """The command behind ./scripts/run: migrate, serve, and say where everything is."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "CARECALL_DATABASE": str(tmp_path / "serve.db"),
+        "CARECALL_DATA_DIR": str(tmp_path / "data"),
+        "CARECALL_SECRET_KEY": "test",
+        "CARECALL_PASSWORD_HASH_MEMORY_KIB": "8192",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "serve", "--port", str(port)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as answer:
+                    health = json.load(answer)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=10)[0]
+    assert health["ok"] is True
+    for where in ("/console/", "/kiosk", "/twilio/voice", "first login: user admin, password"):
+        assert where in output

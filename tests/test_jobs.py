@@ -142,3 +142,35 @@ def test_jobs_cli_lists_and_retries_dead(app, db, runner):
     assert state(db, job_id)["state"] == "queued"
     again = runner.invoke(args=["jobs", "retry", str(job_id)])
     assert again.exit_code != 0 and "not in the dead letter" in again.output
+
+
+@pytest.mark.parametrize(
+    ("hour", "enabled", "queued"),
+    [(2, True, 0), (3, True, 1), (23, True, 1), (4, False, 0)],
+)
+def test_daily_jobs_are_queued_once_a_day_after_their_hour(app, db, hour, enabled, queued):
+    from datetime import UTC, datetime
+
+    entry = jobs.Daily("test.record", 3, {"daily": True}, lambda app: enabled)
+    jobs.SCHEDULE.append(entry)
+    try:
+        now = datetime(2026, 11, 29, hour, 30, tzinfo=UTC)
+        jobs.enqueue_due(app, db, now)
+        jobs.enqueue_due(app, db, now)
+    finally:
+        jobs.SCHEDULE.remove(entry)
+    rows = list(db["jobs"].rows_where("kind = 'test.record'"))
+    assert len(rows) == queued
+    if queued:
+        assert rows[0]["key"] == "test.record:2026-11-29"
+
+
+def test_nightly_reconcile_waits_for_twilio_credentials(app, db):
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 29, 4, 0, tzinfo=UTC)
+    jobs.enqueue_due(app, db, now)
+    assert db["jobs"].count_where("kind = 'twilio.reconcile'") == 0
+    app.config.update(TWILIO_ACCOUNT_SID="AC" + "0" * 32, TWILIO_AUTH_TOKEN="secret")
+    jobs.enqueue_due(app, db, now)
+    assert db["jobs"].count_where("kind = 'twilio.reconcile'") == 1
