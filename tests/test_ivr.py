@@ -12,8 +12,6 @@ from tests.twilio_fake import (
     HANGUP,
     SILENCE,
     Speech,
-    media_server,
-    twilio_for,
 )
 
 CALLER = "+15551230001"
@@ -22,19 +20,6 @@ SHOPPING = (
 )
 TECH = "My computer does not work and I need help with my television."
 EMERGENCY = "Help, my husband has fallen down and he is not breathing."
-
-
-@pytest.fixture
-def media():
-    """Serve recordings the way Twilio's media endpoint does."""
-    with media_server() as server:
-        yield server
-
-
-@pytest.fixture
-def twilio(app, media):
-    """Return Twilio calling the test app."""
-    return twilio_for(app, media)
 
 
 def spoken(text):

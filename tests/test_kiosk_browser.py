@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from app import create_app, jobs, queue
-from app.db import connect, migrate
+from app import jobs, queue
+from app.db import connect
 from app.kiosk import devices
 from tests import speechgen
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, assert_accessible, chromium, screenshot
@@ -56,24 +56,14 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture
-def kiosk_app(tmp_path):
+def kiosk_app(make_app):
     """Build an app with a registered kiosk, short pauses, and a running in-process worker."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "SECRET_KEY": "test",
-            "DATABASE": str(tmp_path / "carecall.db"),
-            "DATA_DIR": str(tmp_path / "data"),
-            "OUTBOX_DIR": str(tmp_path / "outbox"),
-            "WORKER": "none",
-            "JOB_BACKOFF_SECONDS": 0.0,
-            "KIOSK_SILENCE_SECONDS": 1.5,
-            "KIOSK_QUIET_SECONDS": 3,
-            "KIOSK_RETRY_MAX_SECONDS": 1,
-            "KIOSK_RESET_SECONDS": 120,
-        }
+    app = make_app(
+        KIOSK_SILENCE_SECONDS=1.5,
+        KIOSK_QUIET_SECONDS=3,
+        KIOSK_RETRY_MAX_SECONDS=1,
+        KIOSK_RESET_SECONDS=120,
     )
-    migrate(app.config["DATABASE"])
     db = connect(app.config["DATABASE"])
     kiosk, token = devices.add(db, "Riverside Centre", region="riverside")
     db.close()

@@ -16,24 +16,9 @@ from tests.twilio_fake import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     Speech,
-    media_server,
-    twilio_for,
 )
 
 EN = Path(__file__).resolve().parent.parent / "ivr_flows" / "en.toml"
-
-
-@pytest.fixture
-def media():
-    """Serve recordings the way Twilio's media endpoint does."""
-    with media_server() as server:
-        yield server
-
-
-@pytest.fixture
-def twilio(app, media):
-    """Return Twilio calling the test app."""
-    return twilio_for(app, media)
 
 
 @pytest.mark.parametrize(

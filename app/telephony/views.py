@@ -205,35 +205,28 @@ def _do(call, action):
 
 
 def _record(call, before=()):
-    db = get_db()
-    call = store.update_call(db, call["call_sid"], menu="record")
-    speaker = _speaker(call)
-    return twiml(
-        speak.record(
-            speaker,
-            [*before, speaker.flow.prompt("record")],
-            url_for(".recorded", purpose="request"),
-            status_callback=url_for(".recording_status", purpose="request"),
-            silence_seconds=speaker.flow.timing.record_silence_seconds,
-            max_seconds=_config()["RECORD_MAX_SECONDS"],
-            after=url_for(".no_message", purpose="request"),
-        )
-    )
+    """Ask for the request in the caller's own words, after the tone."""
+    return _listen(call, "request", "record", before)
 
 
 def _voicemail(call, before=()):
-    db = get_db()
-    call = store.update_call(db, call["call_sid"], menu="voicemail")
+    """Ask for a message for a coordinator to call back about."""
+    return _listen(call, "voicemail", "voicemail", before)
+
+
+def _listen(call, purpose, prompt, before):
+    """Play a prompt, then record the caller with a generous silence allowance."""
+    call = store.update_call(get_db(), call["call_sid"], menu=prompt)
     speaker = _speaker(call)
     return twiml(
         speak.record(
             speaker,
-            [*before, speaker.flow.prompt("voicemail")],
-            url_for(".recorded", purpose="voicemail"),
-            status_callback=url_for(".recording_status", purpose="voicemail"),
+            [*before, speaker.flow.prompt(prompt)],
+            url_for(".recorded", purpose=purpose),
+            status_callback=url_for(".recording_status", purpose=purpose),
             silence_seconds=speaker.flow.timing.record_silence_seconds,
             max_seconds=_config()["RECORD_MAX_SECONDS"],
-            after=url_for(".no_message", purpose="voicemail"),
+            after=url_for(".no_message", purpose=purpose),
         )
     )
 
