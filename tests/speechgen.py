@@ -7,16 +7,14 @@ to 300-3400 Hz and stored as 8 kHz mu-law.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import av
@@ -36,8 +34,8 @@ VOICES = {
 }
 CLEAR_VOICE = "en-us-klatt2"
 CODECS = ("pcm_s16le", "pcm_mulaw")
-# pyttsx3 keeps one global engine; rendering from two threads at once would mix files.
-_lock = threading.Lock()
+# Part of every cache key: bump it when rendering changes, so stale files are not reused.
+RENDERER = "pyttsx3-subprocess-1"
 
 
 class RenderError(Exception):
@@ -56,7 +54,7 @@ def render(
     """Render text as speech to a mono WAV at sample_rate and return its path."""
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}")
-    key = json.dumps([text, voice, rate, sample_rate, codec], ensure_ascii=False)
+    key = json.dumps([RENDERER, text, voice, rate, sample_rate, codec], ensure_ascii=False)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cached = ARTIFACTS / f"{digest}.wav"
     if not cached.exists():
@@ -78,23 +76,27 @@ def telephone(text: str, path: str | os.PathLike | None = None, **kwargs) -> Pat
     return render(text, path, sample_rate=8000, codec="pcm_mulaw", **kwargs)
 
 
-def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
-    """Synthesise text to a 22 kHz WAV with pyttsx3, or the espeak-ng CLI if that fails."""
-    _require_voice(VOICES.get(voice, voice))
-    with _lock:
-        try:
-            import pyttsx3
+# pyttsx3's espeak driver carries a few samples over from one utterance into the next, so
+# renders within one process differ run to run. A fresh process per render is repeatable.
+_PYTTSX3 = """
+import contextlib, io, sys
+import pyttsx3
+text, path, voice, rate = sys.argv[1:]
+engine = pyttsx3.init("espeak")
+engine.setProperty("voice", voice)
+engine.setProperty("rate", int(rate))
+with contextlib.redirect_stdout(io.StringIO()):
+    engine.save_to_file(text, path)
+    engine.runAndWait()
+"""
 
-            engine = pyttsx3.init("espeak")
-            engine.setProperty("voice", VOICES.get(voice, voice))
-            engine.setProperty("rate", rate)
-            # The espeak driver keeps only the last file per runAndWait, so one at a time;
-            # it also prints "Audio saved to ..." on stdout, which we swallow.
-            with contextlib.redirect_stdout(io.StringIO()):
-                engine.save_to_file(text, str(path))
-                engine.runAndWait()
-        except (ImportError, RuntimeError, OSError):
-            pass
+
+def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
+    """Synthesise text to a 22 kHz WAV with pyttsx3 in a fresh process, or the espeak-ng CLI."""
+    voice_id = VOICES.get(voice, voice)
+    _require_voice(voice_id)
+    command = [sys.executable, "-c", _PYTTSX3, text, str(path), voice_id, str(rate)]
+    subprocess.run(command, capture_output=True, check=False, timeout=60)
     if not path.exists() or path.stat().st_size <= 44:
         _espeak_cli(text, path, voice=voice, rate=rate)
 

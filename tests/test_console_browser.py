@@ -115,7 +115,9 @@ def test_coordinator_sees_critical_live_plays_corrects_and_merges(console_app, d
         assert f"#{critical['id']}" in alert.inner_text()
         pinned = page.locator(".critical-table tbody tr").first
         assert pinned.get_attribute("data-id") == str(critical["id"])
-        page.wait_for_function("document.querySelector('.console').dataset.alertPlayed === '1'")
+        page.wait_for_function(
+            "() => document.querySelector('.console').dataset.alertPlayed === '1'"
+        )
         assert_accessible(page, "console-queue-critical")
 
         # The request: play from a low-confidence word, correct the category, merge.
@@ -123,8 +125,8 @@ def test_coordinator_sees_critical_live_plays_corrects_and_merges(console_app, d
         assert_accessible(page, "console-request")
         page.get_by_role("button", name="lift (unsure, play from here)").click()
         page.wait_for_function(
-            "(() => { const a = document.getElementById('player');"
-            " return !a.paused && a.currentTime > 0.6; })()",
+            "() => { const a = document.getElementById('player');"
+            " return !a.paused && a.currentTime > 0.6; }",
             timeout=5000,
         )
         page.keyboard.press("p")

@@ -10,6 +10,7 @@ from pathlib import Path
 # Must be set before faster_whisper (huggingface_hub) is imported: nothing downloads at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import ctranslate2  # noqa: E402
 from faster_whisper import WhisperModel  # noqa: E402
 
 from app.speech.audio import Audio  # noqa: E402
@@ -64,13 +65,16 @@ class WhisperEngine:
                 raise UnsupportedLanguage(f"Model {self.model} only understands English.")
             language = "en"
         with self._lock:
+            # The fallback samples at temperature > 0: seed it so the same audio always
+            # gives the same transcript (reproducible for coordinators and for tests).
+            ctranslate2.set_random_seed(0)
             segments, info = self._whisper.transcribe(
                 audio.samples,
                 language=language,
                 beam_size=self.beam_size,
                 # Re-decode at rising temperature when greedy output loops or is unlikely
                 # (faster-whisper's defaults, spelled out). It misses a loop whose segment
-                # stays under the 2.4 compression ratio, and its sampling is not seeded.
+                # stays under the 2.4 compression ratio.
                 temperature=_FALLBACK_TEMPERATURES,
                 compression_ratio_threshold=2.4,
                 log_prob_threshold=-1.0,
