@@ -49,6 +49,8 @@ def test_greeting_is_a_slow_one_key_menu(twilio, app):
     assert says[0].get("voice") == "alice" and says[0].get("language") == "en-US"
     assert says[0].find("prosody").get("rate") == "90%"
     assert "To ask for help, press 1" in "".join(says[-1].itertext())
+    spoken = " ".join("".join(say.itertext()) for say in says)
+    assert "If you are in danger right now, hang up and dial 9 1 1" in spoken
     # Silence falls through to the same action: nobody is dropped if actionOnEmptyResult fails.
     assert root.find("Redirect").text == "/twilio/menu/main"
 

@@ -101,7 +101,8 @@ def voice():
     )
     speaker = _speaker(call)
     flow = speaker.flow
-    texts = [flow.prompt("welcome_back" if known else "greeting")]
+    danger = flow.prompt("in_danger", emergency_number=_spoken_number(config["EMERGENCY_NUMBER"]))
+    texts = [flow.prompt("welcome_back" if known else "greeting"), danger]
     response = speak.menu(
         speaker,
         [*texts, *_menu_texts(call, "main")],
