@@ -51,7 +51,7 @@ def percentile(values, p):
     return ordered[index]
 
 
-def serve(tmp, ready, stop):
+def serve(tmp, ready, stop, api_base):
     """Serve CareCall on a free loopback port with a worker until stop is set."""
     import logging
 
@@ -65,6 +65,8 @@ def serve(tmp, ready, stop):
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "TWILIO_RECORDING_HOSTS": ["127.0.0.1"],
+            # The nightly reconcile must talk to the local fake, never to a real host.
+            "TWILIO_API_BASE_URL": api_base,
         }
     )
     migrate(app.config["DATABASE"])
@@ -138,7 +140,7 @@ def main(argv=None):
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Queue(), context.Event()
     with tempfile.TemporaryDirectory() as tmp, MediaServer(ACCOUNT_SID, AUTH_TOKEN) as media:
-        server = context.Process(target=serve, args=(tmp, ready, stop), daemon=True)
+        server = context.Process(target=serve, args=(tmp, ready, stop, media.base_url), daemon=True)
         server.start()
         url = ready.get(timeout=120)
         try:
