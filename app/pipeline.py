@@ -51,6 +51,7 @@ def receive(
             language=language or config["DEFAULT_LANGUAGE"],
             region=region,
             source_key=source_key,
+            actor=actor,
             **{field: relative},
         )
         if created:
@@ -189,5 +190,7 @@ def categories_for(language):
 def init_app(app):
     """Attach the speech service to the app."""
     app.extensions["carecall.speech"] = SpeechService(
-        engines=app.config["SPEECH_ENGINES"], models_dir=app.config["MODELS_DIR"]
+        engines=app.config["SPEECH_ENGINES"],
+        models_dir=app.config["MODELS_DIR"],
+        max_seconds=app.config["MAX_AUDIO_SECONDS"],
     )

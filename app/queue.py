@@ -29,7 +29,17 @@ def now():
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def create(db, *, channel, phone=None, language="en", region=None, source_key=None, **fields):
+def create(
+    db,
+    *,
+    channel,
+    phone=None,
+    language="en",
+    region=None,
+    source_key=None,
+    actor="system",
+    **fields,
+):
     """Insert a new request and its 'received' event; return (request, created)."""
     if channel not in CHANNELS:
         raise BadRequestField(f"channel must be one of {', '.join(CHANNELS)}, not {channel!r}")
@@ -50,7 +60,7 @@ def create(db, *, channel, phone=None, language="en", region=None, source_key=No
     try:
         with db.atomic():
             request_id = db["requests"].insert(row).last_pk
-            record_event(db, request_id, "system", "received", {"channel": channel})
+            record_event(db, request_id, actor, "received", {"channel": channel})
     except sqlite3.IntegrityError:
         # Another delivery of the same webhook won the race: theirs is the request.
         if source_key is not None and (existing := find_by_source(db, source_key)):

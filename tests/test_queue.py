@@ -63,3 +63,10 @@ def test_waiting_puts_critical_first_then_oldest(db):
     done, _ = queue.create(db, channel="manual", urgency="critical", status="done")
     order = [ids[r["id"]] for r in queue.waiting(db)]
     assert order == ["c", "d", "a", "e", "b"]
+
+
+def test_received_event_names_who_sent_it(db):
+    request, _ = queue.create(db, channel="kiosk", actor="kiosk:3")
+    assert [(e["actor"], e["action"]) for e in queue.events(db, request["id"])] == [
+        ("kiosk:3", "received")
+    ]
