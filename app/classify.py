@@ -53,10 +53,12 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")
 # Guards only reach across words of the same sentence; Whisper punctuates sentences.
 _SENTENCE_RE = re.compile(r"[.!?;\u3002\uff01\uff1f]+")
+# Text with none of these marks was not punctuated, so clause words stand in for them.
+_PUNCTUATION_RE = re.compile(r"[.,!?;:\u3001\u3002\uff01\uff0c\uff1f]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 
 # Pools of phrases matched independently of each other.
-_CATEGORY, _URGENCY, _GUARD = "category", "urgency", "guard"
+_CATEGORY, _URGENCY, _GUARD, _IDIOM = "category", "urgency", "guard", "idiom"
 
 
 class UnknownLanguage(ValueError):
@@ -131,6 +133,7 @@ class ExampleBank:
     min_similarity: float = 0.2
     emergency_share: float = 0.5
     emergency_similarity: float = 0.4
+    emergency_shared: int = 1
     guarded_emergency_share: float = 0.8
     veto_share: float = 0.0
     veto_below: float = 3.0
@@ -146,6 +149,7 @@ class Categories:
     contractions: Mapping[str, tuple[str, ...]]
     suffixes: tuple[tuple[str, str], ...]
     fillers: frozenset[str]
+    clause_words: frozenset[str]
     word_forms: Mapping[str, str]
     stem_endings: tuple[tuple[str, str], ...]
     stem_tidy: tuple[tuple[str, str], ...]
@@ -162,6 +166,7 @@ class Categories:
     fuzzy_min_length: int
     fuzzy_two_edits_length: int
     negation_window: int
+    calm_window: int
     guard_window: int
     other_threshold: float
     emergency_score: float
@@ -179,13 +184,22 @@ class Categories:
         return self.sentences(text)[0]
 
     def sentences(self, text: str) -> tuple[list[str], list[int]]:
-        """Return normalised tokens and, for each, the number of the sentence it is in."""
+        """Return normalised tokens and, for each, the number of the sentence it is in.
+
+        In unpunctuated text ("i fell and cannot get up") a clause word such as "and"
+        starts a new sentence, so a guard cannot reach across a whole transcript.
+        """
         tokens: list[str] = []
         sentence_of: list[int] = []
-        for number, sentence in enumerate(_SENTENCE_RE.split(text)):
-            words = self._normalise_sentence(sentence)
-            tokens.extend(words)
-            sentence_of.extend([number] * len(words))
+        clauses = self.clause_words if _PUNCTUATION_RE.search(text) is None else frozenset()
+        number = 0
+        for sentence in _SENTENCE_RE.split(text):
+            for word in self._normalise_sentence(sentence):
+                if word in clauses:
+                    number += 1
+                tokens.append(word)
+                sentence_of.append(number)
+            number += 1
             if len(tokens) >= MAX_TOKENS:
                 break
         return tokens[:MAX_TOKENS], sentence_of[:MAX_TOKENS]
@@ -350,6 +364,7 @@ def _build(language: str, lang: dict) -> Categories:
         contractions=contractions,
         suffixes=suffixes,
         fillers=fillers,
+        clause_words=frozenset(),
         word_forms=dict(stemming.get("forms", {})),
         stem_endings=tuple(tuple(rule) for rule in stemming.get("endings", ())),
         stem_tidy=tuple(tuple(rule) for rule in stemming.get("tidy", ())),
@@ -366,6 +381,7 @@ def _build(language: str, lang: dict) -> Categories:
         fuzzy_min_length=int(tuning.get("fuzzy_min_length", 7)),
         fuzzy_two_edits_length=int(tuning.get("fuzzy_two_edits_length", 10)),
         negation_window=int(tuning.get("negation_window", 2)),
+        calm_window=int(lang.get("urgency", {}).get("negation_window", 1)),
         guard_window=int(tuning.get("guard_window", 7)),
         other_threshold=float(tuning.get("other_threshold", 0.5)),
         emergency_score=float(tuning.get("emergency_score", 0.9)),
@@ -385,6 +401,7 @@ def _build(language: str, lang: dict) -> Categories:
         emergency_similarity=float(
             examples.get("emergency_similarity", defaults.emergency_similarity)
         ),
+        emergency_shared=int(examples.get("emergency_shared", defaults.emergency_shared)),
         guarded_emergency_share=float(
             examples.get("guarded_emergency_share", defaults.guarded_emergency_share)
         ),
@@ -453,11 +470,13 @@ def _build(language: str, lang: dict) -> Categories:
         compile_list(combo.get("with", ()), _GUARD, group, 0.0)
     compile_list(emergency.get("negations", ()), _GUARD, "negation", 0.0)
     compile_list(emergency.get("guards", ()), _GUARD, "guard", 0.0)
+    compile_list(emergency.get("idioms", ()), _IDIOM, "idiom", 0.0)
 
     urgency = lang.get("urgency", {})
     for level in ("high", "low"):
         compile_list(urgency.get(level, ()), _URGENCY, level, 1.0)
     compile_list(urgency.get("neutral", ()), _URGENCY, "", 0.0)
+    compile_list(urgency.get("negations", ()), _GUARD, "calm", 0.0)
 
     index: dict[str, list[int]] = {}
     vocab: set[str] = set()
@@ -478,6 +497,9 @@ def _build(language: str, lang: dict) -> Categories:
         vocab=frozenset(vocab),
         vocab_by_shape={k: tuple(v) for k, v in by_shape.items()},
         no_fuzzy=frozenset(base.stem(w) for w in text.get("no_fuzzy", ())),
+        clause_words=frozenset(
+            w for word in text.get("clause_words", ()) for w in base.normalise(word)
+        ),
         examples=bank,
         _fuzzy_cache={},
         _stem_cache={},
@@ -537,6 +559,14 @@ def _near(m: _Match, others: list[_Match], window: int, sentence_of: list[int]) 
     )
 
 
+def _emergency_rule(m: _Match) -> bool:
+    """Tell whether a match feeds the emergency decision: a danger phrase, cue or guard."""
+    phrase = m.phrase
+    if phrase.pool == _CATEGORY:
+        return phrase.tag == "emergency"
+    return phrase.pool == _GUARD and phrase.tag != "calm"
+
+
 def _negated(m: _Match, negations: list[_Match], window: int) -> bool:
     """Tell whether a negation sits just before `m` or in a gap between its words."""
     return any(m.start - window <= o.end <= m.end and o.start not in m.positions for o in negations)
@@ -591,6 +621,13 @@ def nearest_examples(tokens: list[str], categories: Categories) -> list[tuple[fl
     )
 
 
+def _shared_words(tokens: list[str], example: int, categories: Categories) -> int:
+    """Count the words of a request that one example also has."""
+    bank = categories.examples
+    words = {_bank_word(t, categories) for t in _example_words(tokens, bank.stop_words)}
+    return sum(1 for w in words if example in bank.postings.get(w, ()))
+
+
 def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, float]:
     """Share out the neighbours' votes by category, closer neighbours counting more."""
     if not neighbours or neighbours[0][0] < bank.min_similarity:
@@ -606,6 +643,11 @@ def classify(text: str, categories: Categories) -> Classification:
     """Classify a request's text into a category and urgency."""
     tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
     found = _find_matches(tokens, categories)
+    # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of
+    # the emergency rules and the examples: their words neither alarm nor reassure.
+    idiom_words = {i for m in found if m.phrase.pool == _IDIOM for i in range(m.start, m.end + 1)}
+    if idiom_words:
+        found = [m for m in found if not _emergency_rule(m) or idiom_words.isdisjoint(m.positions)]
     guards = [m for m in found if m.phrase.pool == _GUARD]
     present = {m.phrase.tag for m in guards}
     negations = [m for m in guards if m.phrase.tag == "negation"]
@@ -618,7 +660,9 @@ def classify(text: str, categories: Categories) -> Classification:
     # Words that neutral phrases use up, or that made an emergency phrase the guards
     # turned down, are kept from the examples too: "haven't fallen" is not "fallen".
     spent: set[int] = set()
-    for m in _resolve([m for m in found if m.phrase.pool == _CATEGORY]):
+    categorised = _resolve([m for m in found if m.phrase.pool == _CATEGORY])
+    spent.update(idiom_words.difference(*(m.positions for m in categorised if m.phrase.tag)))
+    for m in categorised:
         tag = m.phrase.tag
         if not tag:
             spent.update(m.positions)
@@ -647,19 +691,25 @@ def classify(text: str, categories: Categories) -> Classification:
     }
 
     urgency_hits = set()
+    calm = [m for m in guards if m.phrase.tag == "calm"]
     for m in _resolve([m for m in found if m.phrase.pool == _URGENCY]):
+        # "nothing urgent" and "no need to rush" ask for no hurry.
+        if m.phrase.tag == "high" and _negated(m, calm, categories.calm_window):
+            continue
         if m.phrase.tag:
             urgency_hits.add(m.phrase.tag)
             matched.append(m.phrase.source)
 
     # Second opinion: how were the labelled examples most like this request classified?
     bank = categories.examples
-    neighbours = nearest_examples([t for i, t in enumerate(tokens) if i not in spent], categories)
+    unspent = [t for i, t in enumerate(tokens) if i not in spent]
+    neighbours = nearest_examples(unspent, categories)
     votes = _votes(neighbours, bank)
     knn_emergency = (
         votes.get("emergency", 0.0) >= bank.emergency_share
         and bank.labels[neighbours[0][1]] == "emergency"
         and neighbours[0][0] >= bank.emergency_similarity
+        and _shared_words(unspent, neighbours[0][1], categories) >= bank.emergency_shared
         and (not harmless or votes["emergency"] >= bank.guarded_emergency_share)
     )
     # A lone weak emergency phrase ("killing me") that no similar example backs is a figure

@@ -247,6 +247,78 @@ def test_no_multi_word_alternatives():
 
 
 @pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("my hips are killing me, could someone hoover the stairs", "housekeeping"),
+        ("i'm dying for a fish and chip supper could someone bring one round", "meals"),
+        ("the laptop keeps dying halfway through my emails", "tech_help"),
+        ("my sister is worried sick about her pension letter", "paperwork"),
+        ("i go faint at the sight of blood, could someone come to my injection", "medical"),
+        ("my husband burns every dinner he makes, could someone cook for us", "meals"),
+        ("the parking at the surgery is a nightmare, could someone drive me", "transport"),
+        ("i nearly died laughing at the quiz, can we do it again", "companionship"),
+        ("my feet are on fire after the shops could someone fetch the heavy things", "groceries"),
+        ("the chest freezer has stopped working", "home_repair"),
+        ("we get on like a house on fire, could she visit again", "companionship"),
+    ],
+)
+def test_idioms_are_not_emergencies(en, text, category):
+    result = classify(text, en)
+    assert not result.emergency
+    assert result.category == category
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my back's been killing me for days and now i've fallen and can't get up",
+        "i think i'm dying please help",
+        "i feel like i'm dying to be honest please help me",
+        "the phone died and there's smoke coming from the kitchen",
+        "he's killing me, he's hitting me",
+    ],
+)
+def test_idioms_leave_real_emergencies_alone(en, text):
+    assert classify(text, en).emergency
+
+
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        # Unpunctuated: "but", "so", "because" and "now" end the guard's reach.
+        ("i went to the clinic yesterday but now my husband has collapsed in the hall", True),
+        ("the nurse used to come on tuesdays but now mum is not breathing properly", True),
+        ("i had a fall last year and now i have fallen again and cannot get up", True),
+        # "and" chains one past story, so its guard still holds.
+        ("i fell last year and broke my hip so i need a lift to physio", False),
+        ("i had a fall in march and i need help with the shopping", False),
+        # Punctuated text keeps sentence-level guards.
+        ("I saw a film about a fire last night. Now I can smell burning in the hall.", True),
+        ("I went to the clinic yesterday, but I had a fall there last year.", False),
+    ],
+)
+def test_guards_stop_at_clause_boundaries(en, text, emergency):
+    assert classify(text, en).emergency is emergency
+
+
+@pytest.mark.parametrize(
+    ("text", "urgency"),
+    [
+        ("nothing urgent, but my gutter needs clearing", "low"),
+        ("it's not urgent at all, the hedge wants cutting", "low"),
+        ("it isn't that urgent, my hedge wants a trim", "low"),
+        ("it's not desperate but the fence is leaning", "normal"),
+        ("I'm locked out of my banking app", "normal"),
+        ("I've locked myself out of my email account", "normal"),
+        ("I'm locked out of the house and it's getting dark", "high"),
+        ("i have no bread today", "high"),
+    ],
+)
+def test_negated_and_misplaced_urgency_cues(en, text, urgency):
+    assert classify(text, en).urgency == urgency
+
+
+@pytest.mark.parametrize(
     ("text", "urgency"),
     [
         ("I've run out of milk and I can't get out", "high"),
