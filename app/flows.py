@@ -171,6 +171,7 @@ def load_flow(flows_dir, language):
     return flow
 
 
+@lru_cache(maxsize=8)
 def available_languages(flows_dir):
-    """Return the languages that have a phone flow file, sorted."""
-    return sorted(p.stem for p in Path(flows_dir).glob("*.toml") if p.stem not in NOT_FLOWS)
+    """Return the languages that have a phone flow file, sorted (read once, like the flows)."""
+    return tuple(sorted(p.stem for p in Path(flows_dir).glob("*.toml") if p.stem not in NOT_FLOWS))

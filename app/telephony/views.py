@@ -42,15 +42,19 @@ def _flow(language):
 
 def _call():
     """Return this webhook's call, starting it if Twilio's first webhook never reached us."""
+    return _start_call()[0]
+
+
+def _start_call():
+    """Start (or find) this webhook's call; return it and whether the caller is known."""
     config = _config()
-    call, _ = store.start_call(
+    return store.start_call(
         get_db(),
         request.form.get("CallSid", ""),
         request.form.get("From"),
         default_language=config["DEFAULT_LANGUAGE"],
         languages=available_languages(config["FLOWS_DIR"]),
     )
-    return call
 
 
 def _speaker(call):
@@ -92,13 +96,7 @@ def _spoken_number(number):
 def voice():
     """Answer a new call: greet the caller, in their remembered language, with the main menu."""
     config = _config()
-    call, known = store.start_call(
-        get_db(),
-        request.form.get("CallSid", ""),
-        request.form.get("From"),
-        default_language=config["DEFAULT_LANGUAGE"],
-        languages=available_languages(config["FLOWS_DIR"]),
-    )
+    call, known = _start_call()
     speaker = _speaker(call)
     flow = speaker.flow
     danger = flow.prompt("in_danger", emergency_number=_spoken_number(config["EMERGENCY_NUMBER"]))
