@@ -33,6 +33,8 @@ def create_app(test_config=None):
         JOB_BACKOFF_SECONDS=2.0,
         JOB_POLL_SECONDS=0.2,
         OUTBOX_DIR=str(instance / "outbox"),
+        # Forms and webhooks are small; the kiosk upload API sets its own, larger ceiling.
+        MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.config.from_prefixed_env("CARECALL")
     if test_config is not None:
