@@ -19,7 +19,7 @@ from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
 PERMISSIONS = {
-    "admin": frozenset({"view", "act", "manage_users"}),
+    "admin": frozenset({"view", "act", "manage_users", "manage_kiosks"}),
     "coordinator": frozenset({"view", "act"}),
     "viewer": frozenset({"view"}),
 }
@@ -279,7 +279,7 @@ def lockout_policy(config):
     )
 
 
-def _cli_actor():
+def cli_actor():
     """Name the person at the terminal in audit events."""
     return f"cli:{getpass.getuser()}"
 
@@ -309,7 +309,7 @@ def users_create(name, role, generate_password):
     db = connect(current_app.config["DATABASE"])
     try:
         user = create_user(
-            db, name, role, password, hasher=hasher_for(current_app.config), actor=_cli_actor()
+            db, name, role, password, hasher=hasher_for(current_app.config), actor=cli_actor()
         )
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -346,7 +346,7 @@ def users_disable(name):
     """
     db = connect(current_app.config["DATABASE"])
     try:
-        set_active(db, name, False, actor=_cli_actor())
+        set_active(db, name, False, actor=cli_actor())
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -373,7 +373,7 @@ def tokens_create(role, name):
     """
     db = connect(current_app.config["DATABASE"])
     try:
-        token, row = create_token(db, name, role, actor=_cli_actor())
+        token, row = create_token(db, name, role, actor=cli_actor())
     finally:
         db.close()
     click.echo(f"token {row['id']} ({row['role']}, {row['name']}): {token}")
@@ -405,7 +405,7 @@ def tokens_revoke(token_id):
     """
     db = connect(current_app.config["DATABASE"])
     try:
-        revoke_token(db, token_id, actor=_cli_actor())
+        revoke_token(db, token_id, actor=cli_actor())
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

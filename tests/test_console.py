@@ -12,6 +12,7 @@ from sqlite_utils import Database
 
 from app import accounts, queue
 from app.console import actions, search
+from app.kiosk import devices
 from app.migrations import migrations
 from app.security import CSRF_EXEMPT_BLUEPRINTS, SECURITY_HEADERS
 
@@ -469,6 +470,120 @@ def test_alert_sound_is_a_short_wav():
 def test_disabled_user_is_logged_out(app, db, coordinator):
     accounts.set_active(db, "coordinator1", False)
     assert coordinator.get("/console/").status_code == 302
+
+
+_KIOSK_TOKEN = re.compile(r"Token: <code>([^<]+)</code>")
+
+
+def add_kiosk_in_console(admin, name="Riverside Centre", region="riverside"):
+    """Add a kiosk through the admin's form; return the response and the token it shows."""
+    response = post_form(
+        admin, "/console/kiosks", {"name": name, "region": region}, page="/console/kiosks"
+    )
+    match = _KIOSK_TOKEN.search(response.get_data(as_text=True))
+    return response, match and match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "expected"),
+    [
+        (None, "GET", "/console/kiosks", 302),
+        (None, "POST", "/console/kiosks", 302),
+        (None, "POST", "/console/kiosks/{id}/revoke", 302),
+        ("viewer", "GET", "/console/kiosks", 403),
+        ("viewer", "POST", "/console/kiosks", 403),
+        ("viewer", "POST", "/console/kiosks/{id}/revoke", 403),
+        ("coordinator", "GET", "/console/kiosks", 403),
+        ("coordinator", "POST", "/console/kiosks", 403),
+        ("coordinator", "POST", "/console/kiosks/{id}/revoke", 403),
+        ("admin", "GET", "/console/kiosks", 200),
+        ("admin", "POST", "/console/kiosks", 200),
+        ("admin", "POST", "/console/kiosks/{id}/revoke", 303),
+    ],
+)
+def test_kiosk_page_permission_boundaries(app, db, role, method, path, expected):
+    kiosk, _ = devices.add(db, "Hillside Centre", region="hillside")
+    client = as_role(app, db, role) if role else app.test_client()
+    path = path.format(id=kiosk.id)
+    if method == "GET":
+        response = client.get(path)
+    else:
+        token = csrf_token(client, "/console/login")
+        data = {"name": "Harbour Centre", "region": "harbour", "csrf_token": token}
+        response = client.post(path, data=data)
+    assert response.status_code == expected
+    if response.status_code == 302:
+        assert response.headers["Location"].startswith("/console/login?next=")
+    if role != "admin":
+        assert [(k.name, k.revoked_at) for k in devices.listing(db, include_revoked=True)] == [
+            ("Hillside Centre", None)
+        ]
+
+
+@pytest.mark.parametrize("path", ["/console/kiosks", "/console/kiosks/{id}/revoke"])
+def test_kiosk_forms_without_csrf_are_400(app, db, path):
+    kiosk, _ = devices.add(db, "Hillside Centre", region="hillside")
+    admin = as_role(app, db, "admin")
+    response = admin.post(path.format(id=kiosk.id), data={"name": "X", "region": "y"})
+    assert response.status_code == 400
+    assert [(k.name, k.revoked_at) for k in devices.listing(db, include_revoked=True)] == [
+        ("Hillside Centre", None)
+    ]
+
+
+def test_added_kiosk_token_is_shown_once_with_the_tablet_address(app, db):
+    admin = as_role(app, db, "admin")
+    response, token = add_kiosk_in_console(admin)
+    html = response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert f"<code>http://localhost/kiosk?token={token}</code>" in html
+    assert devices.authenticate(db, token).region == "riverside"
+    assert token not in json.dumps(list(db["kiosks"].rows))
+    assert "<script>" not in html and "style=" not in html and "<style" not in html
+    later = admin.get("/console/kiosks").get_data(as_text=True)
+    assert "Riverside Centre" in later and token not in later
+    assert f"<code>{token[: devices.HINT_CHARS]}…</code>" in later
+
+
+def test_revoked_kiosk_is_refused_and_both_steps_are_audited(app, db, client):
+    admin = as_role(app, db, "admin")
+    _, token = add_kiosk_in_console(admin)
+    kiosk = devices.authenticate(db, token)
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/kiosk", headers=bearer).status_code == 200
+    path = f"/console/kiosks/{kiosk.id}/revoke"
+    response = post_form(admin, path, {}, page="/console/kiosks")
+    assert response.status_code == 303
+    assert "Revoked kiosk Riverside Centre" in admin.get("/console/kiosks").get_data(True)
+    assert client.get("/api/v1/kiosk", headers=bearer).status_code == 401
+    assert post_form(admin, path, {}, page="/console/kiosks").status_code == 303
+    audit = [
+        (e["actor"], e["action"], json.loads(e["detail"]))
+        for e in db["events"].rows_where("request_id IS NULL AND action LIKE 'kiosk_%'")
+    ]
+    detail = {"kiosk": kiosk.id, "name": "Riverside Centre"}
+    assert audit == [
+        ("user:admin1", "kiosk_added", detail | {"region": "riverside"}),
+        ("user:admin1", "kiosk_revoked", detail),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "region", "message"),
+    [
+        ("", "riverside", "Enter the kiosk&#39;s name."),
+        ("   ", "riverside", "Enter the kiosk&#39;s name."),
+        ("Riverside Centre", "", "Enter the kiosk&#39;s region."),
+        ("x" * 81, "riverside", "The name must be at most 80 characters."),
+        ("Riverside Centre", "r" * 41, "The region must be at most 40 characters."),
+    ],
+)
+def test_bad_kiosk_fields_are_shown_in_the_form(app, db, name, region, message):
+    response, token = add_kiosk_in_console(as_role(app, db, "admin"), name, region)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400 and token is None
+    assert message in html and 'aria-invalid="true"' in html
+    assert devices.listing(db, include_revoked=True) == []
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,13 @@ def test_admin_and_viewer_pages_are_accessible(console_app, db, browser):
         admin.get_by_role("button", name="Create token").click()
         assert admin.locator(".secret code").inner_text().startswith("cc_")
         assert_accessible(admin, "console-users-token")
+        admin.get_by_role("link", name="Kiosks").click()
+        admin.get_by_label("Name (the community centre)").fill("Riverside Centre")
+        admin.get_by_label("Region").fill("riverside")
+        admin.get_by_role("button", name="Add kiosk").click()
+        assert "/kiosk?token=" in admin.locator(".secret").inner_text()
+        assert admin.get_by_role("button", name="Revoke kiosk #1 Riverside Centre").is_visible()
+        assert_accessible(admin, "console-kiosks")
 
         viewer = browser.new_page()
         log_in(viewer, base, "vic")

@@ -585,6 +585,9 @@ def test_kiosks_cli_add_list_revoke(runner, db):
     assert "Riverside Centre" in runner.invoke(args=["kiosks", "list", "--all"]).output
     missing = runner.invoke(args=["kiosks", "revoke", "99"])
     assert missing.exit_code != 0 and "no kiosk 99" in missing.output
+    audit = db.execute("SELECT actor, action FROM events ORDER BY id").fetchall()
+    assert [action for _, action in audit] == ["kiosk_added", "kiosk_revoked"]
+    assert all(actor.startswith("cli:") for actor, _ in audit)
 
 
 @pytest.mark.parametrize("command", [[], ["add"], ["list"], ["revoke"]])

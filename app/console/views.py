@@ -1,4 +1,4 @@
-"""Console pages under /console: log in, the live queue, one request, users and tokens."""
+"""Console pages under /console: log in, the live queue, one request, users, tokens, kiosks."""
 
 import functools
 import mimetypes
@@ -21,6 +21,7 @@ from flask import (
 from .. import accounts, queue
 from ..classify import CATEGORY_KEYS, load_categories
 from ..db import get_db
+from ..kiosk import devices
 from . import actions, search
 
 bp = Blueprint("console", __name__, url_prefix="/console")
@@ -403,6 +404,85 @@ def revoke_token(token_id):
     else:
         flash(f"Revoked token {token_id}.", "ok")
     return redirect(url_for("console.users"), code=303)
+
+
+# Longer names would not fit the kiosk's page header or the queue's region column.
+KIOSK_NAME_MAX = 80
+KIOSK_REGION_MAX = 40
+
+
+def _kiosk_form_errors(name, region):
+    """Return what is wrong with a kiosk's name and region, by field."""
+    errors = {}
+    for field, value, limit in (
+        ("name", name, KIOSK_NAME_MAX),
+        ("region", region, KIOSK_REGION_MAX),
+    ):
+        if not value:
+            errors[field] = f"Enter the kiosk's {field}."
+        elif len(value) > limit:
+            errors[field] = f"The {field} must be at most {limit} characters."
+    return errors
+
+
+def _kiosks_page(status=200, *, form=None, errors=None, added=None):
+    """Render the kiosks page, with a just-added kiosk's token shown this once."""
+    response = current_app.make_response(
+        (
+            render_template(
+                "console/kiosks.html",
+                kiosks=devices.listing(get_db(), include_revoked=True),
+                form=form or {},
+                errors=errors or {},
+                added=added,
+                name_max=KIOSK_NAME_MAX,
+                region_max=KIOSK_REGION_MAX,
+            ),
+            status,
+        )
+    )
+    # The page may carry a token that must not outlive this one response.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/kiosks")
+@require("manage_kiosks")
+def kiosks():
+    """List kiosk tablets for an administrator."""
+    return _kiosks_page()
+
+
+@bp.post("/kiosks")
+@require("manage_kiosks")
+def add_kiosk():
+    """Register a kiosk tablet and show its token and address once."""
+    form = {k: (request.form.get(k) or "").strip() for k in ("name", "region")}
+    errors = _kiosk_form_errors(form["name"], form["region"])
+    if errors:
+        return _kiosks_page(400, form=form, errors=errors)
+    kiosk, token = devices.add(
+        get_db(), form["name"], region=form["region"], actor=g.principal.actor
+    )
+    url = url_for("kiosk.page", token=token, _external=True)
+    return _kiosks_page(added=(kiosk, token, url))
+
+
+@bp.post("/kiosks/<int:kiosk_id>/revoke")
+@require("manage_kiosks")
+def revoke_kiosk(kiosk_id):
+    """Revoke a kiosk's token so the tablet can no longer send requests."""
+    db = get_db()
+    try:
+        kiosk = devices.get(db, kiosk_id)
+    except devices.KioskNotFound:
+        abort(404)
+    if kiosk.revoked_at:
+        flash(f"Kiosk {kiosk.name} was already revoked.", "error")
+    else:
+        devices.revoke(db, kiosk_id, actor=g.principal.actor)
+        flash(f"Revoked kiosk {kiosk.name}: its tablet can no longer send requests.", "ok")
+    return redirect(url_for("console.kiosks"), code=303)
 
 
 @bp.errorhandler(400)

@@ -6,6 +6,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ..accounts import cli_actor
 from ..db import get_db, migrate
 from . import devices
 
@@ -30,7 +31,9 @@ def add_command(name, region, language, as_json):
     """
     migrate(current_app.config["DATABASE"])
     try:
-        kiosk, token = devices.add(get_db(), name, region=region, language=language)
+        kiosk, token = devices.add(
+            get_db(), name, region=region, language=language, actor=cli_actor()
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -73,7 +76,7 @@ def revoke_command(kiosk):
     migrate(current_app.config["DATABASE"])
     db = get_db()
     try:
-        found = devices.revoke(db, devices.find(db, kiosk).id)
+        found = devices.revoke(db, devices.find(db, kiosk).id, actor=cli_actor())
     except LookupError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"kiosk {found.id} ({found.name}) revoked at {found.revoked_at}")

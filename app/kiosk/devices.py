@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from ..queue import now
+from ..queue import now, record_event
 
 TOKEN_BYTES = 32
 HINT_CHARS = 6
@@ -73,26 +73,24 @@ def hash_token(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add(db, name, *, region, language=None):
-    """Register a kiosk; return (kiosk, token) — the token is shown this once only."""
+def add(db, name, *, region, language=None, actor="system"):
+    """Register a kiosk, audited; return (kiosk, token) — the token is shown this once only."""
     name, region = name.strip(), region.strip()
     if not name or not region:
         raise ValueError("a kiosk needs a name and a region")
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    kiosk_id = (
-        db["kiosks"]
-        .insert(
-            {
-                "name": name,
-                "region": region,
-                "language": language,
-                "token_hash": hash_token(token),
-                "token_hint": token[:HINT_CHARS],
-                "created_at": now(),
-            }
-        )
-        .last_pk
-    )
+    row = {
+        "name": name,
+        "region": region,
+        "language": language,
+        "token_hash": hash_token(token),
+        "token_hint": token[:HINT_CHARS],
+        "created_at": now(),
+    }
+    with db.atomic():
+        kiosk_id = db["kiosks"].insert(row).last_pk
+        detail = {"kiosk": kiosk_id, "name": name, "region": region}
+        record_event(db, None, actor, "kiosk_added", detail)
     return get(db, kiosk_id), token
 
 
@@ -134,11 +132,13 @@ def authenticate(db, token):
     return Kiosk.from_row(rows[0])
 
 
-def revoke(db, kiosk_id):
-    """Stop a kiosk's token from working; return the kiosk."""
+def revoke(db, kiosk_id, *, actor="system"):
+    """Stop a kiosk's token from working, audited; return the kiosk."""
     kiosk = get(db, kiosk_id)
     if kiosk.revoked_at is None:
-        db["kiosks"].update(kiosk_id, {"revoked_at": now()})
+        with db.atomic():
+            db["kiosks"].update(kiosk_id, {"revoked_at": now()})
+            record_event(db, None, actor, "kiosk_revoked", {"kiosk": kiosk_id, "name": kiosk.name})
     return get(db, kiosk_id)
 
 
