@@ -152,8 +152,7 @@ def banner(app, base, admin, in_process):
     lines = [
         f"CareCall is serving on {base}/",
         f"  coordinator console: {base}/console/",
-        f"  kiosk page:          {base}/kiosk  (register a tablet first:"
-        ' flask --app app kiosks add "Riverside Centre" --region riverside)',
+        f"  kiosk page:          {base}/kiosk  (register a tablet at {base}/console/kiosks)",
         f"  Twilio voice webhook: POST {public}/twilio/voice"
         + ("" if config.get("TWILIO_AUTH_TOKEN") else "  (set TWILIO_AUTH_TOKEN to accept calls)"),
         f"  health:              {base}/healthz",
