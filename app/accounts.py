@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .db import connect
+from .db import get_db
 from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
@@ -306,15 +306,12 @@ def users_create(name, role, generate_password):
         password = secrets.token_urlsafe(12)
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    db = connect(current_app.config["DATABASE"])
     try:
         user = create_user(
-            db, name, role, password, hasher=hasher_for(current_app.config), actor=cli_actor()
+            get_db(), name, role, password, hasher=hasher_for(current_app.config), actor=cli_actor()
         )
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        db.close()
     click.echo(f"created {user['role']} {user['name']}")
     if generate_password:
         click.echo(f"password: {password}")
@@ -327,13 +324,10 @@ def users_list():
 
     Example: flask --app app users list
     """
-    db = connect(current_app.config["DATABASE"])
-    try:
-        for user in list_users(db):
-            state = "active" if user["active"] else "disabled"
-            click.echo(f"{user['name']:<24} {user['role']:<12} {state}")
-    finally:
-        db.close()
+    db = get_db()
+    for user in list_users(db):
+        state = "active" if user["active"] else "disabled"
+        click.echo(f"{user['name']:<24} {user['role']:<12} {state}")
 
 
 @users_cli.command("disable")
@@ -344,13 +338,10 @@ def users_disable(name):
 
     Example: flask --app app users disable alice
     """
-    db = connect(current_app.config["DATABASE"])
     try:
-        set_active(db, name, False, actor=cli_actor())
+        set_active(get_db(), name, False, actor=cli_actor())
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        db.close()
     click.echo(f"disabled {name}")
 
 
@@ -371,11 +362,7 @@ def tokens_create(role, name):
 
     Example: flask --app app tokens create --role coordinator --name dispatch-bot
     """
-    db = connect(current_app.config["DATABASE"])
-    try:
-        token, row = create_token(db, name, role, actor=cli_actor())
-    finally:
-        db.close()
+    token, row = create_token(get_db(), name, role, actor=cli_actor())
     click.echo(f"token {row['id']} ({row['role']}, {row['name']}): {token}")
 
 
@@ -386,13 +373,10 @@ def tokens_list():
 
     Example: flask --app app tokens list
     """
-    db = connect(current_app.config["DATABASE"])
-    try:
-        for t in list_tokens(db):
-            state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "live"
-            click.echo(f"{t['id']:>4} {t['name']:<20} {t['role']:<12} {state}")
-    finally:
-        db.close()
+    db = get_db()
+    for t in list_tokens(db):
+        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "live"
+        click.echo(f"{t['id']:>4} {t['name']:<20} {t['role']:<12} {state}")
 
 
 @tokens_cli.command("revoke")
@@ -403,13 +387,10 @@ def tokens_revoke(token_id):
 
     Example: flask --app app tokens revoke 3
     """
-    db = connect(current_app.config["DATABASE"])
     try:
-        revoke_token(db, token_id, actor=cli_actor())
+        revoke_token(get_db(), token_id, actor=cli_actor())
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
-    finally:
-        db.close()
     click.echo(f"revoked token {token_id}")
 
 

@@ -43,14 +43,20 @@ def chromium(extra_args=()):
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: run ./scripts/test, which installs it")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with sync_playwright() as p, launched(p.chromium, extra_args) as browser:
+        yield browser
+
+
+@contextmanager
+def launched(browser_type, extra_args=()):
+    """Launch Debian's Chromium from a running Playwright with our flags plus extra_args."""
+    browser = browser_type.launch(
+        executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def axe_violations(page):

@@ -16,7 +16,7 @@ from app import jobs, queue
 from app.db import connect
 from app.kiosk import devices
 from tests import speechgen
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, assert_accessible, chromium, screenshot
+from tests.browser import assert_accessible, chromium, launched, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -301,16 +301,9 @@ def test_server_down_during_upload_then_back(browser, kiosk_app):
     assert request_count(kiosk_app) == 1
 
 
-@contextmanager
 def second_chromium(browser, extra_args):
     """Launch another Chromium with other flags from the running Playwright."""
-    other = browser.browser_type.launch(
-        executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
-    )
-    try:
-        yield other
-    finally:
-        other.close()
+    return launched(browser.browser_type, extra_args)
 
 
 def test_setup_and_problem_screens(tmp_path, browser, kiosk_app):

@@ -3,10 +3,9 @@
 import json
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
-from ..db import connect
+from ..db import get_db
 from .actions import export_corrections, labelled_examples
 
 
@@ -40,22 +39,19 @@ def export_corrections_command(output, fmt, field):
 
     Example: flask --app app export-corrections --format tsv -o corrected.tsv
     """
-    db = connect(current_app.config["DATABASE"])
+    db = get_db()
     count = 0
-    try:
-        if fmt == "tsv":
-            output.write("text\tcategory\turgency\n")
-            for example in labelled_examples(db):
-                output.write("\t".join(example) + "\n")
-                count += 1
-        else:
-            for row in export_corrections(db):
-                if field and row["field"] not in field:
-                    continue
-                output.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
-    finally:
-        db.close()
+    if fmt == "tsv":
+        output.write("text\tcategory\turgency\n")
+        for example in labelled_examples(db):
+            output.write("\t".join(example) + "\n")
+            count += 1
+    else:
+        for row in export_corrections(db):
+            if field and row["field"] not in field:
+                continue
+            output.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
     click.echo(f"exported {count} {'examples' if fmt == 'tsv' else 'corrections'}", err=True)
 
 
