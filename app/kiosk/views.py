@@ -1,5 +1,6 @@
 """The kiosk's web edge: the one-button page and the upload API it talks to."""
 
+import io
 from pathlib import Path
 
 from flask import (
@@ -186,7 +187,15 @@ def _speech(words, text, *, max_age):
         rate=words.voice["rate"],
         cache_dir=Path(current_app.config["DATA_DIR"]) / "kiosk-speech",
     )
-    return send_file(path, mimetype="audio/wav", max_age=max_age)
+    # Sent from memory: a short clip, and no open file is left behind when a tablet drops
+    # the connection mid-reply (the development server does not close it then).
+    return send_file(
+        io.BytesIO(path.read_bytes()),
+        mimetype="audio/wav",
+        max_age=max_age,
+        etag=path.stem,  # the cache file is named after a hash of its text and voice
+        download_name=path.name,
+    )
 
 
 def api_error(error):
