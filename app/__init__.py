@@ -6,42 +6,34 @@ from pathlib import Path
 
 from flask import Flask
 
+from . import settings
+
 # Model weights load only from local directories; a hub download at run time is a bug.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Extensions read their own keys from app.config (Flask-WTF: WTF_CSRF_ENABLED...).
+FLASK_EXTENSION_PREFIXES = ("WTF_",)
 
 
 def create_app(test_config=None):
     """Create and configure a CareCall application."""
     app = Flask(__name__, instance_relative_config=True)
     instance = Path(app.instance_path)
-    app.config.from_mapping(
-        DATABASE=str(instance / "carecall.db"),
-        DATA_DIR=str(instance / "data"),
-        MODELS_DIR=str(REPO_ROOT / "speech_models"),
-        FLOWS_DIR=str(REPO_ROOT / "ivr_flows"),
-        # Engine per language: "engine:model-name" from speech_models/models.toml.
-        SPEECH_ENGINES={"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"},
-        DEFAULT_LANGUAGE="en",
-        MAX_AUDIO_SECONDS=600,
-        # Below this a transcript is not read back word by word; a person listens.
-        REVIEW_CONFIDENCE=0.6,
-        WORKER="inprocess",
-        JOB_LEASE_SECONDS=300,
-        JOB_MAX_ATTEMPTS=5,
-        JOB_BACKOFF_SECONDS=2.0,
-        JOB_POLL_SECONDS=0.2,
-        OUTBOX_DIR=str(instance / "outbox"),
-        # Forms and webhooks are small; the kiosk upload API sets its own, larger ceiling.
-        MAX_CONTENT_LENGTH=1024 * 1024,
-    )
-    app.config.from_prefixed_env("CARECALL")
-    if test_config is not None:
-        app.config.from_mapping(test_config)
+    loaded = settings.load(os.environ, test_config, instance=instance, repo=REPO_ROOT)
+    app.config.update(loaded.values)
+    # Flask's own keys (TESTING, SERVER_NAME...) may come from code; anything else is a typo.
+    for key, value in (test_config or {}).items():
+        if key not in settings.BY_NAME:
+            if key not in app.config and not key.startswith(FLASK_EXTENSION_PREFIXES):
+                raise settings.SettingsError(f"{key} is not a CareCall or Flask setting")
+            app.config[key] = value
     instance.mkdir(parents=True, exist_ok=True)
-    if not app.config.get("SECRET_KEY"):
+    if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _instance_secret(instance / "secret_key")
+        loaded.sources["SECRET_KEY"] = "instance/secret_key"
+    app.extensions["carecall.settings"] = loaded
+    app.cli.add_command(settings.settings_command)
 
     from . import accounts, cli, console, db, jobs, kiosk, pipeline, security, telephony, web
 

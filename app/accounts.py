@@ -395,12 +395,6 @@ def tokens_revoke(token_id):
 
 
 def init_app(app):
-    """Set lock-out defaults and register the users and tokens commands."""
-    app.config.setdefault("LOGIN_MAX_FAILURES", 5)
-    app.config.setdefault("LOCKOUT_BASE_SECONDS", 30.0)
-    app.config.setdefault("LOCKOUT_MAX_SECONDS", 3600.0)
-    app.config.setdefault("PASSWORD_HASH_TIME_COST", 3)
-    app.config.setdefault("PASSWORD_HASH_MEMORY_KIB", 65536)
-    app.config.setdefault("PASSWORD_HASH_PARALLELISM", 4)
+    """Register the users and tokens commands."""
     app.cli.add_command(users_cli)
     app.cli.add_command(tokens_cli)

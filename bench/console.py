@@ -179,7 +179,7 @@ def main(argv=None):
         app = create_app(
             {
                 "TESTING": True,
-                "SECRET_KEY": "bench",
+                "SECRET_KEY": "bench-secret-key-0123456789",
                 "DATABASE": path,
                 "DATA_DIR": str(Path(tmp) / "data"),
                 "OUTBOX_DIR": str(Path(tmp) / "outbox"),

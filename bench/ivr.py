@@ -61,7 +61,7 @@ def serve(tmp, ready, stop, api_base):
             "DATABASE": str(Path(tmp) / "bench.db"),
             "DATA_DIR": str(Path(tmp) / "data"),
             "OUTBOX_DIR": str(Path(tmp) / "outbox"),
-            "SECRET_KEY": "bench",
+            "SECRET_KEY": "bench-secret-key-0123456789",
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "TWILIO_RECORDING_HOSTS": ["127.0.0.1"],

@@ -69,7 +69,7 @@ def build_app(tmp):
     """Build a migrated app with one kiosk; return (app, token)."""
     app = create_app(
         {
-            "SECRET_KEY": "bench",
+            "SECRET_KEY": "bench-secret-key-0123456789",
             "DATABASE": f"{tmp}/carecall.db",
             "DATA_DIR": f"{tmp}/data",
             "OUTBOX_DIR": f"{tmp}/outbox",

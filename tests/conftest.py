@@ -15,7 +15,7 @@ def make_app(tmp_path):
         app = create_app(
             {
                 "TESTING": True,
-                "SECRET_KEY": "test",
+                "SECRET_KEY": "test-secret-key-0123456789",
                 "DATABASE": str(tmp_path / "carecall.db"),
                 "DATA_DIR": str(tmp_path / "data"),
                 "OUTBOX_DIR": str(tmp_path / "outbox"),

@@ -101,7 +101,7 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path):
         **os.environ,
         "CARECALL_DATABASE": str(tmp_path / "serve.db"),
         "CARECALL_DATA_DIR": str(tmp_path / "data"),
-        "CARECALL_SECRET_KEY": "test",
+        "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
         "CARECALL_PASSWORD_HASH_MEMORY_KIB": "8192",
     }
     server = subprocess.Popen(

@@ -19,7 +19,7 @@ def test_migrate_is_idempotent_and_creates_tables(tmp_path):
 def test_config_comes_from_prefixed_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CARECALL_DATABASE", str(tmp_path / "env.db"))
     monkeypatch.setenv("CARECALL_MAX_AUDIO_SECONDS", "30")
-    app = create_app({"SECRET_KEY": "x"})
+    app = create_app({"SECRET_KEY": "x" * 32})
     assert app.config["DATABASE"] == str(tmp_path / "env.db")
     assert app.config["MAX_AUDIO_SECONDS"] == 30
 

@@ -105,7 +105,7 @@ def test_job_survives_worker_killed_mid_transcription(app, db):
         **os.environ,
         "CARECALL_DATABASE": app.config["DATABASE"],
         "CARECALL_DATA_DIR": app.config["DATA_DIR"],
-        "CARECALL_SECRET_KEY": "test",
+        "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
         "CARECALL_JOB_LEASE_SECONDS": "3",
     }
     worker = subprocess.Popen(

@@ -36,7 +36,7 @@ def check(req, config):
     url = public_url(
         req,
         public_base_url=config.get("PUBLIC_BASE_URL"),
-        trust_forwarded=config.get("TRUST_FORWARDED_HEADERS", False),
+        trust_forwarded=config["TRUST_FORWARDED_HEADERS"],
     )
     params = req.form if req.method == "POST" else {}
     if not signature or not RequestValidator(token).validate(url, params, signature):

@@ -1,0 +1,955 @@
+"""Every CareCall setting, declared once: its type, default, range and a line of help.
+
+Values come from the environment (``CARECALL_NAME``, a few also under the vendor's own
+name), are parsed by type and validated when the app is created; a wrong value stops
+start-up with a message naming the variable. Modules read ``app.config`` and keep no
+defaults of their own.
+"""
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+PREFIX = "CARECALL_"
+MASK = "********"
+# Defaults may name the instance folder; it is known only when the app is built.
+INSTANCE = "{instance}"
+
+
+class SettingsError(click.ClickException):
+    """A setting has a value it cannot take; the message names the variable."""
+
+
+class _Bad(ValueError):
+    """A value does not fit a kind; the message says what was expected."""
+
+
+# --- Kinds: how a value is written in the environment, and what it may be ---------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string, optionally with a minimum length or a pattern."""
+
+    min_length: int = 0
+    pattern: str | None = None
+    what: str = "text"
+
+    def parse(self, raw):
+        """Return the string as written."""
+        return raw
+
+    def check(self, value):
+        """Return value if it is a long enough string of the right shape."""
+        if not isinstance(value, str):
+            raise _Bad(f"expected {self.what}")
+        if len(value) < self.min_length:
+            raise _Bad(f"must be at least {self.min_length} characters")
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            raise _Bad(f"expected {self.what}")
+        return value
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of words."""
+
+    choices: tuple
+
+    @property
+    def what(self):
+        """Describe the kind for people."""
+        return "one of " + ", ".join(self.choices)
+
+    def parse(self, raw):
+        """Return the word, lower-cased."""
+        return raw.strip().lower()
+
+    def check(self, value):
+        """Return value if it is one of the choices."""
+        if value not in self.choices:
+            raise _Bad(f"expected {self.what}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number:
+    """An integer or a real number within a range."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    integer: bool = False
+
+    @property
+    def what(self):
+        """Describe the kind for people."""
+        kind = "a whole number" if self.integer else "a number"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{kind} from {_fmt(self.minimum)} to {_fmt(self.maximum)}"
+        if self.minimum is not None:
+            return f"{kind} ≥ {_fmt(self.minimum)}"
+        return kind
+
+    def parse(self, raw):
+        """Parse a number written in decimal."""
+        try:
+            return int(raw.strip()) if self.integer else float(raw.strip())
+        except ValueError:
+            raise _Bad(f"expected {self.what}") from None
+
+    def check(self, value):
+        """Return value if it is a number of the right kind within range."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Bad(f"expected {self.what}")
+        if self.integer and not float(value).is_integer():
+            raise _Bad(f"expected {self.what}")
+        if not math.isfinite(value):
+            raise _Bad(f"expected {self.what}")
+        if self.minimum is not None and value < self.minimum:
+            raise _Bad(f"expected {self.what}")
+        if self.maximum is not None and value > self.maximum:
+            raise _Bad(f"expected {self.what}")
+        return int(value) if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A yes/no switch."""
+
+    what: str = "true or false (also 1/0, yes/no, on/off)"
+    words = {"true": True, "1": True, "yes": True, "on": True}
+    words |= {"false": False, "0": False, "no": False, "off": False}
+
+    def parse(self, raw):
+        """Parse true/false, 1/0, yes/no or on/off in any case."""
+        try:
+            return self.words[raw.strip().lower()]
+        except KeyError:
+            raise _Bad(f"expected {self.what}") from None
+
+    def check(self, value):
+        """Return value if it is a boolean."""
+        if not isinstance(value, bool):
+            raise _Bad(f"expected {self.what}")
+        return value
+
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+_SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+@dataclass(frozen=True)
+class Size:
+    """A number of bytes, written plainly or with a unit: 50MB, 1.5 GiB."""
+
+    minimum: int = 1
+    maximum: int = 2**40
+    what: str = "a size in bytes, e.g. 50MB or 1GiB"
+
+    def parse(self, raw):
+        """Parse bytes with an optional unit (kB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024)."""
+        match = _SIZE_RE.fullmatch(raw.strip())
+        if not match:
+            raise _Bad(f"expected {self.what}")
+        number, unit = match.groups()
+        return int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
+
+    def check(self, value):
+        """Return value if it is a whole number of bytes within range."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Bad(f"expected {self.what}")
+        if not self.minimum <= value <= self.maximum:
+            raise _Bad(f"must be between {self.minimum} and {self.maximum} bytes")
+        return value
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A length of time in seconds, written plainly or with a unit: 90, 15m, 8h, 1d."""
+
+    minimum: float = 0
+    maximum: float = 366 * 86400
+
+    @property
+    def what(self):
+        """Describe the kind for people."""
+        return f"seconds, or a time like 15m or 8h, from {_fmt(self.minimum)} s"
+
+    def parse(self, raw):
+        """Parse seconds with an optional unit s, m, h or d."""
+        match = _DURATION_RE.fullmatch(raw.strip())
+        if not match:
+            raise _Bad(f"expected {self.what}")
+        return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+    def check(self, value):
+        """Return value in seconds if it is within range."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Bad(f"expected {self.what}")
+        if not (math.isfinite(value) and self.minimum <= value <= self.maximum):
+            raise _Bad(f"must be from {_fmt(self.minimum)} to {_fmt(self.maximum)} seconds")
+        return float(value)
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+_IPV4_RE = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
+
+
+def _is_host(name):
+    """Return whether name is a DNS host name or a dotted IPv4 address."""
+    if ip := _IPV4_RE.fullmatch(name):
+        return all(int(part) <= 255 for part in ip.groups())
+    # A bare number such as "1" is no host: it is how a mistyped address slips through.
+    return bool(_HOST_RE.fullmatch(name)) and not name.replace(".", "").isdigit()
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """A list of host names: JSON or comma-separated."""
+
+    what: str = "host names, comma-separated or a JSON list (no scheme or path)"
+
+    def parse(self, raw):
+        """Parse a JSON list or a comma-separated list of host names."""
+        return _parse_list(raw)
+
+    def check(self, value):
+        """Return the names as a lower-cased tuple if each is a host name."""
+        if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+            raise _Bad(f"expected {self.what}")
+        hosts = []
+        for item in value:
+            if not isinstance(item, str) or not _is_host(item.strip().lower()):
+                raise _Bad(f"{item!r} is not a host name; expected {self.what}")
+            hosts.append(item.strip().lower())
+        if not hosts:
+            raise _Bad("needs at least one host name")
+        return tuple(hosts)
+
+
+@dataclass(frozen=True)
+class Url:
+    """An absolute http(s) URL."""
+
+    what: str = "an absolute http:// or https:// URL"
+
+    def parse(self, raw):
+        """Return the URL as written, without a trailing slash."""
+        return raw.strip().rstrip("/")
+
+    def check(self, value):
+        """Return value if it is an http(s) URL with a valid host."""
+        if not isinstance(value, str):
+            raise _Bad(f"expected {self.what}")
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise _Bad(f"expected {self.what}") from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise _Bad(f"expected {self.what}")
+        if not (_is_host(host) or host in ("localhost", "::1")):
+            raise _Bad(f"{host!r} is not a host name; expected {self.what}")
+        return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class HourRange:
+    """Opening hours in one day: 9-17, or [9, 17]."""
+
+    what: str = "hours like 9-17 (start before end, 0 to 24)"
+
+    def parse(self, raw):
+        """Parse START-END or a JSON pair."""
+        text = raw.strip()
+        if text.startswith("["):
+            return _json(text, self.what)
+        parts = re.fullmatch(r"(\d{1,2})(?::00)?\s*[-,]\s*(\d{1,2})(?::00)?", text)
+        if not parts:
+            raise _Bad(f"expected {self.what}")
+        return [int(parts[1]), int(parts[2])]
+
+    def check(self, value):
+        """Return (start, end) if 0 <= start < end <= 24."""
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise _Bad(f"expected {self.what}")
+        start, end = value
+        if not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+            raise _Bad(f"expected {self.what}")
+        if not 0 <= start < end <= 24:
+            raise _Bad(f"expected {self.what}")
+        return (start, end)
+
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Weekdays:
+    """Days of the week: mon-fri, sat,sun, or numbers 0 (Monday) to 6."""
+
+    what: str = "days like mon-fri or mon,wed,fri (or 0-6, Monday is 0)"
+
+    def parse(self, raw):
+        """Parse day names, ranges of them, or numbers."""
+        text = raw.strip().lower()
+        if text.startswith("["):
+            return _json(text, self.what)
+        days = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            ends = [self._day(end.strip()) for end in part.split("-")]
+            if len(ends) == 1:
+                days.append(ends[0])
+            elif len(ends) == 2 and ends[0] <= ends[1]:
+                days.extend(range(ends[0], ends[1] + 1))
+            else:
+                raise _Bad(f"expected {self.what}")
+        return days
+
+    def _day(self, word):
+        """Return the day number of a name or digit."""
+        if word in DAY_NAMES:
+            return DAY_NAMES.index(word)
+        if word.isdigit() and int(word) < 7:
+            return int(word)
+        raise _Bad(f"{word!r} is not a day; expected {self.what}")
+
+    def check(self, value):
+        """Return the days as a sorted tuple of numbers."""
+        if not isinstance(value, list | tuple) or not value:
+            raise _Bad(f"expected {self.what}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 6 for d in value):
+            raise _Bad(f"expected {self.what}")
+        return tuple(sorted(set(value)))
+
+
+@dataclass(frozen=True)
+class TimeZone:
+    """An IANA time zone name."""
+
+    what: str = "an IANA time zone such as Europe/London"
+
+    def parse(self, raw):
+        """Return the name as written."""
+        return raw.strip()
+
+    def check(self, value):
+        """Return value if the time zone database knows it."""
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise _Bad(f"unknown time zone; expected {self.what}") from None
+        return value
+
+
+@dataclass(frozen=True)
+class Engines:
+    """Speech engine per language: {"en": "whisper:whisper-tiny-en"} or en=whisper:NAME,..."""
+
+    engines: tuple = ("whisper", "vosk")
+    what: str = 'a JSON object like {"en": "whisper:whisper-tiny-en"} or en=whisper:NAME,ko=...'
+
+    def parse(self, raw):
+        """Parse a JSON object, or LANG=ENGINE:MODEL pairs separated by commas."""
+        text = raw.strip()
+        if text.startswith("{"):
+            return _json(text, self.what)
+        pairs = [p.split("=", 1) for p in filter(None, (p.strip() for p in text.split(",")))]
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise _Bad(f"expected {self.what}")
+        return {lang.strip(): spec.strip() for lang, spec in pairs}
+
+    def check(self, value):
+        """Return the mapping if every language names a known engine and a model."""
+        if not isinstance(value, Mapping) or not value:
+            raise _Bad(f"expected {self.what}")
+        for language, spec in value.items():
+            if not re.fullmatch(r"[a-z]{2,3}", str(language)):
+                raise _Bad(f"{language!r} is not a language code like en")
+            engine, _, model = str(spec).partition(":")
+            if engine not in self.engines or not model:
+                raise _Bad(
+                    f"{language}: {spec!r} must be ENGINE:MODEL with ENGINE one of "
+                    + ", ".join(self.engines)
+                )
+        return dict(value)
+
+
+def _parse_list(raw):
+    """Parse a JSON list or a comma-separated list of words."""
+    text = raw.strip()
+    if text.startswith("["):
+        return _json(text, "a JSON list")
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _json(text, what):
+    """Parse JSON, explaining what was expected when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise _Bad(f"not valid JSON; expected {what}") from None
+
+
+def _fmt(number):
+    """Format a bound without a needless .0."""
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+PHONE = Text(pattern=r"\+[1-9]\d{6,14}", what="a phone number in E.164 form, e.g. +15551234567")
+DIAL = Text(pattern=r"\d{2,15}", what="digits to dial, e.g. 911 or 112")
+LANGUAGE = Text(pattern=r"[a-z]{2,3}", what="a language code like en")
+
+
+# --- The table -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, kind, default and a line of help."""
+
+    name: str
+    kind: Any
+    default: Any
+    help: str
+    optional: bool = False
+    secret: bool = False
+    # Other environment names that also set it (a vendor's own), after CARECALL_NAME.
+    aliases: tuple = ()
+    group: str = "general"
+
+    @property
+    def env(self):
+        """Return the environment variable that sets it."""
+        return PREFIX + self.name
+
+    def value(self, raw):
+        """Parse an environment string, or check a value given in code."""
+        if isinstance(raw, str):
+            raw = self.kind.parse(raw)
+        if raw is None or (self.optional and raw == ""):
+            if self.optional:
+                return None
+            raise _Bad("must be set")
+        return self.kind.check(raw)
+
+
+def _s(group, name, kind, default, help, **extra):
+    """Declare a setting."""
+    return Setting(name, kind, default, help, group=group, **extra)
+
+
+SETTINGS = (
+    # Storage and workers
+    _s("storage", "DATABASE", Text(1), f"{INSTANCE}/carecall.db", "SQLite database file."),
+    _s(
+        "storage",
+        "DATA_DIR",
+        Text(1),
+        f"{INSTANCE}/data",
+        "Folder for recordings, uploads and rendered speech.",
+    ),
+    _s(
+        "storage",
+        "OUTBOX_DIR",
+        Text(1),
+        f"{INSTANCE}/outbox",
+        "Folder where outbound messages wait when no Twilio credentials are set.",
+    ),
+    _s(
+        "storage",
+        "DB_BUSY_TIMEOUT_SECONDS",
+        Number(0.1, 600),
+        30.0,
+        "How long a write waits for another writer before giving up.",
+    ),
+    _s(
+        "storage",
+        "WORKER",
+        Choice(("inprocess", "none")),
+        "inprocess",
+        "inprocess: serve runs jobs in a thread; none: run `flask --app app worker` apart.",
+    ),
+    _s(
+        "storage",
+        "JOB_LEASE_SECONDS",
+        Number(1, 86400),
+        300.0,
+        "How long a worker may hold a job before another may take it over.",
+    ),
+    _s(
+        "storage",
+        "JOB_MAX_ATTEMPTS",
+        Number(1, 100, integer=True),
+        5,
+        "Tries before a job goes to the dead letter.",
+    ),
+    _s(
+        "storage",
+        "JOB_BACKOFF_SECONDS",
+        Number(0, 3600),
+        2.0,
+        "First retry delay; it doubles with each failure (capped at 5 minutes).",
+    ),
+    _s(
+        "storage",
+        "JOB_POLL_SECONDS",
+        Number(0.01, 60),
+        0.2,
+        "How often an idle worker looks for jobs queued by other processes.",
+    ),
+    # Speech
+    _s("speech", "MODELS_DIR", Text(1), "{repo}/speech_models", "Folder of installed models."),
+    _s("speech", "FLOWS_DIR", Text(1), "{repo}/ivr_flows", "Folder of call flows and categories."),
+    _s(
+        "speech",
+        "SPEECH_ENGINES",
+        Engines(),
+        {"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"},
+        "Engine and model per language, from speech_models/models.toml.",
+    ),
+    _s("speech", "DEFAULT_LANGUAGE", LANGUAGE, "en", "Language when a caller has not chosen."),
+    _s(
+        "speech",
+        "MAX_AUDIO_SECONDS",
+        Number(1, 3600, integer=True),
+        600,
+        "Longest recording transcribed; longer ones are refused with a clear error.",
+    ),
+    _s(
+        "speech",
+        "REVIEW_CONFIDENCE",
+        Number(0, 1),
+        0.6,
+        "Below this transcript confidence a person listens instead of a word-by-word readback.",
+    ),
+    # Web
+    _s(
+        "web",
+        "SECRET_KEY",
+        Text(16, what="at least 16 random characters"),
+        None,
+        "Signs sessions and CSRF tokens; generated into instance/secret_key when unset.",
+        optional=True,
+        secret=True,
+    ),
+    _s(
+        "web",
+        "MAX_CONTENT_LENGTH",
+        Size(),
+        1024 * 1024,
+        "Largest request body for forms and webhooks (kiosk uploads have their own limits).",
+    ),
+    _s(
+        "web",
+        "PUBLIC_BASE_URL",
+        Url(),
+        None,
+        "The https:// address people and Twilio use, when a proxy sits in front.",
+        optional=True,
+    ),
+    _s(
+        "web",
+        "TRUST_FORWARDED_HEADERS",
+        Flag(),
+        False,
+        "Believe X-Forwarded-Proto/Host from a proxy you run (never on a bare server).",
+    ),
+    # Console and accounts
+    _s(
+        "console",
+        "LOGIN_MAX_FAILURES",
+        Number(1, 100, integer=True),
+        5,
+        "Wrong passwords from one place before that place must wait.",
+    ),
+    _s(
+        "console",
+        "LOCKOUT_BASE_SECONDS",
+        Number(0, 86400),
+        30.0,
+        "First wait after too many wrong passwords; it doubles each time.",
+    ),
+    _s(
+        "console",
+        "LOCKOUT_MAX_SECONDS",
+        Number(0, 86400),
+        3600.0,
+        "Longest wait after wrong passwords.",
+    ),
+    _s(
+        "console",
+        "PASSWORD_HASH_TIME_COST",
+        Number(1, 20, integer=True),
+        3,
+        "argon2id passes.",
+    ),
+    _s(
+        "console",
+        "PASSWORD_HASH_MEMORY_KIB",
+        Number(8, 4 * 1024 * 1024, integer=True),
+        65536,
+        "argon2id memory in KiB.",
+    ),
+    _s(
+        "console",
+        "PASSWORD_HASH_PARALLELISM",
+        Number(1, 64, integer=True),
+        4,
+        "argon2id lanes.",
+    ),
+    _s(
+        "console",
+        "SESSION_LIFETIME",
+        Duration(60, 30 * 86400),
+        8 * 3600.0,
+        "How long a console login lasts without activity (a working day).",
+    ),
+    _s(
+        "console",
+        "DUPLICATE_WINDOW_HOURS",
+        Number(0, 24 * 365),
+        24.0,
+        "How far back a request's possible duplicates are looked for.",
+    ),
+    _s(
+        "console",
+        "DUPLICATE_SIMILARITY",
+        Number(0, 100),
+        85.0,
+        "Transcript similarity (0-100) above which requests are offered for merging.",
+    ),
+    _s(
+        "console",
+        "LOW_WORD_CONFIDENCE",
+        Number(0, 1),
+        0.6,
+        "Words heard with less confidence than this are marked on the request page.",
+    ),
+    _s(
+        "console",
+        "CONSOLE_POLL_SECONDS",
+        Number(0.5, 600),
+        3.0,
+        "How often the queue page refreshes itself.",
+    ),
+    _s(
+        "console",
+        "CONSOLE_PAGE_SIZE",
+        Number(1, 1000, integer=True),
+        50,
+        "Requests per queue page.",
+    ),
+    # Phone line
+    _s(
+        "phone",
+        "TWILIO_ACCOUNT_SID",
+        Text(pattern=r"AC[0-9a-fA-F]{32}", what="a Twilio account SID (AC + 32 hex digits)"),
+        None,
+        "Twilio account; also read from TWILIO_ACCOUNT_SID.",
+        optional=True,
+        aliases=("TWILIO_ACCOUNT_SID",),
+    ),
+    _s(
+        "phone",
+        "TWILIO_AUTH_TOKEN",
+        Text(8),
+        None,
+        "Checks every webhook's signature; without it every webhook is refused."
+        " Also read from TWILIO_AUTH_TOKEN.",
+        optional=True,
+        secret=True,
+        aliases=("TWILIO_AUTH_TOKEN",),
+    ),
+    _s(
+        "phone",
+        "TWILIO_RECORDING_HOSTS",
+        Hosts(),
+        ("api.twilio.com",),
+        "Hosts recordings may be fetched from.",
+    ),
+    _s(
+        "phone",
+        "TWILIO_API_BASE_URL",
+        Url(),
+        "https://api.twilio.com",
+        "Twilio's REST API (tests point it at a local fake).",
+    ),
+    _s(
+        "phone",
+        "TWILIO_DOWNLOAD_TIMEOUT",
+        Number(0.1, 60),
+        3.0,
+        "Whole time one recording download may take inside a webhook, in seconds.",
+    ),
+    _s(
+        "phone",
+        "TWILIO_FETCH_ATTEMPTS",
+        Number(1, 50, integer=True),
+        6,
+        "Background tries to fetch a recording before a person is told.",
+    ),
+    _s(
+        "phone",
+        "TWILIO_MAX_RECORDING_BYTES",
+        Size(),
+        50 * 1024 * 1024,
+        "Largest recording downloaded from Twilio.",
+    ),
+    _s("phone", "EMERGENCY_NUMBER", DIAL, "911", "The emergency number callers are told to dial."),
+    _s(
+        "phone",
+        "COORDINATOR_NUMBER",
+        PHONE,
+        None,
+        "Where 0 connects a caller during coordinator hours.",
+        optional=True,
+    ),
+    _s(
+        "phone",
+        "DUTY_COORDINATOR_NUMBER",
+        PHONE,
+        None,
+        "Offered after an emergency, at any hour.",
+        optional=True,
+    ),
+    _s(
+        "phone",
+        "COORDINATOR_HOURS",
+        HourRange(),
+        (9, 17),
+        "Hours when 0 dials a coordinator, e.g. 9-17.",
+    ),
+    _s(
+        "phone",
+        "COORDINATOR_DAYS",
+        Weekdays(),
+        (0, 1, 2, 3, 4),
+        "Days when 0 dials a coordinator, e.g. mon-fri.",
+    ),
+    _s(
+        "phone",
+        "COORDINATOR_TIMEZONE",
+        TimeZone(),
+        "UTC",
+        "Time zone of coordinator hours.",
+    ),
+    _s(
+        "phone",
+        "RECORD_MAX_SECONDS",
+        Number(10, 3600, integer=True),
+        120,
+        "Longest message a caller can leave.",
+    ),
+    # Kiosk
+    _s(
+        "kiosk",
+        "KIOSK_MAX_AUDIO_BYTES",
+        Size(),
+        50_000_000,
+        "Largest kiosk audio upload, enforced while it streams.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_MAX_VIDEO_BYTES",
+        Size(),
+        200_000_000,
+        "Largest kiosk video upload, enforced while it streams.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_LANGUAGE",
+        LANGUAGE,
+        None,
+        "Language of the kiosk page; unset: DEFAULT_LANGUAGE.",
+        optional=True,
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_RESET_SECONDS",
+        Number(3, 3600),
+        30.0,
+        'After "thank you", how long the page waits before greeting the next person.',
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_READBACK_SECONDS",
+        Number(10, 86400),
+        300.0,
+        "A readback nobody answers is left for a coordinator after this long.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_SILENCE_SECONDS",
+        Number(0.5, 60),
+        4.0,
+        "Silence after speech that ends a recording (older speakers pause mid-sentence).",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_QUIET_SECONDS",
+        Number(1, 600),
+        45.0,
+        "Nothing heard for this long: the person has walked away or the microphone is dead.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_MAX_RECORD_SECONDS",
+        Number(5, 3600, integer=True),
+        300,
+        "Longest kiosk recording.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_SILENCE_LEVEL",
+        Number(0, 1),
+        0.015,
+        "Loudness (RMS, 0 to 1) above which the page counts sound as speech.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_RETRY_MAX_SECONDS",
+        Number(1, 3600),
+        30.0,
+        "Longest wait between the page's upload retries.",
+    ),
+    _s(
+        "kiosk",
+        "KIOSK_READBACK_WAIT_SECONDS",
+        Number(5, 3600),
+        90.0,
+        "Past this the page thanks the person without a readback (e.g. no worker running).",
+    ),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+BY_ENV = {s.env: s for s in SETTINGS}
+
+
+@dataclass
+class Loaded:
+    """The values of every setting and where each came from."""
+
+    values: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
+
+
+def load(environ, overrides=None, *, instance, repo):
+    """Return every setting's value and source: code overrides, then environment, then default.
+
+    Raises SettingsError naming the variable for a wrong value or an unknown CARECALL_ name.
+    """
+    overrides = overrides or {}
+    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in BY_ENV)
+    if unknown:
+        raise SettingsError(_unknown_message(unknown[0]))
+    loaded = Loaded()
+    for setting in SETTINGS:
+        names = (setting.env, *setting.aliases)
+        if setting.name in overrides:
+            raw, source, named = overrides[setting.name], "code", setting.name
+        elif env := next((n for n in names if environ.get(n, "") != ""), None):
+            raw, source, named = environ[env], f"environment ({env})", env
+        else:
+            raw, source, named = _default(setting, instance, repo), "default", setting.env
+            if raw is None:
+                loaded.values[setting.name], loaded.sources[setting.name] = None, source
+                continue
+        try:
+            loaded.values[setting.name] = setting.value(raw)
+        except _Bad as exc:
+            shown = MASK if setting.secret else repr(raw)
+            raise SettingsError(f"{named}={shown}: {exc}. {setting.help}") from None
+        loaded.sources[setting.name] = source
+    _check_together(loaded.values)
+    return loaded
+
+
+def _default(setting, instance, repo):
+    """Return a setting's default with the instance and repository folders filled in."""
+    if isinstance(setting.default, str):
+        return setting.default.replace(INSTANCE, str(instance)).replace("{repo}", str(repo))
+    return setting.default
+
+
+def _check_together(values):
+    """Check settings that only make sense together."""
+    if values["DEFAULT_LANGUAGE"] not in values["SPEECH_ENGINES"]:
+        raise SettingsError(
+            f"{PREFIX}DEFAULT_LANGUAGE={values['DEFAULT_LANGUAGE']!r}: no speech engine for it"
+            f" in {PREFIX}SPEECH_ENGINES ({', '.join(values['SPEECH_ENGINES'])})"
+        )
+    if values["LOCKOUT_BASE_SECONDS"] > values["LOCKOUT_MAX_SECONDS"]:
+        raise SettingsError(
+            f"{PREFIX}LOCKOUT_BASE_SECONDS must not exceed {PREFIX}LOCKOUT_MAX_SECONDS"
+        )
+
+
+def _unknown_message(name):
+    """Explain an unknown CARECALL_ variable, suggesting the closest known one."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, BY_ENV, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{name} is not a CareCall setting{hint} (`flask --app app settings` lists them)"
+
+
+def shown(setting, value):
+    """Return a value as a person should see it, secrets masked."""
+    if value is None:
+        return "(unset)"
+    if setting.secret:
+        return MASK
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def markdown_table():
+    """Return the README's table of settings, generated from SETTINGS."""
+    lines = ["| variable | kind | default | what it does |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        default = s.default
+        if isinstance(default, str):
+            default = default.replace(INSTANCE, "instance").replace("{repo}/", "")
+        default = "(unset)" if default is None else shown(s, default).replace("|", "\\|")
+        if s.secret and s.default is None:
+            default = "(unset)"
+        what = s.kind.what.replace("|", "\\|")
+        lines.append(f"| `{s.env}` | {what} | `{default}` | {s.help.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+@click.command("settings")
+@with_appcontext
+@click.option("--markdown", is_flag=True, help="Print the README's settings table.")
+def settings_command(markdown):
+    """Print every setting with its value and where the value came from (secrets masked).
+
+    Example: flask --app app settings
+    """
+    if markdown:
+        click.echo(markdown_table())
+        return
+    config = current_app.config
+    sources = current_app.extensions["carecall.settings"].sources
+    width = max(len(s.env) for s in SETTINGS)
+    for s in SETTINGS:
+        click.echo(f"{s.env:<{width}}  {shown(s, config[s.name]):<40}  {sources[s.name]}")

@@ -1,0 +1,175 @@
+"""The typed settings table: environment values parsed by type, wrong ones refused by name."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import REPO_ROOT, create_app
+from app.settings import BY_NAME, SETTINGS, SettingsError, load, markdown_table
+
+INSTANCE = Path("/srv/instance")
+
+
+def loaded(**environ):
+    """Load settings from an environment of CARECALL_ names."""
+    env = {f"CARECALL_{k}": v for k, v in environ.items()}
+    return load(env, instance=INSTANCE, repo=REPO_ROOT).values
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "expected"),
+    [
+        ("TWILIO_RECORDING_HOSTS", "api.twilio.com", ("api.twilio.com",)),
+        ("TWILIO_RECORDING_HOSTS", "api.twilio.com, 127.0.0.1", ("api.twilio.com", "127.0.0.1")),
+        ("TWILIO_RECORDING_HOSTS", '["api.twilio.com"]', ("api.twilio.com",)),
+        ("TRUST_FORWARDED_HEADERS", "False", False),
+        ("TRUST_FORWARDED_HEADERS", "no", False),
+        ("TRUST_FORWARDED_HEADERS", "0", False),
+        ("TRUST_FORWARDED_HEADERS", "TRUE", True),
+        ("TRUST_FORWARDED_HEADERS", "yes", True),
+        ("COORDINATOR_HOURS", "9-17", (9, 17)),
+        ("COORDINATOR_HOURS", "0,24", (0, 24)),
+        ("COORDINATOR_HOURS", "[8, 20]", (8, 20)),
+        ("COORDINATOR_DAYS", "mon-fri", (0, 1, 2, 3, 4)),
+        ("COORDINATOR_DAYS", "sat,sun", (5, 6)),
+        ("COORDINATOR_DAYS", "[0, 2]", (0, 2)),
+        ("KIOSK_MAX_AUDIO_BYTES", "50MB", 50_000_000),
+        ("KIOSK_MAX_AUDIO_BYTES", "2 MiB", 2 * 1024 * 1024),
+        ("KIOSK_MAX_AUDIO_BYTES", "123456", 123456),
+        ("MAX_AUDIO_SECONDS", "30", 30),
+        ("JOB_LEASE_SECONDS", "2.5", 2.5),
+        ("SESSION_LIFETIME", "8h", 8 * 3600.0),
+        ("SESSION_LIFETIME", "90m", 5400.0),
+        ("SECRET_KEY", "12345678901234567890", "12345678901234567890"),
+        ("SPEECH_ENGINES", '{"en": "whisper:whisper-base"}', {"en": "whisper:whisper-base"}),
+        ("SPEECH_ENGINES", "en=whisper:whisper-base", {"en": "whisper:whisper-base"}),
+        ("PUBLIC_BASE_URL", "https://care.example.org/", "https://care.example.org"),
+        ("COORDINATOR_NUMBER", "+15551234567", "+15551234567"),
+        ("COORDINATOR_TIMEZONE", "Europe/London", "Europe/London"),
+        ("WORKER", "None", "none"),
+    ],
+)
+def test_environment_values_are_parsed_by_type(name, raw, expected):
+    assert loaded(**{name: raw})[name] == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("TWILIO_RECORDING_HOSTS", "https://1/x", "not a host name"),
+        ("TWILIO_RECORDING_HOSTS", "1", "not a host name"),
+        ("TRUST_FORWARDED_HEADERS", "maybe", "true or false"),
+        ("COORDINATOR_HOURS", "17-9", "hours like 9-17"),
+        ("COORDINATOR_HOURS", "9 to 5", "hours like 9-17"),
+        ("COORDINATOR_DAYS", "funday", "not a day"),
+        ("KIOSK_MAX_AUDIO_BYTES", "50 parsecs", "size in bytes"),
+        ("KIOSK_MAX_AUDIO_BYTES", "0", "between"),
+        ("MAX_AUDIO_SECONDS", "thirty", "whole number"),
+        ("MAX_AUDIO_SECONDS", "0", "whole number from 1"),
+        ("JOB_LEASE_SECONDS", "nan", "number"),
+        ("SECRET_KEY", "short", "at least 16"),
+        ("SPEECH_ENGINES", "en=whisper", "ENGINE:MODEL"),
+        ("SPEECH_ENGINES", '{"en": "espeak:x"}', "ENGINE:MODEL"),
+        ("SPEECH_ENGINES", "{not json", "not valid JSON"),
+        ("PUBLIC_BASE_URL", "care.example.org", "http"),
+        ("PUBLIC_BASE_URL", "http://[::1", "http"),
+        ("COORDINATOR_NUMBER", "555-1234", "E.164"),
+        ("EMERGENCY_NUMBER", "nine one one", "digits"),
+        ("COORDINATOR_TIMEZONE", "Mars/Olympus", "time zone"),
+        ("WORKER", "threads", "one of inprocess, none"),
+        ("DEFAULT_LANGUAGE", "fr", "no speech engine"),
+        ("LOCKOUT_BASE_SECONDS", "7200", "must not exceed"),
+    ],
+)
+def test_a_wrong_value_fails_naming_the_variable(name, raw, says):
+    with pytest.raises(SettingsError) as caught:
+        loaded(**{name: raw})
+    message = caught.value.message
+    assert says in message
+    if name not in ("DEFAULT_LANGUAGE", "LOCKOUT_BASE_SECONDS"):
+        assert message.startswith(f"CARECALL_{name}=")
+
+
+def test_a_secret_is_never_echoed_in_an_error():
+    with pytest.raises(SettingsError) as caught:
+        loaded(SECRET_KEY="hunter2")
+    assert "hunter2" not in caught.value.message
+
+
+def test_an_unknown_carecall_variable_is_refused_with_a_suggestion():
+    with pytest.raises(SettingsError, match="did you mean CARECALL_DATABASE"):
+        loaded(DATABSE="/tmp/x.db")
+
+
+def test_twilio_s_own_variable_names_are_read_and_ours_win():
+    env = {"TWILIO_AUTH_TOKEN": "from-twilio-name", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32}
+    values = load(env, instance=INSTANCE, repo=REPO_ROOT).values
+    assert values["TWILIO_AUTH_TOKEN"] == "from-twilio-name"
+    env["CARECALL_TWILIO_AUTH_TOKEN"] = "from-carecall-name"
+    assert load(env, instance=INSTANCE, repo=REPO_ROOT).values["TWILIO_AUTH_TOKEN"] == (
+        "from-carecall-name"
+    )
+
+
+def test_code_values_are_checked_too():
+    with pytest.raises(SettingsError, match="KIOSK_MAX_AUDIO_BYTES"):
+        load({}, {"KIOSK_MAX_AUDIO_BYTES": "lots"}, instance=INSTANCE, repo=REPO_ROOT)
+
+
+def test_defaults_are_valid_and_name_the_instance():
+    values = loaded()
+    assert values["DATABASE"] == str(INSTANCE / "carecall.db")
+    assert values["TWILIO_RECORDING_HOSTS"] == ("api.twilio.com",)
+    assert set(values) == set(BY_NAME)
+
+
+def test_every_setting_has_help_and_a_valid_default():
+    for setting in SETTINGS:
+        assert setting.help.strip(), setting.name
+        if setting.default is not None:
+            setting.value(setting.default)
+
+
+def test_a_typo_in_code_config_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="DATABSE"):
+        create_app({"DATABSE": str(tmp_path / "x.db"), "SECRET_KEY": "k" * 32})
+
+
+def test_readme_lists_every_setting_as_generated():
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"<!-- settings:start -->\n(.*?)\n<!-- settings:end -->", readme, re.S)
+    assert block, "README has no generated settings table"
+    assert block[1] == markdown_table(), "regenerate: flask --app app settings --markdown"
+
+
+def test_settings_command_shows_sources_and_masks_secrets(make_app):
+    app = make_app(SECRET_KEY="a-very-secret-key-indeed")
+    result = app.test_cli_runner().invoke(args=["settings"])
+    assert result.exit_code == 0
+    assert "a-very-secret-key-indeed" not in result.output
+    assert re.search(r"CARECALL_SECRET_KEY\s+\*+\s+code", result.output)
+    assert re.search(r"CARECALL_EMERGENCY_NUMBER\s+911\s+default", result.output)
+
+
+def test_a_wrong_environment_value_stops_the_command_line_cleanly(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "CARECALL_DATABASE": str(tmp_path / "x.db"),
+        "CARECALL_KIOSK_MAX_AUDIO_BYTES": "50 parsecs",
+    }
+    flask = Path(sys.executable).with_name("flask")
+    done = subprocess.run(
+        [str(flask), "--app", "app", "settings"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "CARECALL_KIOSK_MAX_AUDIO_BYTES='50 parsecs'" in done.stderr
+    assert "Traceback" not in done.stderr
