@@ -1,9 +1,18 @@
 """Recordings on disk: written whole and synced before anyone is told they are safe."""
 
+import errno
 import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+
+class StorageFull(OSError):
+    """The data directory has no room (or no quota) left for a recording."""
+
+
+# A write that fails with these means the disk, not the recording, is the problem.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def save(data_dir, data, suffix):
