@@ -133,14 +133,39 @@ def test_job_survives_worker_killed_mid_transcription(app, db):
     assert done["stage"] == "transcribed" and done["category"] == "paperwork"
 
 
-def test_confirm_and_withdraw_are_audited(app, db):
+@pytest.mark.parametrize(
+    ("steps", "applied", "status", "confirmed"),
+    [
+        (["confirm", "confirm"], [True, False], "new", True),
+        (["withdraw", "withdraw"], [True, False], "cancelled", False),
+        # A replayed "say it again" after the senior confirmed must not cancel the request.
+        (["confirm", "withdraw"], [True, False], "new", True),
+        (["withdraw", "confirm"], [True, False], "cancelled", False),
+        (["unconfirmed", "unconfirmed", "confirm"], [True, False, True], "new", True),
+        (["confirm", "unconfirmed"], [True, False], "new", True),
+    ],
+)
+def test_a_transition_applies_once_and_only_from_its_state(
+    app, db, steps, applied, status, confirmed
+):
     request, _ = queue.create(db, channel="phone", phone="+15550104")
     with app.app_context():
         from app.db import get_db
 
-        pipeline.confirm(get_db(), request["id"])
-        pipeline.confirm(get_db(), request["id"])
-        pipeline.withdraw(get_db(), request["id"])
-    actions = [e["action"] for e in queue.events(db, request["id"])]
-    assert actions == ["received", "confirmed", "withdrawn"]
-    assert queue.get(db, request["id"])["status"] == "cancelled"
+        results = [
+            pipeline.transition(get_db(), request["id"], step, actor="caller") for step in steps
+        ]
+    assert results == applied
+    after = queue.get(db, request["id"])
+    assert after["status"] == status and bool(after["confirmed_at"]) is confirmed
+    events = [e["action"] for e in queue.events(db, request["id"])]
+    expected = [pipeline.TRANSITIONS[s].event for s, ok in zip(steps, applied, strict=True) if ok]
+    assert events == ["received", *expected]
+
+
+def test_a_transition_of_an_unknown_request_is_not_found(app):
+    with app.app_context():
+        from app.db import get_db
+
+        with pytest.raises(queue.RequestNotFound):
+            pipeline.transition(get_db(), 424242, "confirm", actor="caller")
