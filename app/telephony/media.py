@@ -211,6 +211,11 @@ def note(db, *, recording_sid, call_sid, url, purpose, phone, language, duration
     return recording(db, recording_sid)
 
 
+def recordings_of_call(db, call_sid):
+    """Return the recordings noted for a call, oldest first."""
+    return list(db["twilio_recordings"].rows_where("call_sid = ?", [call_sid], order_by="rowid"))
+
+
 def recording(db, recording_sid):
     """Return a noted recording, or None."""
     return next(db["twilio_recordings"].rows_where("recording_sid = ?", [recording_sid]), None)

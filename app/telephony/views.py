@@ -607,7 +607,12 @@ def call_status():
                 actor="system",
                 detail={"reason": "caller hung up before confirming"},
             )
-        elif call["outcome"] is None and not call["recording_sid"]:
+        elif (
+            call["outcome"] is None
+            and not call["recording_sid"]
+            # A recording Twilio told us about is a message, even if the call never heard so.
+            and not media.recordings_of_call(db, call_sid)
+        ):
             _callback(db, call, "missed call — call back")
     return "", 204
 
