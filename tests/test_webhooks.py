@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app import jobs, queue
+from app.flows import load_flow
 from app.telephony import media as twilio_media
 from app.telephony import store
 
@@ -20,10 +21,13 @@ NOT_AUDIO = b"RIFF-not-really-audio" + b"\0" * 100
 
 def snapshot(db):
     """Return every row of the tables a webhook may change on a request's behalf."""
-    return {
+    tables = {
         table: list(db[table].rows_where(order_by="rowid"))
-        for table in ("requests", "events", "jobs")
+        for table in ("requests", "events", "jobs", "twilio_recordings")
     }
+    # Where the call is, too: a replay must not move it back to an earlier step.
+    calls = db["calls"].rows_where(order_by="rowid")
+    return tables | {"calls": [{**c, "updated_at": None} for c in calls]}
 
 
 def spoken_text(body):
@@ -43,6 +47,10 @@ class CallScript:
     def post(self, path, **extra):
         params = {**self.twilio.call_params(self.call), **extra}
         return self.twilio.post(path, params)
+
+    def twilio_flow_poll_limit(self):
+        """Return how many times the English flow polls before it stops holding."""
+        return load_flow(self.app.config["FLOWS_DIR"], "en").timing.poll_limit
 
     def recording(self, audio=NOT_AUDIO):
         """Make a recording on the fake media server; return its webhook fields."""
@@ -93,7 +101,18 @@ def unconfirmed_steps(script):
     yield "call-status", "/twilio/call-status", {"CallStatus": "completed", "CallDuration": "30"}
 
 
+def hold_steps(script):
+    """Yield the steps of a call whose message is still being understood when holding ends."""
+    yield "voice", "/twilio/voice", {}
+    yield "menu/main", "/twilio/menu/main", {"Digits": "1"}
+    yield "recorded", "/twilio/recorded/request", script.recording()
+    limit = script.twilio_flow_poll_limit()
+    yield "last wait", f"/twilio/wait?n={limit}", {}
+    yield "call-status", "/twilio/call-status", {"CallStatus": "completed", "CallDuration": "90"}
+
+
 SCRIPTS = {
+    "held too long": hold_steps,
     "confirm": lambda script: script.steps("1"),
     "say it again": lambda script: script.steps("2"),
     "person": dial_steps,
@@ -116,6 +135,8 @@ CASES = [
     ("person", "call-status"),
     ("hang up at readback", "wait"),
     ("hang up at readback", "call-status"),
+    ("held too long", "last wait"),
+    ("held too long", "call-status"),
 ]
 
 

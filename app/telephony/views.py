@@ -372,13 +372,15 @@ def no_message(purpose):
 def _no_message(purpose):
     db = get_db()
     call = _call()
+    if call["menu"] == "done" or (purpose == "request" and call["menu"] != "record"):
+        return _resume(call)  # a replay after the call moved on changes nothing
     flow = _flow(call["language"])
     silences = call["silences"] + 1
     call = store.update_call(db, call["call_sid"], silences=silences, pace="slow")
     if purpose == "voicemail" or silences >= flow.timing.silence_retries:
         if purpose == "voicemail":
             _callback(db, call, "missed call: no message left")
-            store.update_call(db, call["call_sid"], outcome="voicemail")
+            store.update_call(db, call["call_sid"], outcome="voicemail", menu="done")
             return twiml(speak.goodbye(_speaker(call), [flow.prompt("voicemail_silent")]))
         return _voicemail(call)
     return _record(call, before=[flow.prompt("no_message_heard")])
