@@ -161,6 +161,13 @@ TRANSITIONS = {
         "not confirmed", {"needs_review": 1}, {**UNCONFIRMED, "needs_review": (0, None)}
     ),
 }
+# A coordinator may move a request from any other status to this one ("status:done").
+TRANSITIONS |= {
+    f"status:{status}": Transition(
+        "status", {"status": status}, {"status": tuple(s for s in queue.STATUSES if s != status)}
+    )
+    for status in queue.STATUSES
+}
 
 
 def transition(db, request_id, action, *, actor, detail=None):
@@ -178,15 +185,16 @@ def transition(db, request_id, action, *, actor, detail=None):
         params.extend(values)
     assignments = ", ".join(f"{column} = ?" for column in [*changes, "updated_at"])
     with db.atomic():
+        before = queue.get(db, request_id)  # raises RequestNotFound for an unknown id
         # One conditional UPDATE: two deliveries racing cannot both apply it.
         cursor = db.execute(
             f"UPDATE requests SET {assignments} WHERE {' AND '.join(conditions)}",
             [*changes.values(), stamp, *params],
         )
         if cursor.rowcount != 1:
-            queue.get(db, request_id)  # raises RequestNotFound for an unknown id
             return False
-        queue.record_event(db, request_id, actor, rule.event, {**changes, **(detail or {})})
+        diff = {k: [before[k], v] for k, v in changes.items()}
+        queue.record_event(db, request_id, actor, rule.event, {**diff, **(detail or {})})
     return True
 
 
