@@ -8,6 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import jobs, queue
 from app.flows import load_flow
@@ -382,3 +384,73 @@ def test_a_full_disk_keeps_the_phone_recording_pending_until_reconcile(
     request = queue.get(db, row["request_id"])
     assert request["source_key"] == recording["RecordingSid"] and request["phone"] == CALLER
     assert Path(data_dir, request["audio_path"]).read_bytes() == audio
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory):
+    """Return (app, twilio, media) shared by every fuzzed webhook, so state builds up."""
+    from app import create_app
+    from app.db import migrate
+    from tests.twilio_fake import media_server, twilio_for
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key-0123456789",
+            "DATABASE": str(tmp / "carecall.db"),
+            "DATA_DIR": str(tmp / "data"),
+            "OUTBOX_DIR": str(tmp / "outbox"),
+            "WORKER": "none",
+            "TWILIO_DOWNLOAD_TIMEOUT": 1.0,
+        }
+    )
+    migrate(app.config["DATABASE"])
+    with media_server() as media:
+        yield app, twilio_for(app, media), media
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+FIELDS = {
+    "CallSid": st.one_of(st.sampled_from(["CA" + "1" * 32, "CA" + "2" * 32, ""]), TEXT),
+    "From": st.one_of(st.just(CALLER), TEXT),
+    "Digits": st.one_of(st.sampled_from(["1", "2", "0", "*", "9", "#", "11", ""]), TEXT),
+    "RecordingSid": st.one_of(st.sampled_from(["RE" + "3" * 32, ""]), TEXT),
+    "RecordingUrl": st.one_of(
+        st.sampled_from(["http://[::1", "https://api.twilio.com/x", "http://127.0.0.1:1/x"]), TEXT
+    ),
+    "RecordingDuration": st.one_of(st.sampled_from(["0", "4", "abc", "-1", "nan"]), TEXT),
+    "RecordingStatus": st.one_of(st.sampled_from(["completed", "failed"]), TEXT),
+    "CallStatus": st.one_of(st.sampled_from(["in-progress", "completed", "busy"]), TEXT),
+    "CallDuration": st.one_of(st.sampled_from(["3", "x", "1e999"]), TEXT),
+    "DialCallStatus": st.one_of(st.sampled_from(["completed", "no-answer"]), TEXT),
+}
+PATHS = st.one_of(
+    st.sampled_from(
+        [
+            "/twilio/voice",
+            "/twilio/menu/main",
+            "/twilio/menu/readback",
+            "/twilio/menu/after_status",
+            "/twilio/menu/emergency",
+            "/twilio/recorded/request",
+            "/twilio/recorded/voicemail",
+            "/twilio/recording-status/request",
+            "/twilio/no-message/request",
+            "/twilio/no-message/voicemail",
+            "/twilio/wait?n=3",
+            "/twilio/wait?n=x",
+            "/twilio/dialed",
+            "/twilio/call-status",
+        ]
+    ),
+    st.from_regex(r"\A/twilio/(menu|recorded|no-message|recording-status)/[a-z_]{0,12}\Z"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=PATHS, form=st.fixed_dictionaries({}, optional=FIELDS))
+def test_no_signed_webhook_answers_a_5xx(fuzzed, path, form):
+    app, twilio, _ = fuzzed
+    status, body = twilio.post(path, form)
+    assert status < 500, (path, form, body[:300])
