@@ -182,7 +182,9 @@ def test_a_replayed_say_it_again_after_confirming_changes_nothing(twilio, media,
     assert snapshot(db) == before
     confirmed = queue.get(db, second["id"])
     assert confirmed["status"] == "new" and confirmed["confirmed_at"]
-    assert "after the tone" not in spoken_text(body)  # not asked to record again
+    # Not asked to record again: told the confirmed request's number once more.
+    assert "after the tone" not in spoken_text(body)
+    assert f"request number is {' '.join(str(second['id']))}" in spoken_text(body)
     assert store.get_call(db, script.call.call_sid)["request_id"] == second["id"]
 
 

@@ -222,6 +222,9 @@ def _resume(call):
         return _voicemail(call)
     if call["menu"] == "waiting":
         return _hold(call, [])
+    if call["outcome"] == "request" and call["request_id"]:
+        # Twilio's retry of the confirming press: the caller hears their number again.
+        return _confirmed(call, queue.get(get_db(), call["request_id"]))
     return _goodbye(call)
 
 
@@ -291,7 +294,12 @@ def _confirm(call):
     request_ = pipeline.confirm(db, call["request_id"], actor="caller")
     if request_["status"] == "cancelled":
         return _resume(call)  # withdrawn already: there is nothing left to confirm
-    store.update_call(db, call["call_sid"], outcome="request", menu="done")
+    call = store.update_call(db, call["call_sid"], outcome="request", menu="done")
+    return _confirmed(call, request_)
+
+
+def _confirmed(call, request_):
+    """Give the caller their request number twice, and say goodbye."""
     speaker = _speaker(call)
     number = words.digits(request_["id"])
     return twiml(
