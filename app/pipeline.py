@@ -68,6 +68,22 @@ def receive(
     return request
 
 
+def call_back(db, *, channel, phone, language, source_key, reason, urgency="normal"):
+    """Queue a 'call back' item for a senior we could not hear; once per source; return it."""
+    request, _ = queue.create(
+        db,
+        channel=channel,
+        phone=phone,
+        language=language,
+        source_key=source_key,
+        category="other",
+        urgency=urgency,
+        needs_review=1,
+        error=reason,
+    )
+    return request
+
+
 def understand(db, request_id, speech, categories_for, *, max_seconds, review_confidence):
     """Turn a request's recording into a transcript, a category and an urgency."""
     request = queue.get(db, request_id)

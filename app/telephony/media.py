@@ -313,16 +313,14 @@ def _refuse(db, row, exc):
 
 def _callback_request(db, row, reason):
     """Queue a 'call back' item for a recording nobody could fetch; return it."""
-    request, _ = queue.create(
+    request = pipeline.call_back(
         db,
         channel="voicemail" if row["purpose"] == "voicemail" else "phone",
         phone=row["phone"],
         language=row["language"] or current_app.config["DEFAULT_LANGUAGE"],
         source_key=row["recording_sid"],
-        category="other",
+        reason=f"call back: {reason}",
         urgency="high",
-        needs_review=1,
-        error=f"call back: {reason}",
     )
     db["twilio_recordings"].update(
         row["recording_sid"], {"request_id": request["id"], "updated_at": queue.now()}

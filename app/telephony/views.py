@@ -629,18 +629,14 @@ def call_status():
 
 def _callback(db, call, reason):
     """Queue a 'call back' item for a caller who left without a request; once per call."""
-    request_, _ = queue.create(
+    return pipeline.call_back(
         db,
         channel="phone",
         phone=call["phone"],
         language=call["language"],
         source_key=f"callback:{call['call_sid']}",
-        category="other",
-        urgency="normal",
-        needs_review=1,
-        error=reason,
+        reason=reason,
     )
-    return request_
 
 
 @bp.errorhandler(Exception)
