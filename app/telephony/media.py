@@ -103,12 +103,14 @@ class _Deadline:
         self.expired = False
         self.timers = []
 
-    def watch(self, sock):
-        """Shut a connection's socket down at the deadline: a blocked read then returns."""
+    def connect(self, *args, **kwargs):
+        """Open a connection whose socket is shut down at the deadline, TLS handshake included."""
+        sock = socket.create_connection(*args, **kwargs)
         timer = threading.Timer(max(0.0, self.ends - time.monotonic()), self._cut, [sock])
         timer.daemon = True
         timer.start()
         self.timers.append(timer)
+        return sock
 
     def _cut(self, sock):
         self.expired = True
@@ -126,9 +128,9 @@ def _watched(connection_class, deadline):
     """Return a connection class whose sockets the deadline watches."""
 
     class Watched(connection_class):
-        def connect(self):
-            super().connect()
-            deadline.watch(self.sock)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = deadline.connect
 
     return Watched
 
