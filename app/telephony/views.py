@@ -547,8 +547,12 @@ def dialed():
     if call["outcome"] == "emergency":
         # Nobody on duty answered: the emergency number is still the caller's best help.
         return _emergency_goodbye(call)
+    if call["menu"] != "person":
+        return _resume(call)  # this dial was answered for already: a replay changes nothing
     if request.form.get("DialCallStatus") == "completed":
-        store.update_call(get_db(), call["call_sid"], outcome=call["outcome"] or "person")
+        store.update_call(
+            get_db(), call["call_sid"], outcome=call["outcome"] or "person", menu="done"
+        )
         return _goodbye(call)
     flow = _flow(call["language"])
     return _voicemail(call, before=[flow.prompt("person_unavailable")])
