@@ -361,9 +361,18 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-@pytest.mark.parametrize("path", ["/twilio/recorded/request", "/twilio/recording-status/request"])
+@pytest.mark.parametrize(
+    ("path", "heard", "verb"),
+    [
+        # Asked for a voicemail: Twilio keeps the first message, and we fetch it later.
+        ("/twilio/recorded/request", "leave your name and your message", "Record"),
+        # After a voicemail, the apology promises a call back, with the danger advice.
+        ("/twilio/recorded/voicemail", "dial 9 1 1", "Hangup"),
+        ("/twilio/recording-status/request", None, None),  # noted and queued: 204, no retry
+    ],
+)
 def test_a_full_disk_keeps_the_phone_recording_pending_until_reconcile(
-    twilio, media, app, db, tiny_disk, path
+    twilio, media, app, db, tiny_disk, path, heard, verb
 ):
     data_dir, grow = tiny_disk
     app.config.update(DATA_DIR=str(data_dir), TWILIO_FETCH_ATTEMPTS=2)
@@ -373,14 +382,13 @@ def test_a_full_disk_keeps_the_phone_recording_pending_until_reconcile(
     script.post("/twilio/menu/main", Digits="1")
     recording = script.status_of(script.recording(audio))
     status, body = script.post(path, **recording)
-    if "recorded" in path:
-        assert status == 200
-        root = ET.fromstring(body)
-        assert "Sorry, something went wrong" in spoken_text(body)
-        assert "leave your name and your message" in spoken_text(body)
-        assert root.find("Record") is not None  # the voicemail prompt, never dead air
+    if heard is None:
+        assert status == 204
     else:
-        assert status == 204  # noted and queued: Twilio need not retry
+        assert status == 200
+        assert "Sorry, something went wrong" in spoken_text(body)
+        assert heard in spoken_text(body)
+        assert ET.fromstring(body).find(verb) is not None  # never dead air
     row = db["twilio_recordings"].get(recording["RecordingSid"])
     assert row["state"] == "pending" and row["error"].startswith("disk full")
     [job] = db["jobs"].rows_where("kind = ?", [twilio_media.FETCH])
