@@ -221,7 +221,9 @@ def _resume(call):
     if call["menu"] == "voicemail":
         return _voicemail(call)
     if call["menu"] == "waiting":
-        return _hold(call, [])
+        return _hold(call, [_flow(call["language"]).prompt("holding")])
+    if call["menu"] == "person":
+        return _person(call)  # Twilio's retry of the press that dialled: dial again
     if call["outcome"] == "request" and call["request_id"]:
         # Twilio's retry of the confirming press: the caller hears their number again.
         return _confirmed(call, queue.get(get_db(), call["request_id"]))
@@ -348,10 +350,12 @@ def _goodbye(call):
 def _person(call):
     config = _config()
     speaker = _speaker(call)
-    number = _duty_coordinator(config) if call["menu"] == "emergency" else _coordinator(config)
+    emergency = call["menu"] == "emergency" or call["outcome"] == "emergency"
+    number = _duty_coordinator(config) if emergency else _coordinator(config)
     if number is None:
         return _voicemail(call, before=[speaker.flow.prompt("person_unavailable")])
-    store.update_call(get_db(), call["call_sid"], menu="person")
+    if call["menu"] != "person":
+        store.update_call(get_db(), call["call_sid"], menu="person")
     return twiml(
         speak.connect(speaker, [speaker.flow.prompt("connecting")], number, url_for(".dialed"))
     )
