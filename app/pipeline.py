@@ -26,6 +26,68 @@ from .speech import AudioError, SpeechService, load_audio
 TRANSCRIBE = "transcribe"
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A change of a request and the only state it may be made from."""
+
+    event: str  # the audit event's action
+    changes: dict  # column -> new value; NOW is the moment it applies
+    when: dict  # column -> the values it may have; None means "not set yet"
+
+
+NOW = object()
+OPEN = ("new", "triaged", "assigned", "in_progress")
+UNCONFIRMED = {"status": OPEN, "confirmed_at": (None,)}
+
+# Every change a caller, a kiosk or a webhook may make to a request, and from which state.
+# A replayed or late webhook meets a state its change was not meant for and changes nothing.
+TRANSITIONS = {
+    # The senior heard the readback and said it is right (or the emergency confirmed it).
+    "confirm": Transition("confirmed", {"confirmed_at": NOW}, UNCONFIRMED),
+    # The senior said it again: the first telling is cancelled, its recording kept.
+    "withdraw": Transition("withdrawn", {"status": "cancelled"}, UNCONFIRMED),
+    # Nobody heard the senior confirm: a person reads it before acting on it.
+    "unconfirmed": Transition(
+        "not confirmed", {"needs_review": 1}, {**UNCONFIRMED, "needs_review": (0, None)}
+    ),
+}
+# A coordinator may move a request from any other status to this one ("status:done").
+TRANSITIONS |= {
+    f"status:{status}": Transition(
+        "status", {"status": status}, {"status": tuple(s for s in queue.STATUSES if s != status)}
+    )
+    for status in queue.STATUSES
+}
+
+
+def transition(db, request_id, action, *, actor, detail=None):
+    """Apply a TRANSITIONS change only from the state it was meant for; return whether it did."""
+    rule = TRANSITIONS[action]
+    stamp = queue.now()
+    changes = {k: stamp if v is NOW else v for k, v in rule.changes.items()}
+    conditions, params = ["id = ?"], [request_id]
+    for column, allowed in rule.when.items():
+        values = [v for v in allowed if v is not None]
+        parts = [f"{column} IN ({', '.join('?' * len(values))})"] if values else []
+        if None in allowed:
+            parts.append(f"{column} IS NULL")
+        conditions.append(f"({' OR '.join(parts)})")
+        params.extend(values)
+    assignments = ", ".join(f"{column} = ?" for column in [*changes, "updated_at"])
+    with db.atomic():
+        before = queue.get(db, request_id)  # raises RequestNotFound for an unknown id
+        # One conditional UPDATE: two deliveries racing cannot both apply it.
+        cursor = db.execute(
+            f"UPDATE requests SET {assignments} WHERE {' AND '.join(conditions)}",
+            [*changes.values(), stamp, *params],
+        )
+        if cursor.rowcount != 1:
+            return False
+        diff = {k: [before[k], v] for k, v in changes.items()}
+        queue.record_event(db, request_id, actor, rule.event, {**diff, **(detail or {})})
+    return True
+
+
 def receive(
     db,
     audio,
@@ -152,70 +214,8 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
     return request
 
 
-@dataclass(frozen=True)
-class Transition:
-    """A change of a request and the only state it may be made from."""
-
-    event: str  # the audit event's action
-    changes: dict  # column -> new value; NOW is the moment it applies
-    when: dict  # column -> the values it may have; None means "not set yet"
-
-
-NOW = object()
-OPEN = ("new", "triaged", "assigned", "in_progress")
-UNCONFIRMED = {"status": OPEN, "confirmed_at": (None,)}
-
-# Every change a caller, a kiosk or a webhook may make to a request, and from which state.
-# A replayed or late webhook meets a state its change was not meant for and changes nothing.
-TRANSITIONS = {
-    # The senior heard the readback and said it is right (or the emergency confirmed it).
-    "confirm": Transition("confirmed", {"confirmed_at": NOW}, UNCONFIRMED),
-    # The senior said it again: the first telling is cancelled, its recording kept.
-    "withdraw": Transition("withdrawn", {"status": "cancelled"}, UNCONFIRMED),
-    # Nobody heard the senior confirm: a person reads it before acting on it.
-    "unconfirmed": Transition(
-        "not confirmed", {"needs_review": 1}, {**UNCONFIRMED, "needs_review": (0, None)}
-    ),
-}
-# A coordinator may move a request from any other status to this one ("status:done").
-TRANSITIONS |= {
-    f"status:{status}": Transition(
-        "status", {"status": status}, {"status": tuple(s for s in queue.STATUSES if s != status)}
-    )
-    for status in queue.STATUSES
-}
-
-
-def transition(db, request_id, action, *, actor, detail=None):
-    """Apply a TRANSITIONS change only from the state it was meant for; return whether it did."""
-    rule = TRANSITIONS[action]
-    stamp = queue.now()
-    changes = {k: stamp if v is NOW else v for k, v in rule.changes.items()}
-    conditions, params = ["id = ?"], [request_id]
-    for column, allowed in rule.when.items():
-        values = [v for v in allowed if v is not None]
-        parts = [f"{column} IN ({', '.join('?' * len(values))})"] if values else []
-        if None in allowed:
-            parts.append(f"{column} IS NULL")
-        conditions.append(f"({' OR '.join(parts)})")
-        params.extend(values)
-    assignments = ", ".join(f"{column} = ?" for column in [*changes, "updated_at"])
-    with db.atomic():
-        before = queue.get(db, request_id)  # raises RequestNotFound for an unknown id
-        # One conditional UPDATE: two deliveries racing cannot both apply it.
-        cursor = db.execute(
-            f"UPDATE requests SET {assignments} WHERE {' AND '.join(conditions)}",
-            [*changes.values(), stamp, *params],
-        )
-        if cursor.rowcount != 1:
-            return False
-        diff = {k: [before[k], v] for k, v in changes.items()}
-        queue.record_event(db, request_id, actor, rule.event, {**diff, **(detail or {})})
-    return True
-
-
 def confirm(db, request_id, *, actor="caller"):
-    """Record that the senior heard the readback and said it is right; return the request."""
+    """Record that the senior heard the readback and said it is right."""
     transition(db, request_id, "confirm", actor=actor)
     return queue.get(db, request_id)
 
