@@ -246,3 +246,20 @@ def m0004_kiosks(db):
         not_null={"name", "region", "token_hash", "created_at"},
     )
     db["kiosks"].create_index(["token_hash"], unique=True)
+
+
+@migrations(name="0005_workers")
+def m0005_workers(db):
+    """Create the worker registry: a heartbeat per live worker, so a dead one's job moves on."""
+    db["workers"].create(
+        {
+            "name": str,  # host:pid:thread, as written in jobs.worker
+            "kind": str,  # serve (in-process thread), worker (its own process) or drain
+            "host": str,
+            "pid": int,
+            "started_at": float,
+            "heartbeat_at": float,  # time.time() of the last beat
+        },
+        pk="name",
+        not_null={"kind", "started_at", "heartbeat_at"},
+    )
