@@ -1,8 +1,10 @@
 """A durable job queue in SQLite: leases, retries with back-off, and a visible dead letter."""
 
+import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -28,6 +30,7 @@ MAX_BACKOFF_SECONDS = 300.0
 # A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
 STALE_HEARTBEATS = 3
 SCHEDULE_CHECK_SECONDS = 60.0
+_WORKER_NUMBERS = itertools.count(1)
 # Rows of workers silent this long, holding no job, are removed when another worker starts.
 FORGET_WORKER_SECONDS = 86400.0
 
@@ -380,12 +383,14 @@ class Worker(threading.Thread):
         super().__init__(name="carecall-worker", daemon=True)
         self.app = app
         self.kind = kind
+        # Named before it starts, so the name printed is the one its jobs and heartbeat carry.
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{kind}-{next(_WORKER_NUMBERS)}"
         self.stopping = threading.Event()
         self.wakeup = app.extensions["carecall.jobs.wake"]
 
     def run(self):
         """Run jobs, sleeping until woken or the poll interval passes."""
-        name = worker_name()
+        name = self.worker
         while not self.stopping.is_set():
             try:
                 with Heartbeat(self.app, name, self.kind):
@@ -445,7 +450,9 @@ def worker_command(burst):
         click.echo(f"ran {drain(app)} job(s)")
         return
     worker = start_worker(app, "worker")
-    click.echo(f"worker {worker_name()} running; Ctrl-C to stop")
+    # A service manager stops us with SIGTERM: finish the job in hand and sign off cleanly.
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop(timeout=0))
+    click.echo(f"worker {worker.worker} running; Ctrl-C to stop")
     try:
         while worker.is_alive():
             worker.join(1)
