@@ -4,8 +4,9 @@ import sqlite3
 
 from flask import Blueprint, current_app, g, jsonify, render_template, request
 
-from . import accounts, health, jobs
+from . import accounts, jobs
 from .db import get_db
+from .health import problems as readiness_problems
 from .speech import ModelNotInstalled
 from .speech.models import load_manifest, model_path
 
@@ -19,7 +20,7 @@ def index():
 
 
 @bp.get("/healthz")
-def healthz():
+def health():
     """Say whether CareCall answers; staff (session or bearer token) also see the details."""
     db = get_db()
     try:
@@ -37,14 +38,14 @@ def healthz():
         models={spec.name: _installed(spec.name) for spec in load_manifest().models},
         requests=db.execute("SELECT count(*) FROM requests").fetchone()[0],
         workers=jobs.live_workers(db, config["WORKER_HEARTBEAT_SECONDS"]),
-        problems=health.problems(current_app, db),
+        problems=readiness_problems(current_app, db),
     )
 
 
 @bp.get("/readyz")
-def readyz():
+def ready():
     """Answer 200 when requests can be stored and understood now, else 503 with the reasons."""
-    reasons = health.problems(current_app, get_db())
+    reasons = readiness_problems(current_app, get_db())
     if reasons:
         return jsonify(status="not ready", reasons=reasons), 503
     return jsonify(status="ready", reasons=[])
