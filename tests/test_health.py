@@ -92,7 +92,7 @@ def test_ready_when_the_database_models_and_a_worker_are(make_app, models_dir):
         (
             {"whisper-tiny-en": "installed", "vosk-ko": "missing"},
             True,
-            ["CARECALL_SPEECH_ENGINES: ko=vosk:vosk-ko: speech model vosk-ko unavailable: "],
+            ["CARECALL_SPEECH_ENGINES: ko=vosk:vosk-ko: speech model vosk-ko unavailable: not"],
         ),
         (
             READY_MODELS,
@@ -165,4 +165,5 @@ def test_worker_warns_at_start_up_about_a_model_that_cannot_load(make_app, model
     assert [w.split(": ")[1] for w in warnings] == ["CARECALL_SPEECH_ENGINES"] * 2
     assert "en=whisper:whisper-tiny-en: speech model whisper-tiny-en unavailable" in warnings[0]
     assert "ko=vosk:vosk-ko: speech model vosk-ko unavailable" in warnings[1]
+    assert warnings[1].endswith("install it with: flask --app app models install vosk-ko")
     assert "ran 0 job(s)" in result.output

@@ -14,7 +14,14 @@ from app.speech.errors import (
     UnknownModel,
     UnsupportedLanguage,
 )
-from app.speech.models import DEFAULT_MODELS_DIR, Manifest, load_manifest, model_path, verify
+from app.speech.models import (
+    DEFAULT_MODELS_DIR,
+    Manifest,
+    install_command,
+    load_manifest,
+    model_path,
+    verify,
+)
 from app.speech.result import Choice, Transcript
 
 DEFAULT_ENGINES = {"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"}
@@ -78,7 +85,12 @@ class SpeechService:
                 failed = self._failed.get(key)
             if failed is None:
                 check = verify(model, self.models_dir, digests=False)
-                if not check.ok:
+                if not check.installed:
+                    failed = (
+                        f"speech model {model} unavailable: not installed in {self.models_dir};"
+                        f" install it with: {install_command(model)}"
+                    )
+                elif not check.ok:
                     failed = f"speech model {model} unavailable: {'; '.join(check.problems)}"
             if failed is not None:
                 found[language] = failed
