@@ -260,3 +260,29 @@ def test_confirm_and_withdraw_are_audited(app, db):
     actions = [e["action"] for e in queue.events(db, request["id"])]
     assert actions == ["received", "confirmed", "withdrawn"]
     assert queue.get(db, request["id"])["status"] == "cancelled"
+
+
+def test_requests_left_behind_a_dead_job_before_the_upgrade_are_failed_by_it(tmp_path):
+    """Requests stuck 'transcribing' on an older version are put before a person on upgrade."""
+    from app.db import connect, migrate
+    from app.migrations import migrations
+
+    path = tmp_path / "old.db"
+    db = connect(path)
+    migrations.apply(db, stop_before="0005_workers")
+    stuck, _ = queue.create(db, channel="kiosk", phone="+15550108")
+    waiting, _ = queue.create(db, channel="kiosk", phone="+15550109")
+    dead = jobs.enqueue(db, "transcribe", {"request_id": stuck["id"]})
+    jobs.enqueue(db, "transcribe", {"request_id": waiting["id"]})
+    error = "RuntimeError: Variable 'decoder/embeddings/weight' has an invalid payload size\n..."
+    db["jobs"].update(dead, {"state": "dead", "attempts": 5, "last_error": error})
+    db.close()
+    assert migrate(path) == ["0005_workers"]
+    db = connect(path)
+    failed, untouched = queue.get(db, stuck["id"]), queue.get(db, waiting["id"])
+    assert failed["stage"] == "failed" and failed["urgency"] == "high"
+    assert failed["needs_review"] and failed["category"] == "other"
+    assert failed["error"] == "transcription died: " + error.splitlines()[0]
+    assert [e["action"] for e in queue.events(db, stuck["id"])] == ["received", "failed"]
+    assert untouched["stage"] == "received" and not untouched["needs_review"]
+    db.close()
