@@ -1,9 +1,9 @@
 """A durable job queue in SQLite: leases, retries with back-off, and a visible dead letter."""
 
-import itertools
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -30,7 +30,6 @@ MAX_BACKOFF_SECONDS = 300.0
 # A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
 STALE_HEARTBEATS = 3
 SCHEDULE_CHECK_SECONDS = 60.0
-_WORKER_NUMBERS = itertools.count(1)
 # Rows of workers silent this long, holding no job, are removed when another worker starts.
 FORGET_WORKER_SECONDS = 86400.0
 
@@ -287,20 +286,43 @@ def drain(app, worker=None, max_jobs=None):
 
 
 def register(db, name, kind, now=None):
-    """Add (or refresh) a worker's row, forgetting long-silent workers that hold no job."""
+    """Add (or refresh) a worker's row, forgetting long-silent workers that hold no job.
+
+    A worker of this host whose process is gone (a restart after kill -9) is marked silent
+    at once, so its job is taken over now rather than after three missed beats.
+    """
     now = time.time() if now is None else now
+    host = socket.gethostname()
     with db.atomic():
         db.execute(
             "DELETE FROM workers WHERE heartbeat_at < ? AND name NOT IN"
             " (SELECT worker FROM jobs WHERE state = 'running' AND worker IS NOT NULL)",
             [now - FORGET_WORKER_SECONDS],
         )
+        neighbours = db.execute(
+            "SELECT name, pid FROM workers WHERE host = ? AND pid != ? AND heartbeat_at > 0",
+            [host, os.getpid()],
+        ).fetchall()
+        for neighbour, pid in neighbours:
+            if not _process_exists(pid):
+                db.execute("UPDATE workers SET heartbeat_at = 0 WHERE name = ?", [neighbour])
         db.execute(
             "INSERT INTO workers (name, kind, host, pid, started_at, heartbeat_at)"
             " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-            [name, kind, socket.gethostname(), os.getpid(), now, now],
+            [name, kind, host, os.getpid(), now, now],
         )
+
+
+def _process_exists(pid):
+    """Return whether a process with this id runs on this host (a reused id counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive, just not ours to signal
+    return True
 
 
 def beat(db, name, now=None):
@@ -363,9 +385,14 @@ class Heartbeat:
             self.db.close()
 
 
-def worker_name():
-    """Name this worker after its host, process and thread."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+def worker_name(label=None):
+    """Name a worker after its host, process and thread (or label), unique even across restarts.
+
+    The random part matters: a restarted container may give the new worker the dead one's
+    process id, and the dead one's job must not look like the new one's.
+    """
+    label = label or threading.get_ident()
+    return f"{socket.gethostname()}:{os.getpid()}:{label}:{secrets.token_hex(3)}"
 
 
 def wake():
@@ -384,7 +411,7 @@ class Worker(threading.Thread):
         self.app = app
         self.kind = kind
         # Named before it starts, so the name printed is the one its jobs and heartbeat carry.
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{kind}-{next(_WORKER_NUMBERS)}"
+        self.worker = worker_name(kind)
         self.stopping = threading.Event()
         self.wakeup = app.extensions["carecall.jobs.wake"]
 

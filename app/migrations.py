@@ -256,7 +256,7 @@ def m0005_workers(db):
     """Create the worker registry: a heartbeat per live worker, so a dead one's job moves on."""
     db["workers"].create(
         {
-            "name": str,  # host:pid:thread, as written in jobs.worker
+            "name": str,  # host:pid:thread-or-kind:random, as written in jobs.worker
             "kind": str,  # serve (in-process thread), worker (its own process) or drain
             "host": str,
             "pid": int,

@@ -288,3 +288,33 @@ def test_drain_registers_a_beating_worker_while_it_runs(app, db):
     jobs.drain(app, worker="burst-1")
     assert CALLS == [[("burst-1", "drain")]]
     assert db["workers"].count == 0  # a worker that stops cleanly leaves no row behind
+
+
+def test_a_restarted_worker_takes_over_at_once_from_a_dead_process_on_its_host(db):
+    """After kill -9 and a restart, the job moves on now, not after three missed beats."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job_id = jobs.enqueue(db, "test.record", {})
+    now = time.time()
+    db["workers"].insert(
+        {
+            "name": "killed",
+            "kind": "worker",
+            "host": socket.gethostname(),
+            "pid": gone.pid,
+            "started_at": now,
+            "heartbeat_at": now,
+        }
+    )
+    assert jobs.claim(db, "killed", 300, now=now, heartbeat_seconds=5).id == job_id
+    jobs.register(db, "restarted", "worker", now=now + 0.1)
+    taken = jobs.claim(db, "restarted", 300, now=now + 0.1, heartbeat_seconds=5)
+    assert taken is not None and taken.id == job_id
+
+
+def test_workers_of_the_same_process_and_thread_have_different_names():
+    assert jobs.worker_name("worker") != jobs.worker_name("worker")
