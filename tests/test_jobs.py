@@ -318,3 +318,43 @@ def test_a_restarted_worker_takes_over_at_once_from_a_dead_process_on_its_host(d
 
 def test_workers_of_the_same_process_and_thread_have_different_names():
     assert jobs.worker_name("worker") != jobs.worker_name("worker")
+
+
+def test_a_worker_stopped_by_sigterm_signs_off(app, db):
+    """A service manager's SIGTERM ends `flask worker` cleanly: exit 0, no stale row left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {
+        **os.environ,
+        "CARECALL_DATABASE": app.config["DATABASE"],
+        "CARECALL_DATA_DIR": app.config["DATA_DIR"],
+        "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "worker"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while not jobs.live_workers(db, app.config["WORKER_HEARTBEAT_SECONDS"]):
+            assert time.time() < deadline and worker.poll() is None, "the worker never registered"
+            time.sleep(0.05)
+        [row] = db["workers"].rows
+        assert row["kind"] == "worker" and row["pid"] == worker.pid
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=20)[0]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, output
+    assert f"worker {row['name']} running" in output
+    assert db["workers"].count == 0
