@@ -79,10 +79,10 @@ class SpeechService:
         found = {}
         for language, (engine, model) in self._engines.items():
             key = (engine, model)
-            with self._lock:
-                if key in self._loaded:
-                    continue
-                failed = self._failed.get(key)
+            # No lock: a load in progress holds it for seconds, and a dict lookup is atomic.
+            if key in self._loaded:
+                continue
+            failed = self._failed.get(key)
             if failed is None:
                 check = verify(model, self.models_dir, digests=False)
                 if not check.installed:
