@@ -134,20 +134,19 @@ def logout():
 
 def _queue_view(template):
     """Render the queue, or just its rows, for the filters in the query string."""
+    db = get_db()
+    limit = current_app.config["CONSOLE_PAGE_SIZE"]
     try:
         filters = search.Filters.from_args(request.args)
+        rows, next_cursor = search.list_requests(
+            db, filters, limit=limit, cursor=request.args.get("cursor") or None, exclude_pinned=True
+        )
     except search.BadFilter as exc:
+        # Show the first page unfiltered, with what was wrong, rather than nothing.
         filters, error = search.Filters(), str(exc)
+        rows, next_cursor = search.list_requests(db, filters, limit=limit, exclude_pinned=True)
     else:
         error = None
-    db = get_db()
-    rows, next_cursor = search.list_requests(
-        db,
-        filters,
-        limit=current_app.config["CONSOLE_PAGE_SIZE"],
-        cursor=request.args.get("cursor") or None,
-        exclude_pinned=True,
-    )
     html = render_template(
         template,
         filters=filters,
@@ -311,7 +310,7 @@ def add_callback(request_id):
 def merge(request_id):
     """Merge another request into this one."""
     try:
-        duplicate = int(request.form.get("duplicate", ""))
+        duplicate = queue.row_id(request.form.get("duplicate", ""))
     except ValueError:
         abort(400)
     return _act(
