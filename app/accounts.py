@@ -132,6 +132,11 @@ def hash_password(password, hasher=None):
     return (hasher or password_hasher()).hash(password)
 
 
+def generate_password():
+    """Return a new random password for someone to be told once."""
+    return secrets.token_urlsafe(12)
+
+
 def check_name(name):
     """Raise BadAccountField unless name could be a user's name."""
     if not name or len(name) > MAX_NAME_LENGTH or any(c.isspace() for c in name):
@@ -289,6 +294,8 @@ def _token_hash(token):
 def create_token(db, name, role, *, actor="system"):
     """Create an API token; return (the token, shown only now, and its row)."""
     check_role(role)
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+        raise BadAccountField(f"a token's name must be 1-{MAX_NAME_LENGTH} characters")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = {"name": name, "role": role, "token_hash": _token_hash(token), "created_at": now()}
     with db.atomic():
@@ -438,14 +445,16 @@ def users_cli():
 @with_appcontext
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True, help="What the user may do.")
-@click.option("--generate-password", is_flag=True, help="Generate a password and print it once.")
-def users_create(name, role, generate_password):
+@click.option(
+    "--generate-password", "generate", is_flag=True, help="Generate a password and print it once."
+)
+def users_create(name, role, generate):
     """Create a user, asking for a password or generating one.
 
     Example: flask --app app users create alice --role coordinator --generate-password
     """
-    if generate_password:
-        password = secrets.token_urlsafe(12)
+    if generate:
+        password = generate_password()
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
@@ -455,7 +464,7 @@ def users_create(name, role, generate_password):
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"created {user['role']} {user['name']}")
-    if generate_password:
+    if generate:
         click.echo(f"password: {password}")
 
 
@@ -480,7 +489,7 @@ def users_reset_password(name):
 
     Example: flask --app app users reset-password alice
     """
-    password = secrets.token_urlsafe(12)
+    password = generate_password()
     try:
         reset_password(
             get_db(), name, password, hasher=hasher_for(current_app.config), actor=cli_actor()

@@ -1,5 +1,7 @@
 """Accounts: argon2 passwords, lock-out with back-off, hashed API tokens and their commands."""
 
+import json
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -408,3 +410,42 @@ def test_cookie_is_secure_when_served_over_https(make_app, setting, public, sche
     )
     assert response.status_code == 303
     assert ("; Secure" in response.headers["Set-Cookie"]) is secure
+
+
+def test_an_admin_gives_a_user_a_new_password_shown_once(app, db):
+    make_user(db, "alice", "coordinator")
+    alice = app.test_client()
+    login(alice, "alice")
+    make_user(db, "root", "admin")
+    admin = app.test_client()
+    login(admin, "root")
+    response = post_form(admin, "/console/users/alice/reset-password", {}, page="/console/users")
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    password = re.search(r"<code>([^<]+)</code>", response.get_data(as_text=True))[1]
+    assert alice.get("/console/").status_code == 302
+    assert login(app.test_client(), "alice", password).status_code == 303
+    assert admin.get("/console/users").status_code == 200
+    reset = [e for e in db["events"].rows if e["action"] == "password_reset"]
+    assert [(e["actor"], json.loads(e["detail"])) for e in reset] == [
+        ("user:root", {"user": "alice"})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("role", "name", "status"), [("coordinator", "alice", 403), ("admin", "nobody", 303)]
+)
+def test_resetting_a_password_needs_an_admin_and_a_user(app, db, role, name, status):
+    make_user(db, "alice", "coordinator")
+    make_user(db, "boss", role)
+    client = app.test_client()
+    login(client, "boss")
+    response = post_form(client, f"/console/users/{name}/reset-password", {})
+    assert response.status_code == status
+    assert login(app.test_client(), "alice").status_code == 303
+
+
+@pytest.mark.parametrize("name", ["x" * 65, " ", "n" * 500_000])
+def test_token_names_are_bounded(db, name):
+    with pytest.raises(accounts.BadAccountField):
+        accounts.create_token(db, name, "viewer")
+    assert db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] == 0

@@ -401,18 +401,29 @@ def merge(request_id):
     )
 
 
+def _users_page(*, new_secret=None, new_password=None):
+    """Render the users page, with a just-made token or password shown this once."""
+    db = get_db()
+    response = current_app.make_response(
+        render_template(
+            "console/users.html",
+            users=accounts.list_users(db),
+            tokens=accounts.list_tokens(db),
+            roles=accounts.ROLES,
+            new_secret=new_secret,
+            new_password=new_password,
+        )
+    )
+    # The page may carry a secret that must not outlive this one response.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.get("/users")
 @require("manage_users")
 def users():
     """List users and API tokens for an administrator."""
-    db = get_db()
-    return render_template(
-        "console/users.html",
-        users=accounts.list_users(db),
-        tokens=accounts.list_tokens(db),
-        roles=accounts.ROLES,
-        new_secret=None,
-    )
+    return _users_page()
 
 
 @bp.post("/users")
@@ -452,6 +463,28 @@ def disable_user(name):
     return redirect(url_for("console.users"), code=303)
 
 
+@bp.post("/users/<name>/reset-password")
+@require("manage_users")
+def reset_password(name):
+    """Give a user a new generated password, shown once, and log out their sessions."""
+    password = accounts.generate_password()
+    try:
+        accounts.reset_password(
+            get_db(),
+            name,
+            password,
+            hasher=accounts.hasher_for(current_app.config),
+            actor=g.principal.actor,
+        )
+    except accounts.AccountError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.users"), code=303)
+    if name == g.principal.name:
+        # Resetting one's own password ends this session too; keep this browser logged in.
+        _log_in(g.principal)
+    return _users_page(new_password=(name, password))
+
+
 @bp.post("/tokens")
 @require("manage_users")
 def create_token():
@@ -464,13 +497,7 @@ def create_token():
     except accounts.AccountError as exc:
         flash(str(exc), "error")
         return redirect(url_for("console.users"), code=303)
-    return render_template(
-        "console/users.html",
-        users=accounts.list_users(db),
-        tokens=accounts.list_tokens(db),
-        roles=accounts.ROLES,
-        new_secret=(row, secret),
-    )
+    return _users_page(new_secret=(row, secret))
 
 
 @bp.post("/tokens/<int:token_id>/revoke")
