@@ -143,9 +143,12 @@ def login():
         else:
             _log_in(principal)
             return redirect(_safe_next(request.args.get("next")), code=303)
-    response = current_app.make_response(
-        (render_template("console/login.html", error=error), status)
-    )
+    return _form_page("console/login.html", status, retry_after, error=error)
+
+
+def _form_page(template, status, retry_after, **context):
+    """Render a password form's page; after too many wrong passwords, say when to retry."""
+    response = current_app.make_response((render_template(template, **context), status))
     if retry_after is not None:
         response.headers["Retry-After"] = str(math.ceil(retry_after))
     return response
@@ -197,20 +200,14 @@ def password():
                 _log_in(principal)
                 flash("Password changed. Any other place you were logged in is logged out.", "ok")
                 return redirect(url_for("console.queue"), code=303)
-    response = current_app.make_response(
-        (
-            render_template(
-                "console/password.html",
-                error=error,
-                min_length=accounts.MIN_PASSWORD_LENGTH,
-                max_length=accounts.MAX_PASSWORD_LENGTH,
-            ),
-            status,
-        )
+    return _form_page(
+        "console/password.html",
+        status,
+        retry_after,
+        error=error,
+        min_length=accounts.MIN_PASSWORD_LENGTH,
+        max_length=accounts.MAX_PASSWORD_LENGTH,
     )
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(math.ceil(retry_after))
-    return response
 
 
 def _queue_view(template):
