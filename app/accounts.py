@@ -267,14 +267,14 @@ def _count_failure(db, key, at, forget_before, policy):
     """Count one more failure against a key; return how long it is now locked for."""
     client, name, allowed = key
     # One statement, so parallel wrong guesses each count.
-    (failures,) = db.execute(
+    [(failures,)] = db.execute(
         "INSERT INTO login_attempts (client, name, failures, last_failure_at)"
         " VALUES (?, ?, 1, ?) ON CONFLICT (client, name) DO UPDATE SET"
         " failures = CASE WHEN last_failure_at < ? THEN 1 ELSE failures + 1 END,"
         " last_failure_at = excluded.last_failure_at"
         " RETURNING failures",
         [client, name, at, forget_before],
-    ).fetchone()
+    ).fetchall()
     return policy.delay(failures, allowed)
 
 

@@ -2,6 +2,8 @@
 
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -10,6 +12,7 @@ import pytest
 from sqlite_utils import Database
 
 from app import accounts
+from app.db import connect
 from tests.test_console import FAST, PASSWORD, csrf_token, fast_hasher, login, make_user, post_form
 
 
@@ -449,3 +452,21 @@ def test_token_names_are_bounded(db, name):
     with pytest.raises(accounts.BadAccountField):
         accounts.create_token(db, name, "viewer")
     assert db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] == 0
+
+
+def test_parallel_wrong_guesses_each_count(app, db):
+    make_user(db, "alice", "coordinator")
+    roomy = accounts.LockoutPolicy(max_failures=100, client_max_failures=100)
+
+    def guess(_):
+        conn = connect(app.config["DATABASE"])
+        try:
+            with pytest.raises(accounts.BadCredentials):
+                auth(conn, "alice", "wrong", time.time, client=A, policy=roomy)
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(guess, range(24)))
+    counts = db.execute("SELECT name, failures FROM login_attempts ORDER BY name").fetchall()
+    assert counts == [(accounts.ANY_NAME, 24), ("alice", 24)]
