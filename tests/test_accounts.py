@@ -470,3 +470,18 @@ def test_parallel_wrong_guesses_each_count(app, db):
         list(pool.map(guess, range(24)))
     counts = db.execute("SELECT name, failures FROM login_attempts ORDER BY name").fetchall()
     assert counts == [(accounts.ANY_NAME, 24), ("alice", 24)]
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_trusted_proxy_saying_https_makes_the_cookie_secure(make_app, trusted):
+    app = make_app(TRUST_FORWARDED_HEADERS=trusted, **FAST)
+    make_user(Database(app.config["DATABASE"]), "alice", "coordinator")
+    client = app.test_client()
+    token = csrf_token(client)
+    response = client.post(
+        "/console/login",
+        data={"name": "alice", "password": PASSWORD, "csrf_token": token},
+        headers={"X-Forwarded-Proto": "https", "Referer": "https://localhost/console/login"},
+    )
+    assert response.status_code == 303
+    assert ("; Secure" in response.headers["Set-Cookie"]) is trusted
