@@ -532,7 +532,10 @@ def tokens_create(role, name):
 
     Example: flask --app app tokens create --role coordinator --name dispatch-bot
     """
-    token, row = create_token(get_db(), name, role, actor=cli_actor())
+    try:
+        token, row = create_token(get_db(), name, role, actor=cli_actor())
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"token {row['id']} ({row['role']}, {row['name']}): {token}")
 
 

@@ -485,3 +485,9 @@ def test_a_trusted_proxy_saying_https_makes_the_cookie_secure(make_app, trusted)
     )
     assert response.status_code == 303
     assert ("; Secure" in response.headers["Set-Cookie"]) is trusted
+
+
+def test_cli_refuses_an_over_long_token_name(runner, db):
+    result = runner.invoke(args=["tokens", "create", "--role", "viewer", "--name", "x" * 65])
+    assert result.exit_code == 1 and "1-64 characters" in result.output
+    assert db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] == 0

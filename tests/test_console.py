@@ -663,3 +663,21 @@ def test_odd_merge_targets_are_refused(db, coordinator, duplicate):
 def test_more_bad_filters_are_refused(args):
     with pytest.raises(search.BadFilter):
         search.Filters.from_args(args)
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("notes", {"body": "n" * (actions.MAX_TEXT + 1)}),
+        ("callbacks", {"outcome": "reached", "note": "n" * (actions.MAX_TEXT + 1)}),
+        ("correct", {"transcript": "t" * (actions.MAX_TEXT + 1)}),
+    ],
+)
+def test_over_long_console_text_is_refused_and_not_stored(db, coordinator, path, data):
+    item = add_request(db, transcript="bread please")
+    page = f"/console/requests/{item['id']}"
+    response = post_form(coordinator, f"{page}/{path}", data, page=page)
+    assert response.status_code == 303
+    assert "at most" in coordinator.get(page).get_data(as_text=True)
+    assert actions.notes(db, item["id"]) == actions.callbacks(db, item["id"]) == []
+    assert queue.get(db, item["id"])["transcript"] == "bread please"
