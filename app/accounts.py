@@ -260,7 +260,9 @@ def _locked_for(db, key, at, forget_before, policy):
     if state is None:
         return 0.0
     failures, last_failure_at = state
-    return max(0.0, last_failure_at + policy.delay(failures, allowed) - at)
+    delay = policy.delay(failures, allowed)
+    # A failure counted a moment after this attempt began must not lock by itself.
+    return max(0.0, last_failure_at + delay - at) if delay else 0.0
 
 
 def _count_failure(db, key, at, forget_before, policy):

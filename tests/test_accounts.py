@@ -491,3 +491,14 @@ def test_cli_refuses_an_over_long_token_name(runner, db):
     result = runner.invoke(args=["tokens", "create", "--role", "viewer", "--name", "x" * 65])
     assert result.exit_code == 1 and "1-64 characters" in result.output
     assert db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] == 0
+
+
+def test_a_failure_counted_a_moment_later_does_not_lock_by_itself(db):
+    make_user(db, "alice", "coordinator")
+    clock = Clock()
+    with pytest.raises(accounts.BadCredentials):
+        auth(db, "alice", "wrong", clock)
+    # Another request, begun just before the one above finished, checks the lock now.
+    clock.now -= 0.5
+    with pytest.raises(accounts.BadCredentials):
+        auth(db, "alice", "wrong", clock)
