@@ -31,7 +31,7 @@ bp = Blueprint("console", __name__, url_prefix="/console")
 @bp.before_request
 def load_principal():
     """Find who is logged in for this request, if anyone: the session must still be open."""
-    token = session.get("session")
+    token = session.get("session_token")
     g.principal = None
     if token:
         g.principal = accounts.principal_for_session(
@@ -51,7 +51,7 @@ def _log_in(principal):
     """Start a fresh session for principal in this browser."""
     # Nothing from before survives into the logged-in session.
     session.clear()
-    session["session"] = accounts.start_session(
+    session["session_token"] = accounts.start_session(
         get_db(),
         principal.id,
         client=_client(),
@@ -165,7 +165,7 @@ def _wait_words(seconds):
 @bp.post("/logout")
 def logout():
     """Log out, ending the session so a copy of its cookie no longer works, and go to login."""
-    accounts.end_session(get_db(), session.get("session"))
+    accounts.end_session(get_db(), session.get("session_token"))
     session.clear()
     return redirect(url_for("console.login"), code=303)
 
@@ -195,7 +195,7 @@ def password():
             except accounts.BadAccountField as exc:
                 error, status = f"The new {exc}.", 400
             except accounts.BadCredentials:
-                error, status = "Your current password is not that.", 400
+                error, status = "That is not your current password.", 400
             else:
                 _log_in(principal)
                 flash("Password changed. Any other place you were logged in is logged out.", "ok")
