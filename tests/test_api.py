@@ -188,4 +188,4 @@ def test_odd_request_ids_are_404(client, db, request_id, method):
         headers=bearer(db, "coordinator"),
         json={"status": "done"},
     )
-    assert response.status_code == 404
+    assert response.status_code == 404 and "error" in response.json
