@@ -251,6 +251,38 @@ def m0004_kiosks(db):
     db["kiosks"].create_index(["token_hash"], unique=True)
 
 
+@migrations(name="0007_sessions")
+def m0007_sessions(db):
+    """Key lock-out by client and name, and keep console sessions so logout can end them."""
+    # Failed logins were keyed by name alone; they are short-lived state, so start afresh.
+    db["login_attempts"].drop()
+    db["login_attempts"].create(
+        {
+            "client": str,  # the address the attempts came from
+            "name": str,  # the name tried; "" counts every name tried from the client
+            "failures": int,
+            "last_failure_at": float,  # epoch seconds: the lock lasts from here
+        },
+        pk=("client", "name"),
+        not_null={"client", "name", "failures", "last_failure_at"},
+    )
+    db["login_attempts"].create_index(["last_failure_at"])
+    db["sessions"].create(
+        {
+            "token_hash": str,  # sha256 of the random token in the signed cookie
+            "user_id": int,
+            "client": str,
+            "created_at": str,
+            "last_seen_at": float,  # epoch seconds: the session ends SESSION_LIFETIME after it
+        },
+        pk="token_hash",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "created_at", "last_seen_at"},
+    )
+    db["sessions"].create_index(["user_id"])
+    db["sessions"].create_index(["last_seen_at"])
+
+
 @migrations(name="0005_workers")
 def m0005_workers(db):
     """Create the worker registry: a heartbeat per live worker, so a dead one's job moves on."""

@@ -590,6 +590,12 @@ def test_kiosks_cli_add_list_revoke(runner, db):
     assert all(actor.startswith("cli:") for actor, _ in audit)
 
 
+@pytest.mark.parametrize("ident", ["99", "0", str(2**63)])
+def test_kiosks_cli_names_a_missing_kiosk_clearly(runner, db, ident):
+    result = runner.invoke(args=["kiosks", "revoke", ident])
+    assert result.exit_code == 1 and f"no kiosk {ident}" in result.output
+
+
 @pytest.mark.parametrize("command", [[], ["add"], ["list"], ["revoke"]])
 def test_every_kiosks_command_has_an_example(runner, command):
     result = runner.invoke(args=["kiosks", *command, "--help"])
