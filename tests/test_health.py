@@ -7,7 +7,7 @@ import pytest
 
 from app import accounts, create_app, jobs, pipeline, settings
 from app.speech import ModelUnavailable
-from tests.test_console import FAST, login, make_user
+from tests.test_console import FAST, login, make_user, post_form
 
 READY_MODELS = {"whisper-tiny-en": "installed", "vosk-ko": "installed"}
 
@@ -167,3 +167,13 @@ def test_worker_warns_at_start_up_about_a_model_that_cannot_load(make_app, model
     assert "ko=vosk:vosk-ko: speech model vosk-ko unavailable" in warnings[1]
     assert warnings[1].endswith("install it with: flask --app app models install vosk-ko")
     assert "ran 0 job(s)" in result.output
+
+
+def test_a_logged_out_session_sees_only_ok(app, client, db):
+    """Health details follow the console's own sessions: logging out ends them here too."""
+    app.config.update(FAST)
+    make_user(db, "pat", "coordinator")
+    assert login(client, "pat").status_code == 303
+    assert "jobs" in client.get("/healthz").get_json()
+    assert post_form(client, "/console/logout", {}).status_code in (302, 303)
+    assert client.get("/healthz").get_json() == {"status": "ok"}
