@@ -1,5 +1,8 @@
 """Named, append-only schema migrations: never edit one that has been applied."""
 
+import json
+from datetime import UTC, datetime
+
 from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("carecall")
@@ -278,3 +281,52 @@ def m0007_sessions(db):
     )
     db["sessions"].create_index(["user_id"])
     db["sessions"].create_index(["last_seen_at"])
+
+
+@migrations(name="0005_workers")
+def m0005_workers(db):
+    """Create the worker registry: a heartbeat per live worker, so a dead one's job moves on."""
+    db["workers"].create(
+        {
+            "name": str,  # host:pid:thread-or-kind:random, as written in jobs.worker
+            "kind": str,  # serve (in-process thread), worker (its own process) or drain
+            "host": str,
+            "pid": int,
+            "started_at": float,
+            "heartbeat_at": float,  # time.time() of the last beat
+        },
+        pk="name",
+        not_null={"kind", "started_at", "heartbeat_at"},
+    )
+    # Before this, a dead transcription left its request 'received' for ever, unseen.
+    stuck = db.execute(
+        "SELECT r.id, r.urgency, j.last_error FROM requests r JOIN jobs j"
+        " ON j.kind = 'transcribe' AND j.state = 'dead'"
+        " AND json_extract(j.payload, '$.request_id') = r.id"
+        " WHERE r.stage = 'received'"
+    ).fetchall()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for request_id, urgency, last_error in stuck:
+        reason = "transcription died: " + ((last_error or "").splitlines() or ["no error kept"])[0]
+        db["requests"].update(
+            request_id,
+            {
+                "stage": "failed",
+                "error": reason,
+                "urgency": "critical" if urgency == "critical" else "high",
+                "needs_review": 1,
+                "updated_at": stamp,
+            },
+        )
+        db.execute(
+            "UPDATE requests SET category = 'other' WHERE id = ? AND category IS NULL", [request_id]
+        )
+        db["events"].insert(
+            {
+                "request_id": request_id,
+                "actor": "system",
+                "action": "failed",
+                "detail": json.dumps({"reason": reason}),
+                "created_at": stamp,
+            }
+        )

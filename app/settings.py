@@ -509,6 +509,13 @@ SETTINGS = (
     ),
     _s(
         "storage",
+        "WORKER_HEARTBEAT_SECONDS",
+        Number(0.1, 3600),
+        5.0,
+        "How often a worker says it is alive; silent for 3 beats, its job is taken over.",
+    ),
+    _s(
+        "storage",
         "JOB_POLL_SECONDS",
         Number(0.01, 60),
         0.2,

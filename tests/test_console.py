@@ -681,3 +681,22 @@ def test_over_long_console_text_is_refused_and_not_stored(db, coordinator, path,
     assert "at most" in coordinator.get(page).get_data(as_text=True)
     assert actions.notes(db, item["id"]) == actions.callbacks(db, item["id"]) == []
     assert queue.get(db, item["id"])["transcript"] == "bread please"
+
+
+def test_a_failed_request_shows_why_in_the_queue_the_page_and_the_api(app, db, coordinator):
+    from app import pipeline
+
+    item = add_request(db, stage="received", category=None)
+    reason = "speech model whisper-tiny-en unavailable: size of model.bin changed"
+    pipeline.fail(db, item["id"], reason)
+    row = coordinator.get("/console/").get_data(as_text=True)
+    assert f"Not understood: {reason}" in row
+    page = coordinator.get(f"/console/requests/{item['id']}").get_data(as_text=True)
+    assert f"Not transcribed: {reason}" in page
+    token, _ = accounts.create_token(db, "monitor", "viewer")
+    listed = (
+        app.test_client()
+        .get("/api/v1/requests", headers={"Authorization": f"Bearer {token}"})
+        .get_json()["requests"]
+    )
+    assert [(r["stage"], r["urgency"], r["error"]) for r in listed] == [("failed", "high", reason)]

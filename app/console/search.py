@@ -20,7 +20,8 @@ STATUS_CHOICES = ("open", "all", *STATUSES)
 LIST_COLUMNS = (
     "r.id, r.channel, r.phone, r.language, r.region, r.stage, r.category, r.urgency,"
     " r.status, r.emergency, r.needs_review, r.transcript_confidence, r.called_again,"
-    " r.merged_into, substr(r.transcript, 1, 160) AS excerpt, r.created_at, r.updated_at"
+    " r.merged_into, substr(r.transcript, 1, 160) AS excerpt, r.error, r.created_at,"
+    " r.updated_at"
 )
 MAX_LIMIT = 200
 # Longest filter value: search text, a region or a phone number all fit well within it.
