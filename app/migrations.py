@@ -1,5 +1,8 @@
 """Named, append-only schema migrations: never edit one that has been applied."""
 
+import json
+from datetime import UTC, datetime
+
 from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("carecall")
@@ -246,3 +249,84 @@ def m0004_kiosks(db):
         not_null={"name", "region", "token_hash", "created_at"},
     )
     db["kiosks"].create_index(["token_hash"], unique=True)
+
+
+@migrations(name="0007_sessions")
+def m0007_sessions(db):
+    """Key lock-out by client and name, and keep console sessions so logout can end them."""
+    # Failed logins were keyed by name alone; they are short-lived state, so start afresh.
+    db["login_attempts"].drop()
+    db["login_attempts"].create(
+        {
+            "client": str,  # the address the attempts came from
+            "name": str,  # the name tried; "" counts every name tried from the client
+            "failures": int,
+            "last_failure_at": float,  # epoch seconds: the lock lasts from here
+        },
+        pk=("client", "name"),
+        not_null={"client", "name", "failures", "last_failure_at"},
+    )
+    db["login_attempts"].create_index(["last_failure_at"])
+    db["sessions"].create(
+        {
+            "token_hash": str,  # sha256 of the random token in the signed cookie
+            "user_id": int,
+            "client": str,
+            "created_at": str,
+            "last_seen_at": float,  # epoch seconds: the session ends SESSION_LIFETIME after it
+        },
+        pk="token_hash",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "created_at", "last_seen_at"},
+    )
+    db["sessions"].create_index(["user_id"])
+    db["sessions"].create_index(["last_seen_at"])
+
+
+@migrations(name="0005_workers")
+def m0005_workers(db):
+    """Create the worker registry: a heartbeat per live worker, so a dead one's job moves on."""
+    db["workers"].create(
+        {
+            "name": str,  # host:pid:thread-or-kind:random, as written in jobs.worker
+            "kind": str,  # serve (in-process thread), worker (its own process) or drain
+            "host": str,
+            "pid": int,
+            "started_at": float,
+            "heartbeat_at": float,  # time.time() of the last beat
+        },
+        pk="name",
+        not_null={"kind", "started_at", "heartbeat_at"},
+    )
+    # Before this, a dead transcription left its request 'received' for ever, unseen.
+    stuck = db.execute(
+        "SELECT r.id, r.urgency, j.last_error FROM requests r JOIN jobs j"
+        " ON j.kind = 'transcribe' AND j.state = 'dead'"
+        " AND json_extract(j.payload, '$.request_id') = r.id"
+        " WHERE r.stage = 'received'"
+    ).fetchall()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for request_id, urgency, last_error in stuck:
+        reason = "transcription died: " + ((last_error or "").splitlines() or ["no error kept"])[0]
+        db["requests"].update(
+            request_id,
+            {
+                "stage": "failed",
+                "error": reason,
+                "urgency": "critical" if urgency == "critical" else "high",
+                "needs_review": 1,
+                "updated_at": stamp,
+            },
+        )
+        db.execute(
+            "UPDATE requests SET category = 'other' WHERE id = ? AND category IS NULL", [request_id]
+        )
+        db["events"].insert(
+            {
+                "request_id": request_id,
+                "actor": "system",
+                "action": "failed",
+                "detail": json.dumps({"reason": reason}),
+                "created_at": stamp,
+            }
+        )

@@ -473,6 +473,8 @@ def wait():
     if call["menu"] != "waiting":
         return _resume(call)  # read back or finished already: a late poll changes nothing
     request_ = _request_of(db, call)
+    if request_ is not None and request_["stage"] == "failed":
+        return _not_understood(call)
     if request_ is not None and request_["stage"] != "received":
         return _readback(call, request_)
     if polls >= flow.timing.poll_limit:
@@ -491,6 +493,13 @@ def wait():
     # A few words every few polls, so the caller knows the line is still open.
     texts = [flow.prompt("still_holding")] if polls and polls % 5 == 0 else []
     return _hold(call, texts, polls + 1)
+
+
+def _not_understood(call):
+    """Say sorry that the message could not be made out; it is kept and a person calls back."""
+    call = store.update_call(get_db(), call["call_sid"], menu="done")
+    speaker = _speaker(call)
+    return twiml(speak.goodbye(speaker, [speaker.flow.prompt("not_understood")]))
 
 
 def _request_of(db, call):
