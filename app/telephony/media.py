@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 FETCH = "twilio.fetch_recording"
 RECONCILE = "twilio.reconcile"
 LOOPBACK_NAMES = {"localhost"}
+# How a recording's error starts when our disk, not Twilio, kept it from being stored.
+DISK_FULL = "disk full"
 
 
 class RecordingError(Exception):
@@ -272,7 +274,7 @@ def _out_of_room(db, row, exc):
     """Note why a downloaded recording is still pending: our disk, not Twilio, failed."""
     log.error("recording %s could not be stored: %s", row["recording_sid"], exc)
     db["twilio_recordings"].update(
-        row["recording_sid"], {"error": f"disk full: {exc}", "updated_at": queue.now()}
+        row["recording_sid"], {"error": f"{DISK_FULL}: {exc}", "updated_at": queue.now()}
     )
 
 
@@ -334,6 +336,19 @@ def fetch_died(db, payload, reason):
     """When the download job is buried, a person calls back: the caller was told we have it."""
     row = recording(db, payload["recording_sid"])
     if row is None or row["state"] != "pending":
+        return
+    if (row["error"] or "").startswith(DISK_FULL):
+        # Our disk, not Twilio, failed: a person calls back now, and the recording stays
+        # pending so the nightly reconcile fetches its audio once there is room.
+        pipeline.call_back(
+            db,
+            channel="voicemail" if row["purpose"] == "voicemail" else "phone",
+            phone=row["phone"],
+            language=row["language"] or current_app.config["DEFAULT_LANGUAGE"],
+            source_key=f"callback:{row['recording_sid']}",
+            reason=f"call back: recording not stored yet, {row['error']}",
+            urgency="high",
+        )
         return
     db["twilio_recordings"].update(
         row["recording_sid"], {"state": "dead", "error": reason, "updated_at": queue.now()}
