@@ -286,9 +286,8 @@ def _int(fields, name, low, high, default):
     return number
 
 
-def _bool(fields, name, default):
-    """Return a yes/no field, or the default when empty."""
-    value = fields.get(name)
+def parse_flag(value, field, default=None):
+    """Return yes/no (also true/false, 1/0, on/off) as a bool, or the default when empty."""
     if _blank(value):
         return default
     if isinstance(value, bool):
@@ -296,7 +295,12 @@ def _bool(fields, name, default):
     text = str(value).strip().lower()
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    raise BadField(name, f"{value!r} is not yes or no")
+    raise BadField(field, f"{value!r} is not yes or no")
+
+
+def _bool(fields, name, default):
+    """Return a yes/no field, or the default when empty."""
+    return parse_flag(fields.get(name), name, default)
 
 
 def _location(fields, rules):

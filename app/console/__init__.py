@@ -1,6 +1,6 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-from . import api, cli, views
+from . import api, cli, people_api, views  # noqa: F401 (people_api adds routes to api.bp)
 
 
 def init_app(app):

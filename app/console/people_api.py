@@ -1,0 +1,125 @@
+"""JSON API for volunteers and a request's ranked matches, on the console's API blueprint."""
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from flask import current_app, g, jsonify, request
+
+from .. import matching, people, queue
+from ..db import get_db
+from .api import ApiError, bp, require
+
+MAX_LIMIT = 100
+
+
+def _body():
+    """Return the request's JSON object, or answer 400."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not body:
+        raise ApiError(400, "send a JSON object with the volunteer's fields")
+    return body
+
+
+def _flag(name):
+    """Return a yes/no query argument, None when absent, or answer 400."""
+    try:
+        return people.parse_flag(request.args.get(name), name)
+    except people.BadField as exc:
+        raise ApiError(400, str(exc)) from exc
+
+
+def _limit(default):
+    """Return the `limit` query argument within 1..MAX_LIMIT, or answer 400."""
+    try:
+        limit = int(request.args.get("limit", default))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return limit
+
+
+def _answer_people_error(exc):
+    """Translate a registry error into an API error."""
+    if isinstance(exc, people.VolunteerNotFound):
+        return ApiError(404, str(exc))
+    if isinstance(exc, people.DuplicatePhone):
+        return ApiError(409, str(exc))
+    return ApiError(400, str(exc))
+
+
+@bp.get("/volunteers")
+@require("view")
+def list_volunteers():
+    """List volunteers by id; filter with active, region and skill."""
+    try:
+        offset = int(request.args.get("offset", 0))
+    except ValueError as exc:
+        raise ApiError(400, "offset must be a whole number") from exc
+    rows = people.list_volunteers(
+        get_db(),
+        active=_flag("active"),
+        region=request.args.get("region") or None,
+        skill=request.args.get("skill") or None,
+        limit=_limit(MAX_LIMIT),
+        offset=max(0, offset),
+    )
+    return jsonify(volunteers=rows)
+
+
+@bp.post("/volunteers")
+@require("act")
+def add_volunteer():
+    """Register a volunteer; answer 201 with the stored record."""
+    rules, _ = people.rules_for(current_app)
+    try:
+        volunteer = people.add_volunteer(get_db(), _body(), rules, actor=g.principal.actor)
+    except people.PeopleError as exc:
+        raise _answer_people_error(exc) from exc
+    return jsonify(volunteer), 201
+
+
+@bp.get("/volunteers/<int:volunteer_id>")
+@require("view")
+def get_volunteer(volunteer_id):
+    """Return one volunteer."""
+    try:
+        return jsonify(people.get_volunteer(get_db(), volunteer_id))
+    except people.PeopleError as exc:
+        raise _answer_people_error(exc) from exc
+
+
+@bp.patch("/volunteers/<int:volunteer_id>")
+@require("act")
+def patch_volunteer(volunteer_id):
+    """Change a volunteer's fields; {"active": false} pauses them."""
+    rules, _ = people.rules_for(current_app)
+    try:
+        volunteer = people.update_volunteer(
+            get_db(), volunteer_id, _body(), rules, actor=g.principal.actor
+        )
+    except people.PeopleError as exc:
+        raise _answer_people_error(exc) from exc
+    return jsonify(volunteer)
+
+
+@bp.get("/requests/<int:request_id>/matches")
+@require("view")
+def request_matches(request_id):
+    """Rank volunteers for a request, best first, each with the reasons why."""
+    db = get_db()
+    try:
+        item = queue.get(db, request_id)
+    except queue.RequestNotFound as exc:
+        raise ApiError(404, str(exc)) from exc
+    rules, weights = people.rules_for(current_app)
+    ranking = matching.rank(
+        people.need_for(db, item, rules),
+        people.matching_volunteers(db),
+        weights=weights,
+        now=datetime.now(UTC),
+        tz=ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"]),
+        limit=_limit(10),
+        override_language=bool(_flag("override_language")),
+    )
+    return jsonify(request_id=request_id, **ranking.to_dict())
