@@ -431,9 +431,9 @@ def add_volunteer(db, fields, rules, *, actor):
 
 def update_volunteer(db, volunteer_id, changes, rules, *, actor):
     """Change some of a volunteer's fields, checking the whole record again; return it."""
-    _unknown(changes, VOLUNTEER_FIELDS)
     with db.atomic():
         before = get_volunteer(db, volunteer_id)
+        _unknown(changes, VOLUNTEER_FIELDS)
         merged = {k: before[k] for k in VOLUNTEER_FIELDS} | dict(changes)
         if "postcode" in changes and not {"lat", "lon"} & set(changes):
             # A new postcode moves the volunteer: look its place up again.
