@@ -200,7 +200,8 @@ class Pool:
         )
         levels: dict[str, np.ndarray] = {}
         speakers: dict[str, list[int]] = {}
-        owners, starts, ends, exc_owner, exc_first, exc_last = [], [], [], [], [], []
+        owners, starts, ends = [], [], []
+        pair_slot, pair_first, pair_last = [], [], []
         for i, v in enumerate(vols):
             for category, level in v.skills.items():
                 if category not in levels:
@@ -209,26 +210,29 @@ class Pool:
             for code in v.languages:
                 speakers.setdefault(code, []).append(i)
             for slot in v.slots:
+                # Each (slot, holiday) pair of one volunteer, to test occurrences against.
+                for first, last in v.exceptions:
+                    pair_slot.append(len(owners))
+                    pair_first.append(first.toordinal())
+                    pair_last.append(last.toordinal())
                 owners.append(i)
                 starts.append(slot.week_start)
                 ends.append(slot.day * MINUTES_PER_DAY + slot.end)
-            for first, last in v.exceptions:
-                exc_owner.append(i)
-                exc_first.append(first.toordinal())
-                exc_last.append(last.toordinal())
         self.levels = levels
         self._speaker_index = {k: np.array(v, dtype=np.int64) for k, v in speakers.items()}
         self._speakers: dict[str, np.ndarray] = {}
+        # Slots are appended owner by owner, so each owner's slots are one run.
         self.slot_owner = np.array(owners, dtype=np.int64)
         self.slot_start = np.array(starts, dtype=np.int64)
         self.slot_end = np.array(ends, dtype=np.int64)
-        # Slots were appended owner by owner, so each owner's slots are one run.
-        owners_with_slots, first_slot = np.unique(self.slot_owner, return_index=True)
-        self.slot_owners = owners_with_slots
-        self.slot_offsets = first_slot
-        self.exc_owner = np.array(exc_owner, dtype=np.int64)
-        self.exc_first = np.array(exc_first, dtype=np.int64)
-        self.exc_last = np.array(exc_last, dtype=np.int64)
+        self.pair_slot = np.array(pair_slot, dtype=np.int64)
+        self.pair_first = np.array(pair_first, dtype=np.int64)
+        self.pair_last = np.array(pair_last, dtype=np.int64)
+        # Per skill, the slots of volunteers who have it: most of the week's work is skipped.
+        self.skill_slots = {
+            category: np.flatnonzero(level[self.slot_owner] > 0)
+            for category, level in levels.items()
+        }
 
     def __len__(self) -> int:
         return len(self.volunteers)
@@ -242,24 +246,62 @@ class Pool:
             self._speakers[code] = mask
         return self._speakers[code]
 
-    def waits(self, when: datetime, horizon_minutes: int, among: np.ndarray) -> np.ndarray:
-        """Return minutes each volunteer waits until free from `when` (_NEVER: not free)."""
-        minute = when.weekday() * MINUTES_PER_DAY + when.hour * 60 + when.minute
-        inside = (self.slot_start <= minute) & (minute < self.slot_end)
-        slot_wait = np.where(inside, 0, (self.slot_start - minute) % MINUTES_PER_WEEK)
+    def waits(self, when: datetime, horizon: int, among: np.ndarray, category: str) -> np.ndarray:
+        """Return minutes each volunteer `among` those with the skill waits until free.
+
+        _NEVER means not free within `horizon` minutes of `when` (wall-clock time).
+        """
         wait = np.full(len(self), _NEVER, dtype=np.int64)
-        if len(slot_wait):
-            wait[self.slot_owners] = np.minimum.reduceat(slot_wait, self.slot_offsets)
-        if len(self.exc_owner):
-            # Holidays are rare: work out exactly, one by one, who has one in the window.
-            today = when.date().toordinal()
-            last = today + horizon_minutes // MINUTES_PER_DAY + 1
-            hit = (self.exc_first <= last) & (self.exc_last >= today) & among[self.exc_owner]
-            for i in np.unique(self.exc_owner[hit]):
-                v = self.volunteers[i]
-                found = next_free(v.slots, v.exceptions, when, horizon_minutes)
-                wait[i] = _NEVER if found is None else found[0]
+        chosen = self.skill_slots.get(category, np.zeros(0, dtype=np.int64))
+        chosen = chosen[among[self.slot_owner[chosen]]]
+        if not len(chosen):
+            return wait
+        week_minute = when.weekday() * MINUTES_PER_DAY + when.hour * 60 + when.minute
+        start = self.slot_start[chosen]
+        inside = (start <= week_minute) & (week_minute < self.slot_end[chosen])
+        slot_wait = np.where(inside, 0, (start - week_minute) % MINUTES_PER_WEEK)
+        if len(self.pair_slot):
+            self._skip_holidays(when, horizon, chosen, inside, slot_wait)
+        owners = self.slot_owner[chosen]
+        runs = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        wait[owners[runs]] = np.minimum.reduceat(slot_wait, runs)
         return wait
+
+    def _skip_holidays(self, when, horizon, chosen, inside, slot_wait):
+        """Move each chosen slot's wait to its first occurrence not on a holiday, in place."""
+        today = when.date().toordinal()
+        last = today + horizon // MINUTES_PER_DAY + 1
+        selected = np.zeros(len(self.slot_owner), dtype=bool)
+        selected[chosen] = True
+        hit = selected[self.pair_slot] & (self.pair_first <= last) & (self.pair_last >= today)
+        if not hit.any():
+            return
+        pair_slot = self.pair_slot[hit]
+        first, final = self.pair_first[hit], self.pair_last[hit]
+        affected = np.unique(pair_slot)
+        at = np.searchsorted(chosen, affected)  # where each affected slot sits in `chosen`
+        pair_at = np.searchsorted(affected, pair_slot)
+        base, now_inside = slot_wait[at], inside[at]
+        day_minute = when.hour * 60 + when.minute
+        result = np.full(len(affected), _NEVER, dtype=np.int64)
+        pending = np.ones(len(affected), dtype=bool)
+        for week in range(horizon // MINUTES_PER_WEEK + 2):
+            if week == 0:
+                waits = base
+            else:
+                # A slot open right now next starts a week after today's start.
+                today_start = self.slot_start[affected] % MINUTES_PER_DAY - day_minute
+                waits = np.where(now_inside, today_start, base) + week * MINUTES_PER_WEEK
+            day = today + (day_minute + waits) // MINUTES_PER_DAY
+            blocked_pair = (first <= day[pair_at]) & (day[pair_at] <= final)
+            blocked = np.zeros(len(affected), dtype=bool)
+            blocked[pair_at[blocked_pair]] = True
+            free = pending & ~blocked
+            result[free] = waits[free]
+            pending &= blocked
+            if not pending.any():
+                break
+        slot_wait[at] = result
 
 
 def _nan(value):
@@ -297,7 +339,7 @@ def rank(
     horizon = int(hours * 60)
 
     mask = pool.active & (level > 0) & (pool.open_jobs < pool.max_open)
-    wait = pool.waits(when, horizon, mask)
+    wait = pool.waits(when, horizon, mask, need.category)
     mask &= wait <= horizon
     distance = np.full(len(pool), np.nan)
     if need.lat is not None and need.lon is not None:
