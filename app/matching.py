@@ -329,7 +329,9 @@ def rank(
 ) -> Ranking:
     """Rank the volunteers who can help with the need; never a paused, unskilled,
     unavailable or fully loaded one. Ties go to the lower volunteer id."""
-    pool = volunteers if isinstance(volunteers, Pool) else Pool(volunteers)
+    if not isinstance(volunteers, Pool):
+        volunteers = Pool(volunteers, default_level=weights.default_level)
+    pool = volunteers
     w = weights.weights
     level = pool.levels.get(need.category)
     if level is None or limit <= 0 or not len(pool):

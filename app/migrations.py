@@ -277,6 +277,15 @@ def m0008_people(db):
     )
     db["volunteers"].create_index(["phone"], unique=True)
     db["volunteers"].create_index(["active", "region"])
+    # Bumped by every write to volunteers, however made, so matching knows when the arrays
+    # it keeps are stale.
+    db["volunteers_version"].create({"id": int, "version": int}, pk="id")
+    db["volunteers_version"].insert({"id": 1, "version": 0})
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER volunteers_version_{event.lower()} AFTER {event} ON volunteers"
+            " BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+        )
     db["people"].create(
         {
             "id": int,

@@ -669,6 +669,17 @@ def matching_volunteers(db, stats=None):
     return result
 
 
+def matching_pool(app, db):
+    """Return the active volunteers as a matching.Pool, rebuilt only after the registry changed."""
+    version = db.execute("SELECT version FROM volunteers_version WHERE id = 1").fetchone()[0]
+    cached = app.extensions.get("carecall.matching_pool")
+    if cached is None or cached[0] != version:
+        _, weights = rules_for(app)
+        pool = matching.Pool(matching_volunteers(db), default_level=weights.default_level)
+        cached = app.extensions["carecall.matching_pool"] = (version, pool)
+    return cached[1]
+
+
 def need_for(db, request, rules):
     """Return what a request needs from a volunteer, filled in from the person who asked."""
     person = None

@@ -149,3 +149,16 @@ def test_bad_match_questions(client, db, path, status):
     add_request(db)
     response = client.get(path, headers=bearer(db, "viewer"))
     assert response.status_code == status and response.is_json
+
+
+def test_matches_follow_every_change_to_the_registry(client, db):
+    headers = bearer(db, "coordinator")
+    first = post(client, headers, name="First", phone="+15550000101").json
+    item = add_request(db, category="groceries", region="riverside", language="en")
+    path = f"/api/v1/requests/{item['id']}/matches"
+    assert [m["name"] for m in client.get(path, headers=headers).json["matches"]] == ["First"]
+    client.patch(f"/api/v1/volunteers/{first['id']}", headers=headers, json={"active": False})
+    assert client.get(path, headers=headers).json["matches"] == []
+    # A write that bypasses the API (a CSV import, another process) is seen too.
+    db["volunteers"].update(first["id"], {"active": 1})
+    assert [m["name"] for m in client.get(path, headers=headers).json["matches"]] == ["First"]

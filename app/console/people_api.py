@@ -115,7 +115,7 @@ def request_matches(request_id):
     rules, weights = people.rules_for(current_app)
     ranking = matching.rank(
         people.need_for(db, item, rules),
-        people.matching_volunteers(db),
+        people.matching_pool(current_app, db),
         weights=weights,
         now=datetime.now(UTC),
         tz=ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"]),
