@@ -1,0 +1,153 @@
+"""Console pages for the volunteer registry: list, add, edit, pause and resume."""
+
+from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
+
+from .. import people
+from ..db import get_db
+from .views import bp, require
+
+# The form's fields, in the order the page shows them; active is its own button.
+FORM_FIELDS = (
+    "name",
+    "phone",
+    "languages",
+    "skills",
+    "postcode",
+    "region",
+    "lat",
+    "lon",
+    "availability",
+    "exceptions",
+    "max_open",
+    "training_done",
+    "notes",
+)
+
+
+def _form():
+    """Return the volunteer form's fields as the registry reads them."""
+    form = {k: (request.form.get(k) or "").strip() for k in FORM_FIELDS}
+    form["training_done"] = "yes" if request.form.get("training_done") else "no"
+    return form
+
+
+def _as_form(volunteer):
+    """Return a stored volunteer as the form's text fields."""
+    row = people.csv_row(volunteer)
+    return {k: "" if row.get(k) is None else str(row[k]) for k in FORM_FIELDS}
+
+
+def _errors(exc):
+    """Return a registry error as a message under its form field."""
+    if isinstance(exc, people.DuplicatePhone):
+        return {"phone": str(exc)}
+    field = getattr(exc, "field", "name")
+    field = field if field in FORM_FIELDS else "name"
+    return {field: str(exc).partition(": ")[2] or str(exc)}
+
+
+def _list_page(status=200, *, form=None, errors=None):
+    """Render the registry with the add form."""
+    rules, _ = people.rules_for(current_app)
+    return (
+        render_template(
+            "console/volunteers.html",
+            volunteers=people.list_volunteers(get_db()),
+            form=form or {"max_open": "1"},
+            errors=errors or {},
+            skills=sorted(rules.skills),
+        ),
+        status,
+    )
+
+
+@bp.get("/volunteers")
+@require("view")
+def volunteers():
+    """List every volunteer, paused ones marked, with a form to add one."""
+    return _list_page()
+
+
+@bp.post("/volunteers")
+@require("act")
+def add_volunteer():
+    """Register a volunteer from the form."""
+    rules, _ = people.rules_for(current_app)
+    form = _form()
+    fields = {k: v for k, v in form.items() if v != ""}
+    try:
+        volunteer = people.add_volunteer(get_db(), fields, rules, actor=g.principal.actor)
+    except people.PeopleError as exc:
+        return _list_page(400, form=form, errors=_errors(exc))
+    flash(f"Added volunteer {volunteer['name']}.", "ok")
+    return redirect(url_for("console.volunteers"), code=303)
+
+
+def _volunteer_page(volunteer, status=200, *, form=None, errors=None):
+    """Render one volunteer's edit form."""
+    rules, _ = people.rules_for(current_app)
+    return (
+        render_template(
+            "console/volunteer.html",
+            volunteer=volunteer,
+            form=form or _as_form(volunteer),
+            errors=errors or {},
+            skills=sorted(rules.skills),
+        ),
+        status,
+    )
+
+
+def _get(volunteer_id):
+    """Return the volunteer, or answer 404."""
+    try:
+        return people.get_volunteer(get_db(), volunteer_id)
+    except people.VolunteerNotFound:
+        abort(404)
+
+
+@bp.get("/volunteers/<int:volunteer_id>")
+@require("view")
+def volunteer(volunteer_id):
+    """Show one volunteer's details in an edit form."""
+    return _volunteer_page(_get(volunteer_id))
+
+
+@bp.post("/volunteers/<int:volunteer_id>")
+@require("act")
+def edit_volunteer(volunteer_id):
+    """Save the edit form."""
+    rules, _ = people.rules_for(current_app)
+    before = _get(volunteer_id)
+    form = _form()
+    # An emptied field clears the value; lat/lon left empty are found again from the postcode.
+    changes = {k: (v if v != "" else None) for k, v in form.items()}
+    shown = _as_form(before)
+    if form["postcode"] != shown["postcode"] and (form["lat"], form["lon"]) == (
+        shown["lat"],
+        shown["lon"],
+    ):
+        # A new postcode with the old coordinates untouched: the volunteer has moved.
+        changes["lat"] = changes["lon"] = None
+    try:
+        saved = people.update_volunteer(
+            get_db(), volunteer_id, changes, rules, actor=g.principal.actor
+        )
+    except people.PeopleError as exc:
+        return _volunteer_page(before, 400, form=form, errors=_errors(exc))
+    flash(f"Saved volunteer {saved['name']}.", "ok")
+    return redirect(url_for("console.volunteers"), code=303)
+
+
+@bp.post("/volunteers/<int:volunteer_id>/active")
+@require("act")
+def set_volunteer_active(volunteer_id):
+    """Pause a volunteer (never suggested) or let them be suggested again."""
+    rules, _ = people.rules_for(current_app)
+    name = _get(volunteer_id)["name"]
+    active = request.form.get("active") == "yes"
+    people.update_volunteer(
+        get_db(), volunteer_id, {"active": active}, rules, actor=g.principal.actor
+    )
+    flash(f"{'Resumed' if active else 'Paused'} volunteer {name}.", "ok")
+    return redirect(url_for("console.volunteers"), code=303)
