@@ -21,7 +21,7 @@ import phonenumbers
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import matching
+from . import matching, queue
 from .accounts import cli_actor
 from .availability import (
     BadAvailability,
@@ -622,6 +622,14 @@ def list_people(db, *, limit=None):
     return [_person_public(r) for r in db["people"].rows_where(order_by="id", limit=limit)]
 
 
+def link_request(db, request_id, person_id, *, actor):
+    """Record that a request was made by (or for) a person, audited; return the request."""
+    get_person(db, person_id)
+    return queue.update(
+        db, request_id, {"person_id": person_id}, actor=actor, action="person_linked"
+    )
+
+
 def find_person_by_phone(db, phone):
     """Return the person a caller ID belongs to, or None."""
     row = db.execute("SELECT person_id FROM person_phones WHERE phone = ?", [phone]).fetchone()
@@ -807,6 +815,22 @@ def people_add(name, phones, preferred, **fields):
     except PeopleError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"person {person['id']}: {person['name']}")
+
+
+@people_cli.command("link")
+@with_appcontext
+@click.argument("request_id", type=int)
+@click.argument("person_id", type=int)
+def people_link(request_id, person_id):
+    """Record who a request is for, when caller ID could not tell (a shared or unknown phone).
+
+    Example: flask --app app people link 42 7
+    """
+    try:
+        link_request(get_db(), request_id, person_id, actor=cli_actor())
+    except (PeopleError, queue.RequestNotFound) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"request {request_id} is for person {person_id}")
 
 
 @people_cli.command("list")

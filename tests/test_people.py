@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from app import people
+from app import people, queue
 from app.db import connect, migrate
 from tests.test_console import add_request
 
@@ -276,3 +276,15 @@ def test_migration_links_requests_to_people_and_keeps_search(db):
     assert "person_id" in db["requests"].columns_dict
     triggers = {t.name for t in db.triggers}
     assert {"requests_ai", "requests_ad", "requests_au"} <= triggers
+
+
+def test_people_link_ties_a_request_to_its_person(runner, db, rules):
+    people.add_person(db, {"name": "May Chen", "language": "ko"}, rules, actor="test")
+    item = add_request(db, phone="+15559999999")
+    result = runner.invoke(args=["people", "link", str(item["id"]), "1"])
+    assert result.exit_code == 0, result.output
+    assert people.need_for(db, queue.get(db, item["id"]), rules).person == "May Chen"
+    [event] = [e for e in queue.events(db, item["id"]) if e["action"] == "person_linked"]
+    assert event["detail"] == {"person_id": [None, 1]}
+    missing = runner.invoke(args=["people", "link", str(item["id"]), "9"])
+    assert missing.exit_code != 0 and "no person 9" in missing.output

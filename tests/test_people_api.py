@@ -143,6 +143,7 @@ def test_matches_use_the_callers_language_and_preferred_volunteer(client, db):
         ("/api/v1/requests/1/matches?limit=0", 400),
         ("/api/v1/requests/1/matches?limit=lots", 400),
         ("/api/v1/requests/1/matches?override_language=perhaps", 400),
+        ("/api/v1/requests/1/matches?at=tomorrow", 400),
     ],
 )
 def test_bad_match_questions(client, db, path, status):
@@ -162,3 +163,23 @@ def test_matches_follow_every_change_to_the_registry(client, db):
     # A write that bypasses the API (a CSV import, another process) is seen too.
     db["volunteers"].update(first["id"], {"active": 1})
     assert [m["name"] for m in client.get(path, headers=headers).json["matches"]] == ["First"]
+
+
+@pytest.mark.parametrize(
+    ("at", "expected", "reason"),
+    [
+        ("2026-12-01T10:00", ["Tuesday"], "free at the requested time, until 12:00"),
+        ("2026-12-02T15:00+00:00", ["Wednesday"], "free at the requested time, until 18:00"),
+        ("2026-12-03T10:00", [], None),
+    ],
+)
+def test_matches_at_a_requested_time(client, db, at, expected, reason):
+    headers = bearer(db, "coordinator")
+    post(client, headers, name="Tuesday", phone="+15550000101", availability="tue 09:00-12:00")
+    post(client, headers, name="Wednesday", phone="+15550000102", availability="wed 14:00-18:00")
+    item = add_request(db)
+    path = f"/api/v1/requests/{item['id']}/matches"
+    body = client.get(path, headers=headers, query_string={"at": at}).json
+    assert [m["name"] for m in body["matches"]] == expected
+    if reason:
+        assert reason in body["matches"][0]["reasons"]

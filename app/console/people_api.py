@@ -1,5 +1,6 @@
 """JSON API for volunteers and a request's ranked matches, on the console's API blueprint."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -37,6 +38,15 @@ def _limit(default):
     if not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return limit
+
+
+def _moment(text, tz):
+    """Return an ISO 8601 time as an aware datetime (naive means the coordinators' zone)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ApiError(400, f"at must be a time like 2026-12-01T10:00, not {text!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 
 def _answer_people_error(exc):
@@ -106,19 +116,26 @@ def patch_volunteer(volunteer_id):
 @bp.get("/requests/<int:request_id>/matches")
 @require("view")
 def request_matches(request_id):
-    """Rank volunteers for a request, best first, each with the reasons why."""
+    """Rank volunteers for a request, best first, each with the reasons why.
+
+    `at` asks who is free at that time rather than as soon as possible.
+    """
     db = get_db()
     try:
         item = queue.get(db, request_id)
     except queue.RequestNotFound as exc:
         raise ApiError(404, str(exc)) from exc
     rules, weights = people.rules_for(current_app)
+    tz = ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"])
+    need = people.need_for(db, item, rules)
+    if at := request.args.get("at"):
+        need = replace(need, when=_moment(at, tz))
     ranking = matching.rank(
-        people.need_for(db, item, rules),
+        need,
         people.matching_pool(current_app, db),
         weights=weights,
         now=datetime.now(UTC),
-        tz=ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"]),
+        tz=tz,
         limit=_limit(10),
         override_language=bool(_flag("override_language")),
     )
