@@ -11,8 +11,10 @@ import io
 import json
 import math
 import re
+import sqlite3
 import tomllib
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -424,7 +426,8 @@ def add_volunteer(db, fields, rules, *, actor):
     with db.atomic():
         _refuse_taken_phone(db, checked["phone"], None)
         row = {**_volunteer_row(checked), "created_at": stamp, "updated_at": stamp}
-        volunteer_id = db["volunteers"].insert(row).last_pk
+        with _phone_taken_is_named(checked["phone"]):
+            volunteer_id = db["volunteers"].insert(row).last_pk
         record_event(db, None, actor, "volunteer_added", {"volunteer": volunteer_id})
     return get_volunteer(db, volunteer_id)
 
@@ -441,11 +444,21 @@ def update_volunteer(db, volunteer_id, changes, rules, *, actor):
         checked = check_volunteer(merged, rules)
         _refuse_taken_phone(db, checked["phone"], volunteer_id)
         row = _volunteer_row(checked)
-        db["volunteers"].update(volunteer_id, {**row, "updated_at": now()})
+        with _phone_taken_is_named(checked["phone"]):
+            db["volunteers"].update(volunteer_id, {**row, "updated_at": now()})
         after = get_volunteer(db, volunteer_id)
         diff = {k: [before[k], after[k]] for k in VOLUNTEER_FIELDS if before[k] != after[k]}
         record_event(db, None, actor, "volunteer_changed", {"volunteer": volunteer_id, **diff})
     return after
+
+
+@contextmanager
+def _phone_taken_is_named(phone):
+    """Turn the unique index's refusal (another writer won a race) into DuplicatePhone."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise DuplicatePhone(f"another volunteer already has phone {phone}") from exc
 
 
 def _refuse_taken_phone(db, phone, volunteer_id):
@@ -540,7 +553,8 @@ def import_csv(db, stream, rules, *, actor):
                 db["volunteers"].update(existing[0], {**row, "updated_at": stamp})
                 updated += 1
             else:
-                db["volunteers"].insert({**row, "created_at": stamp, "updated_at": stamp})
+                with _phone_taken_is_named(row["phone"]):
+                    db["volunteers"].insert({**row, "created_at": stamp, "updated_at": stamp})
                 added += 1
         record_event(db, None, actor, "volunteers_imported", {"added": added, "updated": updated})
     return added, updated
@@ -740,7 +754,7 @@ def volunteers_import(file):
     rules, _ = rules_for(current_app)
     try:
         added, updated = import_csv(get_db(), io.StringIO(file.read()), rules, actor=cli_actor())
-    except ImportFailed as exc:
+    except PeopleError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {added + updated} volunteers ({added} new, {updated} updated)")
 
