@@ -602,25 +602,47 @@ def add_person(db, fields, rules, *, actor):
     checked = check_person(fields, rules)
     stamp = now()
     with db.atomic():
-        for volunteer_id in checked["preferred_volunteers"]:
-            if not db["volunteers"].count_where("id = ?", [volunteer_id]):
-                raise BadField("preferred_volunteers", f"no volunteer {volunteer_id}")
-        for phone in checked["phones"]:
-            if db["person_phones"].count_where("phone = ?", [phone]):
-                raise BadField("phones", f"{phone} already belongs to another person")
-        row = {
-            **checked,
-            "phones": json.dumps(checked["phones"]),
-            "preferred_volunteers": json.dumps(checked["preferred_volunteers"]),
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        person_id = db["people"].insert(row).last_pk
-        db["person_phones"].insert_all(
-            {"phone": phone, "person_id": person_id} for phone in checked["phones"]
-        )
+        person_id = db["people"].insert({"name": checked["name"], "created_at": stamp}).last_pk
+        _store_person(db, person_id, checked)
         record_event(db, None, actor, "person_added", {"person": person_id})
     return get_person(db, person_id)
+
+
+def update_person(db, person_id, changes, rules, *, actor):
+    """Change some of a person's fields, checking the whole record again; return them."""
+    with db.atomic():
+        before = get_person(db, person_id)
+        _unknown(changes, PERSON_FIELDS)
+        merged = {k: before[k] for k in PERSON_FIELDS} | dict(changes)
+        if "postcode" in changes and not {"lat", "lon"} & set(changes):
+            # A new postcode moves the person: look its place up again.
+            merged["lat"] = merged["lon"] = None
+        _store_person(db, person_id, check_person(merged, rules))
+        after = get_person(db, person_id)
+        diff = {k: [before[k], after[k]] for k in PERSON_FIELDS if before[k] != after[k]}
+        record_event(db, None, actor, "person_changed", {"person": person_id, **diff})
+    return after
+
+
+def _store_person(db, person_id, checked):
+    """Write a checked person and the phone numbers caller ID finds them by."""
+    for volunteer_id in checked["preferred_volunteers"]:
+        if not db["volunteers"].count_where("id = ?", [volunteer_id]):
+            raise BadField("preferred_volunteers", f"no volunteer {volunteer_id}")
+    for phone in checked["phones"]:
+        if db["person_phones"].count_where("phone = ? AND person_id != ?", [phone, person_id]):
+            raise BadField("phones", f"{phone} already belongs to another person")
+    row = {
+        **checked,
+        "phones": json.dumps(checked["phones"]),
+        "preferred_volunteers": json.dumps(checked["preferred_volunteers"]),
+        "updated_at": now(),
+    }
+    db["people"].update(person_id, row)
+    db["person_phones"].delete_where("person_id = ?", [person_id])
+    db["person_phones"].insert_all(
+        {"phone": phone, "person_id": person_id} for phone in checked["phones"]
+    )
 
 
 def get_person(db, person_id):

@@ -1,4 +1,4 @@
-"""The console's volunteer pages: list, add, edit, pause; in the test client and in Chromium."""
+"""The console's volunteer and people pages: list, add, edit, pause; test client and Chromium."""
 
 import pytest
 
@@ -133,3 +133,81 @@ def test_volunteer_pages_in_chromium_are_accessible(app, db, width):
         assert page.get_by_label("Skills").input_value() == "groceries:3; transport"
         assert_accessible(page, f"volunteer-{width}")
     assert people.get_volunteer(db, 2)["active"] is False
+
+
+PERSON = {
+    "name": "May Chen",
+    "phones": "+15550000001; +15550000002",
+    "language": "ko",
+    "postcode": "E1 6AN",
+    "accessibility": "hard of hearing; speak slowly",
+    "emergency_contact": "Lily Chen +15550000003",
+}
+
+
+def test_people_add_list_and_edit(coordinator, db):
+    post(coordinator, "/console/volunteers", FORM)
+    response = post(coordinator, "/console/people", PERSON | {"preferred_volunteers": "1"})
+    assert response.status_code == 303
+    page = coordinator.get("/console/people").get_data(as_text=True)
+    assert "Added May Chen." in page and 'href="tel:+15550000002"' in page
+    assert "Ann Lee (#1)" in page and "hard of hearing; speak slowly" in page
+    assert people.find_person_by_phone(db, "+15550000002")["name"] == "May Chen"
+    edited = PERSON | {"phones": "+15550000009", "preferred_volunteers": ""}
+    assert post(coordinator, "/console/people/1", edited).status_code == 303
+    assert people.find_person_by_phone(db, "+15550000002") is None
+    person = people.find_person_by_phone(db, "+15550000009")
+    assert (person["preferred_volunteers"], person["region"]) == ([], "riverside")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"phones": "0207"}, "phones", "is not E.164"),
+        ({"preferred_volunteers": "7"}, "preferred_volunteers", "no volunteer 7"),
+        ({"language": "Korean!"}, "language", "not a language code"),
+        ({"name": ""}, "name", "is required"),
+    ],
+)
+def test_a_bad_person_form_says_which_field(coordinator, db, changes, field, words):
+    response = post(coordinator, "/console/people", PERSON | changes)
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert f'id="v-{field}-error"' in page and words in page
+    assert db["people"].count == 0 and db["person_phones"].count == 0
+
+
+def test_a_phone_belongs_to_one_person(coordinator, db):
+    post(coordinator, "/console/people", PERSON)
+    response = post(coordinator, "/console/people", PERSON | {"name": "Someone Else"})
+    assert response.status_code == 400 and "already belongs to another person" in response.text
+    assert db["people"].count == 1
+
+
+@pytest.mark.browser
+def test_people_pages_in_chromium_are_accessible(app, db):
+    make_user(db, "amy", "coordinator")
+    rules = people.rules_for(app)[0]
+    people.add_person(db, {**PERSON, "phones": "+15550000007"}, rules, actor="t")
+    with live_server(app) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 900})
+        page.goto(base + "/console/login")
+        page.get_by_label("Name").fill("amy")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(base + "/console/")
+        page.get_by_role("link", name="People served").click()
+        page.get_by_label("Name", exact=True).fill("Ada Park")
+        page.get_by_label("Phones").fill("12")
+        page.get_by_role("button", name="Add person").click()
+        assert "is not E.164" in page.locator("#v-phones-error").inner_text()
+        assert_accessible(page, "people-error-390")
+        page.get_by_label("Phones").fill("+15550000008")
+        page.get_by_role("button", name="Add person").click()
+        page.get_by_text("Added Ada Park.").wait_for()
+        assert_accessible(page, "people-390")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.get_by_role("link", name="May Chen").click()
+        assert page.get_by_label("Accessibility").input_value() == PERSON["accessibility"]
+        assert_accessible(page, "person-390")
+    assert people.find_person_by_phone(db, "+15550000008")["name"] == "Ada Park"

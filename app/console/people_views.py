@@ -1,4 +1,4 @@
-"""Console pages for the volunteer registry: list, add, edit, pause and resume."""
+"""Console pages for volunteers (list, add, edit, pause, resume) and the people served."""
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
@@ -151,3 +151,130 @@ def set_volunteer_active(volunteer_id):
     )
     flash(f"{'Resumed' if active else 'Paused'} volunteer {name}.", "ok")
     return redirect(url_for("console.volunteers"), code=303)
+
+
+# ---- people served ----------------------------------------------------------------------
+
+PERSON_FORM_FIELDS = (
+    "name",
+    "phones",
+    "language",
+    "address",
+    "postcode",
+    "region",
+    "lat",
+    "lon",
+    "accessibility",
+    "preferred_volunteers",
+    "emergency_contact",
+    "notes",
+)
+
+
+def _person_form():
+    """Return the person form's fields as the registry reads them."""
+    return {k: (request.form.get(k) or "").strip() for k in PERSON_FORM_FIELDS}
+
+
+def _person_as_form(person):
+    """Return a stored person as the form's text fields."""
+    form = {k: "" if person.get(k) is None else str(person[k]) for k in PERSON_FORM_FIELDS}
+    form["phones"] = "; ".join(person["phones"])
+    form["preferred_volunteers"] = "; ".join(str(i) for i in person["preferred_volunteers"])
+    return form
+
+
+def _person_errors(exc):
+    """Return a registry error as a message under its form field."""
+    field = getattr(exc, "field", "name")
+    field = field if field in PERSON_FORM_FIELDS else "name"
+    return {field: str(exc).partition(": ")[2] or str(exc)}
+
+
+def _people_page(status=200, *, form=None, errors=None):
+    """Render the people served with the add form."""
+    db = get_db()
+    names = {v["id"]: v["name"] for v in people.list_volunteers(db)}
+    return (
+        render_template(
+            "console/people.html",
+            people=people.list_people(db),
+            volunteer_names=names,
+            form=form or {},
+            errors=errors or {},
+        ),
+        status,
+    )
+
+
+@bp.get("/people")
+@require("view")
+def people_served():
+    """List the people CareCall serves, with a form to add one."""
+    return _people_page()
+
+
+@bp.post("/people")
+@require("act")
+def add_person():
+    """Register a person served from the form."""
+    rules, _ = people.rules_for(current_app)
+    form = _person_form()
+    fields = {k: v for k, v in form.items() if v != ""}
+    try:
+        person = people.add_person(get_db(), fields, rules, actor=g.principal.actor)
+    except people.PeopleError as exc:
+        return _people_page(400, form=form, errors=_person_errors(exc))
+    flash(f"Added {person['name']}.", "ok")
+    return redirect(url_for("console.people_served"), code=303)
+
+
+def _person_page(person, status=200, *, form=None, errors=None):
+    """Render one person's edit form."""
+    return (
+        render_template(
+            "console/person.html",
+            person=person,
+            form=form or _person_as_form(person),
+            errors=errors or {},
+        ),
+        status,
+    )
+
+
+def _get_person(person_id):
+    """Return the person, or answer 404."""
+    try:
+        return people.get_person(get_db(), person_id)
+    except people.PersonNotFound:
+        abort(404)
+
+
+@bp.get("/people/<int:person_id>")
+@require("view")
+def person(person_id):
+    """Show one person's details in an edit form."""
+    return _person_page(_get_person(person_id))
+
+
+@bp.post("/people/<int:person_id>")
+@require("act")
+def edit_person(person_id):
+    """Save a person's edit form."""
+    rules, _ = people.rules_for(current_app)
+    before = _get_person(person_id)
+    form = _person_form()
+    changes = {k: (v if v != "" else None) for k, v in form.items()}
+    shown = _person_as_form(before)
+    if form["postcode"] != shown["postcode"] and (form["lat"], form["lon"]) == (
+        shown["lat"],
+        shown["lon"],
+    ):
+        # A new postcode with the old coordinates untouched: the person has moved.
+        changes["lat"] = changes["lon"] = None
+    try:
+        saved = people.update_person(get_db(), person_id, changes, rules, actor=g.principal.actor)
+    except people.PeopleError as exc:
+        return _person_page(before, 400, form=form, errors=_person_errors(exc))
+    flash(f"Saved {saved['name']}.", "ok")
+    return redirect(url_for("console.people_served"), code=303)
