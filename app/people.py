@@ -15,8 +15,10 @@ import sqlite3
 import tomllib
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 import phonenumbers
@@ -722,6 +724,24 @@ def matching_pool(app, db):
         pool = matching.Pool(matching_volunteers(db), default_level=weights.default_level)
         cached = app.extensions["carecall.matching_pool"] = (version, pool)
     return cached[1]
+
+
+def suggest(app, db, request, *, when=None, override_language=False, limit=10):
+    """Rank volunteers for a request as of now (or for `when`); return (need, ranking)."""
+    rules, weights = rules_for(app)
+    need = need_for(db, request, rules)
+    if when is not None:
+        need = replace(need, when=when)
+    ranking = matching.rank(
+        need,
+        matching_pool(app, db),
+        weights=weights,
+        now=datetime.now(UTC),
+        tz=ZoneInfo(app.config["COORDINATOR_TIMEZONE"]),
+        limit=limit,
+        override_language=override_language,
+    )
+    return need, ranking
 
 
 def need_for(db, request, rules):

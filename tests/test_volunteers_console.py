@@ -4,7 +4,7 @@ import pytest
 
 from app import people
 from tests.browser import assert_accessible, chromium, live_server
-from tests.test_console import PASSWORD, as_role, csrf_token, make_user
+from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
 
 FORM = {
     "name": "Ann Lee",
@@ -211,3 +211,62 @@ def test_people_pages_in_chromium_are_accessible(app, db):
         assert page.get_by_label("Accessibility").input_value() == PERSON["accessibility"]
         assert_accessible(page, "person-390")
     assert people.find_person_by_phone(db, "+15550000008")["name"] == "Ada Park"
+
+
+ALWAYS = "; ".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+
+
+def registry(app, db):
+    """Register three volunteers and May Chen, who speaks Korean; return her request."""
+    rules = people.rules_for(app)[0]
+    for name, phone, languages, postcode, active in (
+        ("Ann Lee", "+15550000101", "en; ko", "E1 6AN", "yes"),
+        ("Bo Kim", "+15550000102", "ko", "old town", "yes"),
+        ("Cy Paused", "+15550000103", "ko", "E1 6AN", "no"),
+        ("Di English", "+15550000104", "en", "E1 6AN", "yes"),
+    ):
+        fields = FORM | {"name": name, "phone": phone, "languages": languages}
+        fields |= {"postcode": postcode, "active": active, "availability": ALWAYS}
+        people.add_volunteer(db, fields, rules, actor="t")
+    people.add_person(db, PERSON, rules, actor="t")
+    return add_request(db, phone="+15550000001", category="groceries")
+
+
+def test_request_page_links_to_ranked_suggestions(app, db, coordinator):
+    item = registry(app, db)
+    detail = coordinator.get(f"/console/requests/{item['id']}").get_data(as_text=True)
+    assert f'href="/console/requests/{item["id"]}/matches"' in detail
+    page = coordinator.get(f"/console/requests/{item['id']}/matches").get_data(as_text=True)
+    assert page.index("Ann Lee") < page.index("Bo Kim")
+    assert "Cy Paused" not in page and "Di English" not in page
+    assert "For May Chen, riverside." in page and "2 who could help speak Korean." in page
+    assert "speaks Korean (2 volunteers do)" in page and 'href="tel:+15550000101"' in page
+    aside = coordinator.get(f"/console/requests/{item['id']}/matches?override_language=yes")
+    assert "Di English" in aside.get_data(as_text=True)
+
+
+def test_a_bad_time_is_400_with_the_field_marked(app, db, coordinator):
+    item = registry(app, db)
+    response = coordinator.get(f"/console/requests/{item['id']}/matches?at=soon")
+    assert response.status_code == 400 and 'id="m-at-error"' in response.text
+
+
+@pytest.mark.browser
+def test_matches_page_in_chromium_is_accessible(app, db):
+    make_user(db, "amy", "viewer")
+    item = registry(app, db)
+    with live_server(app) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 900})
+        page.goto(base + "/console/login")
+        page.get_by_label("Name").fill("amy")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(base + "/console/")
+        page.goto(f"{base}/console/requests/{item['id']}")
+        page.get_by_role("link", name="Suggested volunteers for this request").click()
+        assert page.get_by_role("heading", level=3).first.inner_text().startswith("Ann Lee")
+        assert_accessible(page, "matches-390")
+        page.get_by_label("Also suggest volunteers who do not speak Korean").check()
+        page.get_by_role("button", name="Suggest again").click()
+        page.get_by_role("link", name="Di English").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390

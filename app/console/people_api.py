@@ -1,12 +1,11 @@
 """JSON API for volunteers and a request's ranked matches, on the console's API blueprint."""
 
-from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from flask import current_app, g, jsonify, request
 
-from .. import matching, people, queue
+from .. import people, queue
 from ..db import get_db
 from .api import ApiError, bp, require
 
@@ -125,18 +124,14 @@ def request_matches(request_id):
         item = queue.get(db, request_id)
     except queue.RequestNotFound as exc:
         raise ApiError(404, str(exc)) from exc
-    rules, weights = people.rules_for(current_app)
+    at = request.args.get("at")
     tz = ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"])
-    need = people.need_for(db, item, rules)
-    if at := request.args.get("at"):
-        need = replace(need, when=_moment(at, tz))
-    ranking = matching.rank(
-        need,
-        people.matching_pool(current_app, db),
-        weights=weights,
-        now=datetime.now(UTC),
-        tz=tz,
-        limit=_limit(10),
+    _, ranking = people.suggest(
+        current_app,
+        db,
+        item,
+        when=_moment(at, tz) if at else None,
         override_language=bool(_flag("override_language")),
+        limit=_limit(10),
     )
     return jsonify(request_id=request_id, **ranking.to_dict())

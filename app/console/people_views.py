@@ -1,8 +1,11 @@
-"""Console pages for volunteers (list, add, edit, pause, resume) and the people served."""
+"""Console pages: volunteers (list, add, edit, pause), people served, a request's matches."""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
-from .. import people
+from .. import people, queue
 from ..db import get_db
 from .views import bp, require
 
@@ -278,3 +281,44 @@ def edit_person(person_id):
         return _person_page(before, 400, form=form, errors=_person_errors(exc))
     flash(f"Saved {saved['name']}.", "ok")
     return redirect(url_for("console.people_served"), code=303)
+
+
+# ---- suggested volunteers for a request -------------------------------------------------
+
+
+@bp.get("/requests/<int:request_id>/matches")
+@require("view")
+def matches(request_id):
+    """Show the volunteers best suited to a request, each with the reasons why."""
+    db = get_db()
+    try:
+        item = queue.get(db, request_id)
+    except queue.RequestNotFound:
+        abort(404)
+    tz = ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"])
+    at, error = request.args.get("at") or "", None
+    when = None
+    if at:
+        try:
+            when = datetime.fromisoformat(at).replace(tzinfo=tz)
+        except ValueError:
+            error = "Enter a date and time, or leave it empty for as soon as possible."
+    override = request.args.get("override_language") == "yes"
+    need, ranking = people.suggest(current_app, db, item, when=when, override_language=override)
+    _, weights = people.rules_for(current_app)
+    language = weights.language_name(need.language) if need.language else None
+    return (
+        render_template(
+            "console/matches.html",
+            item=item,
+            need=need,
+            ranking=ranking,
+            language=language,
+            at=at,
+            error=error,
+            override=override,
+            timezone=current_app.config["COORDINATOR_TIMEZONE"],
+            phones={v["id"]: v["phone"] for v in people.list_volunteers(db, active=True)},
+        ),
+        400 if error else 200,
+    )
