@@ -306,22 +306,26 @@ def could_help(v, need, now, horizon_minutes):
     category=st.sampled_from(CATEGORIES),
     language=st.none() | st.sampled_from(("en", "ko", "es")),
     minutes=st.integers(0, 14 * 1440),
+    requested=st.none() | st.integers(0, 7 * 1440),
+    preferred=st.lists(st.integers(1, 30), max_size=3).map(tuple),
     limit=st.integers(1, 12),
 )
 def test_never_suggests_paused_unskilled_unavailable_or_fully_loaded(
-    rows, category, language, minutes, limit
+    rows, category, language, minutes, requested, preferred, limit
 ):
     pool = [Volunteer(id=i + 1, name=f"V{i + 1}", **row) for i, row in enumerate(rows)]
     now = START + timedelta(minutes=minutes)
-    need = Need(category, language, "riverside", *HOME)
+    when = None if requested is None else now + timedelta(minutes=requested)
+    need = Need(category, language, "riverside", *HOME, when=when, preferred=preferred)
     ranking = rank(need, pool, weights=WEIGHTS, now=now, limit=limit)
-    horizon = int(WEIGHTS.horizon_hours * 60)
-    allowed = {v.id for v in pool if could_help(v, need, now, horizon)}
+    hours = WEIGHTS.horizon_hours if when is None else WEIGHTS.requested_horizon_hours
+    allowed = {v.id for v in pool if could_help(v, need, when or now, int(hours * 60))}
     found = ids(ranking)
     assert set(found) <= allowed
     assert len(found) == len(set(found)) <= limit
     if language is None:
         assert ranking.eligible == len(allowed)
         assert len(found) == min(limit, len(allowed))
-    scores = [m.score for m in ranking.matches]
-    assert scores == sorted(scores, reverse=True)
+    # Preferred volunteers first, then by score.
+    keys = [(not m.preferred, -m.score) for m in ranking.matches]
+    assert keys == sorted(keys)
