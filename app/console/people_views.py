@@ -149,10 +149,15 @@ def set_volunteer_active(volunteer_id):
     rules, _ = people.rules_for(current_app)
     name = _get(volunteer_id)["name"]
     active = request.form.get("active") == "yes"
-    people.update_volunteer(
-        get_db(), volunteer_id, {"active": active}, rules, actor=g.principal.actor
-    )
-    flash(f"{'Resumed' if active else 'Paused'} volunteer {name}.", "ok")
+    try:
+        people.update_volunteer(
+            get_db(), volunteer_id, {"active": active}, rules, actor=g.principal.actor
+        )
+    except people.PeopleError as exc:
+        # The stored record no longer passes today's rules (e.g. a skill was retired).
+        flash(f"Could not change {name}: {exc}. Edit the volunteer first.", "error")
+    else:
+        flash(f"{'Resumed' if active else 'Paused'} volunteer {name}.", "ok")
     return redirect(url_for("console.volunteers"), code=303)
 
 
