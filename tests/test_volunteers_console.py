@@ -270,3 +270,13 @@ def test_matches_page_in_chromium_is_accessible(app, db):
         page.get_by_role("button", name="Suggest again").click()
         page.get_by_role("link", name="Di English").wait_for()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_pausing_a_volunteer_who_no_longer_passes_the_rules_says_why(coordinator, db):
+    post(coordinator, "/console/volunteers", FORM)
+    db["volunteers"].update(1, {"skills": '{"knitting": null}'})  # a skill since retired
+    response = post(coordinator, "/console/volunteers/1/active", {"active": "no"})
+    assert response.status_code == 303
+    page = coordinator.get("/console/volunteers").get_data(as_text=True)
+    assert "Could not change Ann Lee: skills: unknown skill" in page
+    assert people.get_volunteer(db, 1)["active"] is True
