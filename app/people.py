@@ -435,7 +435,13 @@ def add_volunteer(db, fields, rules, *, actor):
 
 
 def update_volunteer(db, volunteer_id, changes, rules, *, actor):
-    """Change some of a volunteer's fields, checking the whole record again; return it."""
+    """Change some of a volunteer's fields, checking the whole record again; return it.
+
+    Pausing alone is never refused, even when the stored record no longer passes the rules
+    (a skill since retired): stopping suggestions must always work.
+    """
+    if set(changes) == {"active"} and parse_flag(changes["active"], "active") is False:
+        return _pause(db, volunteer_id, actor=actor)
     with db.atomic():
         before = get_volunteer(db, volunteer_id)
         _unknown(changes, VOLUNTEER_FIELDS)
@@ -452,6 +458,16 @@ def update_volunteer(db, volunteer_id, changes, rules, *, actor):
         diff = {k: [before[k], after[k]] for k in VOLUNTEER_FIELDS if before[k] != after[k]}
         record_event(db, None, actor, "volunteer_changed", {"volunteer": volunteer_id, **diff})
     return after
+
+
+def _pause(db, volunteer_id, *, actor):
+    """Pause a volunteer, audited; return them."""
+    with db.atomic():
+        before = get_volunteer(db, volunteer_id)
+        db["volunteers"].update(volunteer_id, {"active": 0, "updated_at": now()})
+        diff = {"active": [before["active"], False]} if before["active"] else {}
+        record_event(db, None, actor, "volunteer_changed", {"volunteer": volunteer_id, **diff})
+    return get_volunteer(db, volunteer_id)
 
 
 @contextmanager

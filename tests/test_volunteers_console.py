@@ -272,11 +272,13 @@ def test_matches_page_in_chromium_is_accessible(app, db):
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
-def test_pausing_a_volunteer_who_no_longer_passes_the_rules_says_why(coordinator, db):
+def test_a_volunteer_who_no_longer_passes_the_rules_can_be_paused_not_resumed(coordinator, db):
     post(coordinator, "/console/volunteers", FORM)
     db["volunteers"].update(1, {"skills": '{"knitting": null}'})  # a skill since retired
-    response = post(coordinator, "/console/volunteers/1/active", {"active": "no"})
+    assert post(coordinator, "/console/volunteers/1/active", {"active": "no"}).status_code == 303
+    assert people.get_volunteer(db, 1)["active"] is False
+    response = post(coordinator, "/console/volunteers/1/active", {"active": "yes"})
     assert response.status_code == 303
     page = coordinator.get("/console/volunteers").get_data(as_text=True)
     assert "Could not change Ann Lee: skills: unknown skill" in page
-    assert people.get_volunteer(db, 1)["active"] is True
+    assert people.get_volunteer(db, 1)["active"] is False
