@@ -330,3 +330,75 @@ def m0005_workers(db):
                 "created_at": stamp,
             }
         )
+
+
+@migrations(name="0008_people")
+def m0008_people(db):
+    """Create the volunteer and people-served registries and link requests to a person."""
+    db["volunteers"].create(
+        {
+            "id": int,
+            "name": str,
+            "phone": str,  # E.164
+            "languages": str,  # JSON list of language codes
+            "skills": str,  # JSON object: demand category -> level (null: no level given)
+            "region": str,
+            "postcode": str,  # or neighbourhood, resolved to lat/lon from ivr_flows/places.toml
+            "lat": float,
+            "lon": float,
+            "availability": str,  # weekly slots: "mon 09:00-12:00; wed 14:00-18:00"
+            "exceptions": str,  # holidays: "2026-12-24; 2026-12-27..2027-01-02"
+            "max_open": int,  # open assignments at most
+            "active": int,  # 0: paused, never suggested
+            "training_done": int,
+            "notes": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"name", "phone", "max_open", "active", "training_done", "created_at"},
+        defaults={"active": 1, "training_done": 0, "max_open": 1},
+    )
+    db["volunteers"].create_index(["phone"], unique=True)
+    db["volunteers"].create_index(["active", "region"])
+    # Bumped by every write to volunteers, however made, so matching knows when the arrays
+    # it keeps are stale.
+    db["volunteers_version"].create({"id": int, "version": int}, pk="id")
+    db["volunteers_version"].insert({"id": 1, "version": 0})
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER volunteers_version_{event.lower()} AFTER {event} ON volunteers"
+            " BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+        )
+    db["people"].create(
+        {
+            "id": int,
+            "name": str,
+            "phones": str,  # JSON list, E.164; looked up through person_phones
+            "address": str,
+            "postcode": str,
+            "lat": float,
+            "lon": float,
+            "region": str,
+            "language": str,
+            "accessibility": str,  # e.g. "hard of hearing; speak slowly"
+            "preferred_volunteers": str,  # JSON list of volunteer ids, first choice first
+            "emergency_contact": str,
+            "notes": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"name", "created_at"},
+    )
+    # Caller ID finds the person: one row per number, so the lookup is an index hit.
+    db["person_phones"].create(
+        {"phone": str, "person_id": int},
+        pk="phone",
+        foreign_keys=[("person_id", "people", "id")],
+    )
+    db["person_phones"].create_index(["person_id"])
+    # Plain ALTER TABLE: sqlite-utils' add_column(fk=...) rebuilds the table and drops the
+    # full-text triggers.
+    db.execute("ALTER TABLE requests ADD COLUMN person_id INTEGER REFERENCES people(id)")
+    db["requests"].create_index(["person_id"])
