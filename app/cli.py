@@ -10,10 +10,10 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import jobs, pipeline
+from . import jobs, pipeline, recordings
 from .accounts import create_user, hasher_for
 from .classify import classify, load_categories
-from .db import connect, migrate
+from .db import connect, get_db, migrate
 from .queue import CHANNELS
 from .speech import SpeechError, load_audio
 from .speech.models import models_cli
@@ -122,6 +122,7 @@ def serve_command(host, port):
 
     app = current_app._get_current_object()
     migrate(app.config["DATABASE"])
+    click.echo(sweep_data(app))
     worker = jobs.start_worker(app) if app.config["WORKER"] == "inprocess" else None
     for line in banner(app, f"http://{host}:{port}", first_admin(app), worker is not None):
         click.echo(line)
@@ -130,6 +131,12 @@ def serve_command(host, port):
     finally:
         if worker:
             worker.stop()
+
+
+def sweep_data(app):
+    """Tidy what a crash left in the data directory; return one line saying what was done."""
+    data_dir = app.config["DATA_DIR"]
+    return recordings.sweep(data_dir, get_db()).line(data_dir)
 
 
 def first_admin(app):

@@ -15,6 +15,7 @@ import click
 from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
+from . import recordings
 from .db import get_db
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,8 @@ def worker_command(burst):
     Example: flask --app app worker
     """
     app = current_app._get_current_object()
+    data_dir = app.config["DATA_DIR"]
+    click.echo(recordings.sweep(data_dir, get_db()).line(data_dir))
     if burst:
         click.echo(f"ran {drain(app)} job(s)")
         return

@@ -126,5 +126,11 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path):
         server.terminate()
         output = server.communicate(timeout=10)[0]
     assert health["ok"] is True
-    for where in ("/console/", "/kiosk", "/twilio/voice", "first login: user admin, password"):
+    for where in (
+        "/console/",
+        "/kiosk",
+        "/twilio/voice",
+        "first login: user admin, password",
+        "swept ",
+    ):
         assert where in output

@@ -1,16 +1,21 @@
 """Storage that waits and retries: concurrent writers, unwritable databases, recordings on disk."""
 
 import contextlib
+import io
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from app import queue
-from app.db import connect, migrate
+from app import pipeline, queue, recordings
+from app.db import connect, get_db, migrate
+from app.kiosk import devices
+from tests import speechgen
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,3 +142,179 @@ def test_unwritable_database_is_one_clear_line(tmp_path, what, command):
     lines = done.stderr.strip().splitlines()
     assert (done.returncode, len(lines)) == (1, 1), done.stderr
     assert lines[0].startswith(f"Error: database {database} cannot be written: ")
+
+
+# --- recordings: written under a temporary name, published with their request ------------
+
+
+@pytest.fixture(scope="module")
+def recording():
+    """Return a real spoken recording as WAV bytes."""
+    return speechgen.render("Could somebody help me with my shopping this week?").read_bytes()
+
+
+@pytest.fixture
+def kiosk_token(app):
+    """Register a kiosk and return its Authorization header."""
+    with app.app_context():
+        return {"Authorization": f"Bearer {devices.add(get_db(), 'Riverside', region='r')[1]}"}
+
+
+def upload(client, headers, data, client_id="rec-00001"):
+    """Post a recording the way the kiosk page does."""
+    form = {"audio": (io.BytesIO(data), "audio.wav"), "client_id": client_id}
+    return client.post(
+        "/api/v1/voicemail", data=form, headers=headers, content_type="multipart/form-data"
+    )
+
+
+def files_under(folder):
+    """Return every file under folder, relative to it."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+# A trigger makes the database refuse one row, the way a real constraint or I/O error would.
+REFUSE = (
+    "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.action = '{}'"
+    " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+)
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        "received",  # inside receive(), before the file is published
+        "uploaded",  # after receive() published it, in the kiosk's own transaction
+    ],
+)
+def test_a_failed_save_leaves_no_recording(app, db, client, kiosk_token, recording, refused):
+    db.execute(REFUSE.format(refused))
+    with pytest.raises(sqlite3.IntegrityError, match="refused by test"):
+        upload(client, kiosk_token, recording)
+    assert db["requests"].count == 0
+    assert files_under(app.config["DATA_DIR"]) == []
+    db.execute("DROP TRIGGER refuse")
+    response = upload(client, kiosk_token, recording)
+    assert response.status_code == 202, response.json
+    stored = queue.get(db, response.json["id"])["audio_path"]
+    assert files_under(app.config["DATA_DIR"]) == [stored]
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(folder, size):
+    """Mount a real filesystem of size bytes at folder (a tmpfs; needs root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr!r}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", folder], check=True)
+
+
+# Room on the data disk, as a share of the recording's size.
+ROOM = [
+    pytest.param(0.5, id="the upload itself does not fit"),
+    pytest.param(1.5, id="the upload fits, its saved copy does not"),
+]
+
+
+@pytest.mark.parametrize("room", ROOM)
+def test_full_disk_is_507_json_for_the_kiosk_and_leaves_nothing(
+    make_app, tmp_path, recording, room
+):
+    data = tmp_path / "small"
+    with small_disk(data, int(len(recording) * room)):
+        app = make_app(DATA_DIR=str(data))
+        with app.app_context():
+            token = devices.add(get_db(), "Riverside", region="r")[1]
+        response = upload(app.test_client(), {"Authorization": f"Bearer {token}"}, recording)
+        assert response.status_code == 507
+        assert response.json["error"] == "storage_full"
+        assert "no room" in response.json["message"] and "Errno" not in response.json["message"]
+        assert files_under(data) == []
+        assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+@pytest.mark.parametrize("audio", ["bytes", "file"])
+def test_receive_on_a_full_disk_raises_storage_full_and_saves_nothing(
+    make_app, tmp_path, recording, audio
+):
+    source = tmp_path / "call.wav"
+    source.write_bytes(recording)
+    data = tmp_path / "small"
+    with small_disk(data, len(recording) // 2):
+        app = make_app(DATA_DIR=str(data))
+        with app.app_context(), pytest.raises(recordings.StorageFull):
+            given = recording if audio == "bytes" else str(source)
+            pipeline.receive(get_db(), given, channel="voicemail", source_key="RE1")
+        assert files_under(data) == []
+        assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+# --- the start-up sweep ---------------------------------------------------------------------
+
+HOUR = 3600
+# (file under DATA_DIR, age in seconds, named by a request?) -> where it is after the sweep.
+LEFTOVERS = [
+    ("recordings/2026/01/02/crashed.wav.part", 2 * HOUR, False, None),
+    (
+        "recordings/2026/01/02/saving-now.wav.part",
+        60,
+        False,
+        "recordings/2026/01/02/saving-now.wav.part",
+    ),
+    ("incoming/upload-killed.part", 2 * HOUR, False, None),
+    ("incoming/upload-arriving.part", 60, False, "incoming/upload-arriving.part"),
+    (
+        "recordings/2026/01/02/unclaimed.wav",
+        2 * HOUR,
+        False,
+        "orphans/recordings/2026/01/02/unclaimed.wav",
+    ),
+    ("recordings/2026/01/02/publishing.wav", 60, False, "recordings/2026/01/02/publishing.wav"),
+    ("recordings/2026/01/02/kept.wav", 2 * HOUR, True, "recordings/2026/01/02/kept.wav"),
+    ("kiosk-speech/prompt.wav", 2 * HOUR, False, "kiosk-speech/prompt.wav"),
+]
+
+
+def leave(app, db):
+    """Leave the files of LEFTOVERS in the app's data directory, with their ages."""
+    data = Path(app.config["DATA_DIR"])
+    for name, age, claimed, _ in LEFTOVERS:
+        path = data / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"RIFF" + name.encode())
+        os.utime(path, (time.time() - age, time.time() - age))
+        if claimed:
+            queue.create(db, channel="kiosk", audio_path=name)
+
+
+def test_sweep_removes_old_parts_and_moves_unclaimed_recordings(app, db):
+    leave(app, db)
+    data = Path(app.config["DATA_DIR"])
+    swept = recordings.sweep(data, db)
+    assert (swept.parts_removed, swept.orphans_moved) == (2, 1)
+    assert files_under(data) == sorted(where for *_, where in LEFTOVERS if where)
+    moved = data / "orphans/recordings/2026/01/02/unclaimed.wav"
+    assert moved.read_bytes() == b"RIFFrecordings/2026/01/02/unclaimed.wav"
+
+
+def test_worker_start_up_sweeps_and_says_so(app, db, runner):
+    leave(app, db)
+    result = runner.invoke(args=["worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    data = app.config["DATA_DIR"]
+    assert (
+        f"swept {data}: 2 unfinished file(s) removed, 1 unclaimed recording(s) moved to"
+        f" {Path(data) / 'orphans'}"
+    ) in result.output
