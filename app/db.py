@@ -208,8 +208,11 @@ def migrate(path):
     try:
         # Found out now, in one line, rather than by the first request that saves something.
         check_writable(db, path)
-        pending = [m.name for m in migrations.pending(db)]
-        migrations.apply(db)
+        # One transaction holds the write lock throughout: a second process starting at the
+        # same moment waits, then finds nothing pending, instead of applying them again.
+        with db.atomic():
+            pending = [m.name for m in migrations.pending(db)]
+            migrations.apply(db)
         return pending
     finally:
         db.close()

@@ -76,6 +76,33 @@ def test_concurrent_writers_wait_instead_of_failing(tmp_path, threads, processes
     assert db["events"].count == 2 * (threads + processes) * rounds
 
 
+def test_processes_starting_together_migrate_once(tmp_path):
+    path, go = tmp_path / "fresh.db", tmp_path / "go"
+    # Each process waits for the same signal, so they all migrate at the same moment.
+    script = (
+        "import sys, time, pathlib; from app.db import migrate\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.005)\n"
+        "print(len(migrate(sys.argv[1])))"
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), str(go)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(2)  # time to import the app
+    go.touch()
+    done = [(child.wait(timeout=120), *child.communicate()) for child in children]
+    assert [code for code, *_ in done] == [0] * 4, [err for *_, err in done]
+    # Exactly one process applied the migrations; the others found nothing pending.
+    applied = sorted(int(out) for _, out, _ in done)
+    assert applied[:3] == [0, 0, 0] and applied[3] > 0
+
+
 # --- a database that cannot be written ----------------------------------------------------
 
 
