@@ -3,11 +3,15 @@
 import contextlib
 import io
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -101,6 +105,97 @@ def test_processes_starting_together_migrate_once(tmp_path):
     # Exactly one process applied the migrations; the others found nothing pending.
     applied = sorted(int(out) for _, out, _ in done)
     assert applied[:3] == [0, 0, 0] and applied[3] > 0
+
+
+@contextlib.contextmanager
+def served(tmp_path):
+    """Run `flask serve` (threaded, no in-process worker) in a subprocess; yield its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = carecall_env(tmp_path, tmp_path / "served.db") | {
+        "CARECALL_WORKER": "none",
+        "CARECALL_PASSWORD_HASH_MEMORY_KIB": "8192",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz").close()
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def post_upload(base, token, data, client_id):
+    """Send one kiosk upload over HTTP; return the status code."""
+    boundary = "carecallboundary"
+    body = b"".join(
+        [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="client_id"\r\n\r\n'
+            f"{client_id}\r\n".encode(),
+            f'--{boundary}\r\nContent-Disposition: form-data; name="audio";'
+            f' filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'.encode(),
+            data,
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+    request = urllib.request.Request(
+        f"{base}/api/v1/voicemail",
+        data=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_real_server_under_parallel_uploads_and_another_writer(tmp_path, recording):
+    with served(tmp_path) as base:
+        database = tmp_path / "served.db"
+        db = connect(database)
+        token = devices.add(db, "Riverside", region="r")[1]
+        # Another process writes all the while, as a worker or a second server would.
+        other = subprocess.Popen(
+            [sys.executable, "-c", HAMMER_SCRIPT, str(database), "other", "60"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(
+                pool.map(
+                    lambda n: post_upload(base, token, recording, f"upload-{n:04d}"), range(40)
+                )
+            )
+        assert other.communicate(timeout=120)[0].splitlines()[0] == "0"
+    assert sorted(set(statuses)) == [202]
+    kiosk_requests = list(db["requests"].rows_where("channel = 'kiosk' AND audio_path IS NOT NULL"))
+    assert len(kiosk_requests) == 40
+    data = tmp_path / "data"
+    assert files_under(data / "recordings") == sorted(
+        str(Path(r["audio_path"]).relative_to("recordings")) for r in kiosk_requests
+    )
+    assert files_under(data / "incoming") == []
 
 
 # --- a database that cannot be written ----------------------------------------------------
