@@ -128,7 +128,8 @@ class CareCallDatabase(Database):
                     raise
                 if attempt == LOCK_ATTEMPTS:
                     raise DatabaseBusy(
-                        f"the database stayed locked by another writer ({LOCK_ATTEMPTS} tries)"
+                        "The database stayed busy with other work, so this was not saved;"
+                        " try again in a moment."
                     ) from exc
                 time.sleep(random.uniform(*LOCK_PAUSE_SECONDS))
 

@@ -440,3 +440,42 @@ def test_worker_start_up_sweeps_and_says_so(app, db, runner):
         f"swept {data}: 2 unfinished file(s) removed, 1 unclaimed recording(s) moved to"
         f" {Path(data) / 'orphans'}"
     ) in result.output
+
+
+# --- a lock that outlasts the busy timeout ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("held", "status"),
+    [
+        (1.0, 202),  # longer than one wait of 0.5 s: the retry after a pause gets the lock
+        (None, 503),  # never let go: a clear "busy" answer the tablet retries, nothing kept
+    ],
+)
+def test_a_long_held_lock_is_retried_then_answered_busy(make_app, recording, held, status):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.5)
+    with app.app_context():
+        token = devices.add(get_db(), "Riverside", region="r")[1]
+    holder = connect(app.config["DATABASE"])
+    holder.execute("BEGIN IMMEDIATE")
+    if held is not None:
+        release = threading.Timer(held, holder.conn.rollback)
+        release.start()
+    try:
+        started = time.monotonic()
+        response = upload(app.test_client(), {"Authorization": f"Bearer {token}"}, recording)
+        waited = time.monotonic() - started
+    finally:
+        if held is None:
+            holder.conn.rollback()
+        else:
+            release.join()
+    assert response.status_code == status, response.json
+    db = connect(app.config["DATABASE"])
+    if status == 503:
+        assert response.json["error"] == "busy" and "try again" in response.json["message"]
+        assert db["requests"].count == 0
+        assert files_under(app.config["DATA_DIR"]) == []
+        assert 1.5 <= waited < 5  # three waits of 0.5 s and two short pauses, not 30 s
+    else:
+        assert db["requests"].count == 1
