@@ -148,8 +148,9 @@ def connect(path, *, busy_timeout=None):
         )
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit: no hidden deferred BEGIN; transactions are opened only by atomic().
-        # Pooled connections move between request threads, one user at a time.
+        # timeout is SQLite's busy timeout. Autocommit: no hidden deferred BEGIN, so
+        # transactions are opened only by atomic(). Pooled connections move between
+        # request threads, one user at a time.
         conn = sqlite3.connect(
             str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -160,7 +161,6 @@ def connect(path, *, busy_timeout=None):
             raise DatabaseUnwritable(path, str(exc)) from exc
         raise
     try:
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")

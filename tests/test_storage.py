@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -13,15 +14,18 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
 from app import pipeline, queue, recordings
+from app.accounts import create_user, password_hasher
 from app.db import connect, get_db, migrate
 from app.kiosk import devices
 from tests import speechgen
 
 REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
 
 
 def hammer(path, tag, rounds):
@@ -169,11 +173,27 @@ def post_upload(base, token, data, client_id):
         return exc.code
 
 
-def test_real_server_under_parallel_uploads_and_another_writer(tmp_path, recording):
+def log_in(base, name, password):
+    """Log in to the console as a browser would; return the status of the answer."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(f"{base}/console/login", timeout=60) as page:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode())[1]
+    form = {"name": name, "password": password, "csrf_token": csrf}
+    try:
+        with opener.open(f"{base}/console/login", urlencode(form).encode(), timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_real_server_under_parallel_uploads_logins_and_another_writer(tmp_path, recording):
     with served(tmp_path) as base:
         database = tmp_path / "served.db"
         db = connect(database)
         token = devices.add(db, "Riverside", region="r")[1]
+        hasher = password_hasher(1, 8192, 1)
+        for n in range(4):
+            create_user(db, f"coordinator{n}", "coordinator", PASSWORD, hasher=hasher)
         # Another process writes all the while, as a worker or a second server would.
         other = subprocess.Popen(
             [sys.executable, "-c", HAMMER_SCRIPT, str(database), "other", "60"],
@@ -182,13 +202,20 @@ def test_real_server_under_parallel_uploads_and_another_writer(tmp_path, recordi
             text=True,
         )
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = list(
-                pool.map(
-                    lambda n: post_upload(base, token, recording, f"upload-{n:04d}"), range(40)
-                )
-            )
+            uploads = [
+                pool.submit(post_upload, base, token, recording, f"upload-{n:04d}")
+                for n in range(40)
+            ]
+            # Right and wrong passwords: both write (last login, failure counts).
+            logins = [
+                pool.submit(log_in, base, f"coordinator{n % 4}", PASSWORD if n % 2 else "wrong")
+                for n in range(16)
+            ]
+            statuses = [f.result() for f in uploads]
+            login_statuses = sorted({f.result() for f in logins})
         assert other.communicate(timeout=120)[0].splitlines()[0] == "0"
     assert sorted(set(statuses)) == [202]
+    assert login_statuses == [200, 401]  # 200: the console, after the login's redirect
     kiosk_requests = list(db["requests"].rows_where("channel = 'kiosk' AND audio_path IS NOT NULL"))
     assert len(kiosk_requests) == 40
     data = tmp_path / "data"
