@@ -506,3 +506,10 @@ def test_a_long_held_lock_is_retried_then_answered_busy(make_app, recording, hel
         assert 1.5 <= waited < 5  # three waits of 0.5 s and two short pauses, not 30 s
     else:
         assert db["requests"].count == 1
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0, 45.0])
+def test_busy_timeout_comes_from_the_setting(make_app, seconds):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=seconds)
+    with app.app_context():
+        assert get_db().execute("PRAGMA busy_timeout").fetchone()[0] == seconds * 1000
