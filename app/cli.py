@@ -13,7 +13,7 @@ from flask.cli import with_appcontext
 from . import jobs, pipeline, recordings
 from .accounts import create_user, hasher_for
 from .classify import classify, load_categories
-from .db import connect, get_db, migrate
+from .db import DatabaseBusy, connect, get_db, migrate
 from .queue import CHANNELS
 from .speech import SpeechError, load_audio
 from .speech.models import models_cli
@@ -101,7 +101,10 @@ def intake_command(file, phone, channel, language, as_json):
     """
     app = current_app._get_current_object()
     migrate(app.config["DATABASE"])
-    request = pipeline.intake(app, file, channel=channel, phone=phone, language=language)
+    try:
+        request = pipeline.intake(app, file, channel=channel, phone=phone, language=language)
+    except (recordings.StorageFull, DatabaseBusy) as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(request, ensure_ascii=False))
         return

@@ -76,6 +76,7 @@ class CareCallDatabase(Database):
         if self.conn.in_transaction:
             savepoint = f"sqlite_utils_{secrets.token_hex(16)}"
             self.conn.execute(f"SAVEPOINT {savepoint}")
+            undo_before = len(self._undo)
             try:
                 yield self
             except BaseException:
@@ -83,6 +84,7 @@ class CareCallDatabase(Database):
                 if self.conn.in_transaction:
                     self.conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
                     self.conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+                self._run_undo(undo_before)
                 raise
             else:
                 self.conn.execute(f"RELEASE SAVEPOINT {savepoint}")
@@ -112,9 +114,13 @@ class CareCallDatabase(Database):
         self._retry_busy(lambda: self.conn.execute("COMMIT"))
 
     def _abandon(self):
-        """Roll back, then undo what was done outside the database, newest first."""
+        """Roll back, then undo what was done outside the database."""
         self.rollback()
-        undo, self._undo = self._undo, []
+        self._run_undo(0)
+
+    def _run_undo(self, start):
+        """Run the undo steps registered since position start, newest first, and forget them."""
+        undo, self._undo = self._undo[start:], self._undo[:start]
         for step in reversed(undo):
             step()
 

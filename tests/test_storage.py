@@ -513,3 +513,42 @@ def test_busy_timeout_comes_from_the_setting(make_app, seconds):
     app = make_app(DB_BUSY_TIMEOUT_SECONDS=seconds)
     with app.app_context():
         assert get_db().execute("PRAGMA busy_timeout").fetchone()[0] == seconds * 1000
+
+
+@pytest.mark.parametrize(
+    ("fail_inner", "fail_outer", "undone"),
+    [
+        (False, False, []),
+        (True, False, ["inner"]),  # the savepoint rolled back, the transaction committed
+        (False, True, ["inner", "outer"]),
+        (True, True, ["inner", "outer"]),
+    ],
+)
+def test_work_outside_the_database_is_undone_with_its_transaction(
+    tmp_path, fail_inner, fail_outer, undone
+):
+    db = connect(tmp_path / "undo.db")
+    done = []
+    with contextlib.suppress(RuntimeError), db.atomic():
+        db.on_rollback(lambda: done.append("outer"))
+        with contextlib.suppress(RuntimeError), db.atomic():
+            db.on_rollback(lambda: done.append("inner"))
+            if fail_inner:
+                raise RuntimeError("inner")
+        if fail_outer:
+            raise RuntimeError("outer")
+    assert sorted(done) == undone
+
+
+def test_intake_on_a_full_disk_is_one_clear_line(make_app, tmp_path, recording):
+    source = tmp_path / "message.wav"
+    source.write_bytes(recording)
+    data = tmp_path / "small"
+    with small_disk(data, len(recording) // 2):
+        app = make_app(DATA_DIR=str(data))
+        result = app.test_cli_runner().invoke(args=["intake", str(source)])
+        assert files_under(data) == []
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: There is no room left to save recordings, so this one was not saved."
+    ]
