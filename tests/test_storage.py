@@ -23,6 +23,7 @@ from app.accounts import create_user, password_hasher
 from app.db import connect, get_db, migrate
 from app.kiosk import devices
 from tests import speechgen
+from tests.twilio_fake import ACCOUNT_SID, twilio_for
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -552,3 +553,47 @@ def test_intake_on_a_full_disk_is_one_clear_line(make_app, tmp_path, recording):
     assert result.output.strip().splitlines() == [
         "Error: There is no room left to save recordings, so this one was not saved."
     ]
+
+
+# --- Twilio's race: the recording's action and its status callback at the same moment -------
+
+
+def test_twilio_recorded_and_status_racing_store_one_request_each(app, db, media, recording):
+    callers = [twilio_for(app, media), twilio_for(app, media)]  # one test client each
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answer as in production: the apology
+    answers = []
+    for n in range(20):
+        call_sid, phone = f"CA{n:032d}", f"+1555010{n:04d}"
+        recording_sid, url = media.add(recording, call_sid)
+        params = {
+            "AccountSid": ACCOUNT_SID,
+            "CallSid": call_sid,
+            "From": phone,
+            "RecordingSid": recording_sid,
+            "RecordingUrl": url,
+            "RecordingDuration": "3",
+        }
+        start = threading.Barrier(2)
+
+        def send(twilio, path, extra, start=start, params=params):
+            start.wait()
+            return twilio.post(path, {**params, **extra})
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            recorded = pool.submit(send, callers[0], "/twilio/recorded/voicemail", {"Digits": "#"})
+            status = pool.submit(
+                send,
+                callers[1],
+                "/twilio/recording-status/voicemail",
+                {"RecordingStatus": "completed"},
+            )
+            answers.append((recorded.result(), status.result()))
+    heard = [body for (_, body), _ in answers]
+    assert [s for (s, _), _ in answers] == [200] * 20
+    assert [s for _, (s, _) in answers] == [204] * 20
+    assert all("We have your message" in body and "Sorry" not in body for body in heard)
+    rows = list(db["requests"].rows)
+    assert len(rows) == 20 and len({r["source_key"] for r in rows}) == 20
+    assert files_under(Path(app.config["DATA_DIR"]) / "recordings") == sorted(
+        str(Path(r["audio_path"]).relative_to("recordings")) for r in rows
+    )
