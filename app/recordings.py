@@ -143,18 +143,21 @@ def sweep(data_dir, db, *, max_age=PART_MAX_AGE_SECONDS, now=None):
         *sorted((data_dir / "incoming").glob(f"upload-*{PART}")),
     ]
     for path in candidates:
-        if not path.is_file() or path.stat().st_mtime > cutoff:
-            continue
         relative = path.relative_to(data_dir)
-        if path.name.endswith(PART):
-            path.unlink(missing_ok=True)
-            parts += 1
-        elif str(relative) not in claimed:
-            target = data_dir / ORPHANS / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-            log.warning("recording %s has no request; moved to %s", relative, target)
-            orphans += 1
+        try:
+            if not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if path.name.endswith(PART):
+                path.unlink()
+                parts += 1
+            elif str(relative) not in claimed:
+                target = data_dir / ORPHANS / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                log.warning("recording %s has no request; moved to %s", relative, target)
+                orphans += 1
+        except FileNotFoundError:
+            continue  # a server and a worker starting together sweep the same files
     return Swept(parts, orphans)
 
 

@@ -597,3 +597,19 @@ def test_twilio_recorded_and_status_racing_store_one_request_each(app, db, media
     assert files_under(Path(app.config["DATA_DIR"]) / "recordings") == sorted(
         str(Path(r["audio_path"]).relative_to("recordings")) for r in rows
     )
+
+
+def test_sweeps_starting_together_share_the_work(app, db):
+    leave(app, db)
+    data = Path(app.config["DATA_DIR"])
+    start = threading.Barrier(4)
+
+    def sweep():
+        start.wait()
+        return recordings.sweep(data, connect(app.config["DATABASE"]))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: sweep(), range(4)))
+    assert sum(r.parts_removed for r in results) == 2
+    assert sum(r.orphans_moved for r in results) == 1
+    assert files_under(data) == sorted(where for *_, where in LEFTOVERS if where)
