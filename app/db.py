@@ -61,6 +61,22 @@ def _says(exc, words):
     return any(word in message for word in words)
 
 
+def retry_busy(step):
+    """Run one locking step; when it stays busy, pause briefly and try again, a few times."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            if attempt == LOCK_ATTEMPTS:
+                raise DatabaseBusy(
+                    "The database stayed busy with other work, so this was not saved;"
+                    " try again in a moment."
+                ) from exc
+            time.sleep(random.uniform(*LOCK_PAUSE_SECONDS))
+
+
 class CareCallDatabase(Database):
     """A sqlite-utils Database whose write transactions take the write lock up front."""
 
@@ -107,11 +123,11 @@ class CareCallDatabase(Database):
     def _begin(self):
         """Take the write lock, waiting the busy timeout, a few times with a pause between."""
         self._undo.clear()
-        self._retry_busy(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        retry_busy(lambda: self.conn.execute("BEGIN IMMEDIATE"))
 
     def _commit(self):
         """Commit, retrying while busy: a failed COMMIT leaves the transaction open."""
-        self._retry_busy(lambda: self.conn.execute("COMMIT"))
+        retry_busy(lambda: self.conn.execute("COMMIT"))
 
     def _abandon(self):
         """Roll back, then undo what was done outside the database."""
@@ -123,21 +139,6 @@ class CareCallDatabase(Database):
         undo, self._undo = self._undo[start:], self._undo[:start]
         for step in reversed(undo):
             step()
-
-    def _retry_busy(self, step):
-        """Run one locking step; when it stays busy, pause briefly and try again, a few times."""
-        for attempt in range(1, LOCK_ATTEMPTS + 1):
-            try:
-                return step()
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc):
-                    raise
-                if attempt == LOCK_ATTEMPTS:
-                    raise DatabaseBusy(
-                        "The database stayed busy with other work, so this was not saved;"
-                        " try again in a moment."
-                    ) from exc
-                time.sleep(random.uniform(*LOCK_PAUSE_SECONDS))
 
 
 def connect(path, *, busy_timeout=None):
@@ -167,7 +168,9 @@ def connect(path, *, busy_timeout=None):
             raise DatabaseUnwritable(path, str(exc)) from exc
         raise
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL needs it to itself; processes opening it together wait
+        # their turn, and the busy handler does not always do that for this pragma.
+        retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.OperationalError as exc:
