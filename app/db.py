@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import click
-from flask import current_app, g, has_app_context
+from flask import current_app, g, has_app_context, jsonify, request
 from flask.cli import with_appcontext
 from sqlite_utils import Database
+from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.routing import IntegerConverter
 
 from . import settings
@@ -262,10 +263,19 @@ def migrate_command():
     click.echo(f"database {current_app.config['DATABASE']} is up to date")
 
 
+def busy_error(error):
+    """Answer a database that stayed locked as 503, to be tried again, not as a crash."""
+    headers = {"Retry-After": "2"}
+    if request.path.startswith("/api/"):
+        return jsonify(error="busy", message=str(error)), 503, headers
+    return ServiceUnavailable(str(error)).get_response(), headers
+
+
 def init_app(app):
-    """Register database teardown, the migrate command and row ids in URLs."""
+    """Register database teardown, the migrate command, row ids in URLs and the busy answer."""
     # Every <int:...> in a route names a row, so out-of-range ids are a 404, never a crash.
     app.url_map.converters["int"] = RowIdConverter
     app.extensions["carecall.db_pool"] = queue.Queue(maxsize=POOL_SIZE)
     app.teardown_appcontext(close_db)
+    app.register_error_handler(DatabaseBusy, busy_error)
     app.cli.add_command(migrate_command)

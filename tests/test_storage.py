@@ -613,3 +613,23 @@ def test_sweeps_starting_together_share_the_work(app, db):
     assert sum(r.parts_removed for r in results) == 2
     assert sum(r.orphans_moved for r in results) == 1
     assert files_under(data) == sorted(where for *_, where in LEFTOVERS if where)
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "wrong password"])
+def test_a_login_behind_a_held_lock_is_503_to_try_again(make_app, password):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.2)
+    create_user(connect(app.config["DATABASE"]), "alice", "coordinator", PASSWORD)
+    client = app.test_client()
+    page = client.get("/console/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
+    holder = connect(app.config["DATABASE"])
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.post(
+            "/console/login", data={"name": "alice", "password": password, "csrf_token": csrf}
+        )
+    finally:
+        holder.conn.rollback()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert "try again in a moment" in response.get_data(as_text=True)
