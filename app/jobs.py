@@ -18,6 +18,7 @@ import click
 from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
+from . import recordings
 from .db import connect, get_db, migrate
 
 log = logging.getLogger(__name__)
@@ -469,6 +470,8 @@ def worker_command(burst):
     app = current_app._get_current_object()
     # The worker registers itself in the workers table, which an older database lacks.
     migrate(app.config["DATABASE"])
+    data_dir = app.config["DATA_DIR"]
+    click.echo(recordings.sweep(data_dir, get_db()).line(data_dir))
     from .health import startup_warnings
 
     for line in startup_warnings(app, worker=True):
