@@ -479,13 +479,17 @@ def worker_command(burst):
     if burst:
         click.echo(f"ran {drain(app)} job(s)")
         return
-    worker = start_worker(app, "worker")
     # A service manager stops us with SIGTERM: finish the job in hand and sign off cleanly.
-    signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop(timeout=0))
+    # The handler is in place before the worker registers, so even an early SIGTERM is clean.
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.set())
+    worker = start_worker(app, "worker")
     click.echo(f"worker {worker.worker} running; Ctrl-C to stop")
     try:
         while worker.is_alive():
-            worker.join(1)
+            if terminated.wait(1):
+                worker.stop(timeout=0)
+                worker.join()
     except KeyboardInterrupt:
         worker.stop()
 
