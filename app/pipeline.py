@@ -108,33 +108,44 @@ def receive(
     suffix=".wav",
     actor="system",
 ):
-    """Keep a recording safe on disk and in the queue, and ask for its transcription."""
+    """Keep a recording safe on disk and in the queue, and ask for its transcription.
+
+    The file takes its final name in the transaction that saves the request, so a failed
+    save leaves no file behind. Raises recordings.StorageFull when the disk is full.
+    """
     config = current_app.config
     if source_key is not None and (existing := queue.find_by_source(db, source_key)):
         return existing
-    relative = recordings.save(config["DATA_DIR"], audio, suffix)
+    staged = recordings.stage(config["DATA_DIR"], audio, suffix)
     field = "video_path" if channel == "video" else "audio_path"
-    with db.atomic():
-        request, created = queue.create(
-            db,
-            channel=channel,
-            phone=phone,
-            language=language or config["DEFAULT_LANGUAGE"],
-            region=region,
-            source_key=source_key,
-            actor=actor,
-            **{field: relative},
-        )
-        if created:
-            jobs.enqueue(
+    try:
+        with db.atomic():
+            request, created = queue.create(
                 db,
-                TRANSCRIBE,
-                {"request_id": request["id"]},
-                key=f"{TRANSCRIBE}:{request['id']}",
-                priority=10,
+                channel=channel,
+                phone=phone,
+                language=language or config["DEFAULT_LANGUAGE"],
+                region=region,
+                source_key=source_key,
+                actor=actor,
+                **{field: staged.relative},
             )
+            if created:
+                jobs.enqueue(
+                    db,
+                    TRANSCRIBE,
+                    {"request_id": request["id"]},
+                    key=f"{TRANSCRIBE}:{request['id']}",
+                    priority=10,
+                )
+                staged.publish()
+                # A caller's transaction around this one may still roll back.
+                db.on_rollback(staged.discard)
+    except BaseException:
+        staged.discard()
+        raise
     if not created:
-        Path(config["DATA_DIR"], relative).unlink(missing_ok=True)
+        staged.discard()  # another delivery of the same recording was saved first
     return request
 
 
