@@ -320,3 +320,34 @@ def test_requests_left_behind_a_dead_job_before_the_upgrade_are_failed_by_it(tmp
     assert [e["action"] for e in queue.events(db, stuck["id"])] == ["received", "failed"]
     assert untouched["stage"] == "received" and not untouched["needs_review"]
     db.close()
+
+
+def test_racing_transitions_apply_exactly_one(app, db):
+    """A 'yes' and a 'say it again' arriving together: one wins, the other changes nothing."""
+    import threading
+
+    from app.db import connect
+
+    results = []
+    for _ in range(20):
+        request, _ = queue.create(db, channel="phone", phone="+15550110")
+        start = threading.Barrier(2)
+
+        def answer(action, request_id=request["id"], start=start):
+            handle = connect(app.config["DATABASE"])
+            start.wait()
+            try:
+                results.append(pipeline.transition(handle, request_id, action, actor="caller"))
+            finally:
+                handle.close()
+
+        threads = [threading.Thread(target=answer, args=(a,)) for a in ("confirm", "withdraw")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = queue.get(db, request["id"])
+        # Exactly one of confirmed or cancelled, never both, and one event for it.
+        assert bool(after["confirmed_at"]) != (after["status"] == "cancelled")
+        assert len(queue.events(db, request["id"])) == 2
+    assert results.count(True) == 20 and results.count(False) == 20
