@@ -538,7 +538,7 @@ PATHS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(path=PATHS, form=st.fixed_dictionaries({}, optional=FIELDS))
 def test_no_signed_webhook_answers_a_5xx(fuzzed, path, form):
     app, twilio, _ = fuzzed
