@@ -13,7 +13,7 @@ import logging
 import wave
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
@@ -87,6 +87,11 @@ ODD_VALUES = (
 )
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+
+
+PHASES = tuple(Phase)
+# A bench wants the count of bad inputs tried, not the smallest failing one.
+NO_SHRINK = tuple(p for p in Phase if p not in (Phase.shrink, Phase.explain))
 
 
 @dataclass
@@ -175,7 +180,7 @@ def post_webhook(client, case, validator):
     return client.post(path, data=form, headers=headers)
 
 
-def fuzz_webhooks(app, path, *, max_examples, recording_urls=(), tally=None):
+def fuzz_webhooks(app, path, *, max_examples, recording_urls=(), tally=None, shrink=True):
     """Post random signed webhooks to path (after up to 2 others on the same calls)."""
     tally = tally or Tally()
     client = app.test_client()
@@ -189,6 +194,7 @@ def fuzz_webhooks(app, path, *, max_examples, recording_urls=(), tally=None):
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
+        phases=PHASES if shrink else NO_SHRINK,
     )
     @given(
         before=st.lists(webhook(WEBHOOKS, recording_urls), max_size=2),
@@ -285,7 +291,7 @@ UPLOAD = st.one_of(
 )
 
 
-def fuzz_uploads(app, token, *, max_examples, tally=None):
+def fuzz_uploads(app, token, *, max_examples, tally=None, shrink=True):
     """Post random bodies, fields and headers to the kiosk upload API."""
     tally = tally or Tally()
     client = app.test_client()
@@ -296,6 +302,7 @@ def fuzz_uploads(app, token, *, max_examples, tally=None):
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
+        phases=PHASES if shrink else NO_SHRINK,
     )
     @given(
         upload=UPLOAD,
