@@ -171,25 +171,44 @@ def _holds_for_readback(twiml):
     return "Record" not in verbs and redirect is not None and "/twilio/wait" in redirect.text
 
 
-def test_parallel_logins_all_succeed(server):
+def test_parallel_logins_all_succeed_while_kiosks_upload(server, kiosk_wav):
     password = server.add_user("racer", role="coordinator")
+    token = server.add_kiosk("Login Race Centre")
     ready = threading.Barrier(LOGINS, timeout=60)
+    done = threading.Event()
+    uploads = []
+
+    def kiosk(thread):
+        http, n = session(), 0
+        while not done.is_set():
+            response = server.upload(token, kiosk_wav, f"login-race{thread}-{n:04d}", http=http)
+            uploads.append(response.status_code)
+            n += 1
 
     def login(_):
         http = session()
         page = http.get(server.url("/console/login"), timeout=30)
-        token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
         ready.wait()
         response = http.post(
             server.url("/console/login"),
-            data={"name": "racer", "password": password, "csrf_token": token},
+            data={"name": "racer", "password": password, "csrf_token": csrf},
             allow_redirects=False,
             timeout=120,
         )
         queue = http.get(server.url("/console/"), allow_redirects=False, timeout=30)
         return response.status_code, queue.status_code
 
-    with ThreadPoolExecutor(LOGINS) as pool:
-        results = list(pool.map(login, range(LOGINS)))
+    with ThreadPoolExecutor(THREADS // 2) as background:
+        busy = [background.submit(kiosk, t) for t in range(THREADS // 2)]
+        try:
+            with ThreadPoolExecutor(LOGINS) as pool:
+                results = list(pool.map(login, range(LOGINS)))
+        finally:
+            done.set()
+        for future in busy:
+            future.result()
 
     assert results == [(303, 200)] * LOGINS, f"server errors: {server.errors()}"
+    assert uploads and set(uploads) == {202}
+    assert_no_orphans(server)
