@@ -49,7 +49,6 @@ from tests.server import (  # noqa: E402
     call_params,
     new_call_sid,
     recording_params,
-    session,
     status_params,
 )
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN  # noqa: E402
@@ -107,14 +106,13 @@ def kiosk_key(server, client_id):
     return rows[0][0] if rows else None
 
 
-def race_call(server, audio, n, http=None):
+def race_call(server, audio, n):
     """Play a call, deliver recorded + status at once; return (sid, statuses, told safe)."""
-    http = http or session()
     call_sid, caller = new_call_sid(), f"+1555300{n % 10000:04d}"
     statuses = [
-        server.twilio("/twilio/voice", call_params(call_sid, caller), http=http).status_code,
+        server.twilio("/twilio/voice", call_params(call_sid, caller)).status_code,
         server.twilio(
-            "/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"}, http=http
+            "/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"}
         ).status_code,
     ]
     recording_sid, url = server.media.add(audio, call_sid)
@@ -123,7 +121,7 @@ def race_call(server, audio, n, http=None):
 
     def deliver(path, params):
         barrier.wait()
-        answers[path] = server.twilio(path, params, http=session())
+        answers[path] = server.twilio(path, params)
 
     threads = [
         threading.Thread(
@@ -168,6 +166,10 @@ def load_held(root, media, seconds):
 
         def client(c):
             http, response = server.login("loadtester", password)
+            with http:
+                traffic(c, http, response)
+
+        def traffic(c, http, response):
             local = {"requests": 1, "errors": int(response.status_code != 303)}
             n = 0
             while time.monotonic() < stop:
@@ -275,38 +277,51 @@ def kill_mid_upload(root, media):
         server.stop()
 
 
-def kill_mid_transcription(root, media):
+def kill_mid_transcription(root, media, tries=3):
     """kill -9 while the worker transcribes; restart; the job finishes within seconds."""
-    server = Server(root / "kill-decode", media=media, worker="inprocess").start()
+    server = Server(root / "kill-decode", media=media, worker="inprocess")
+    token = server.add_kiosk()  # before the worker starts writing
+    server.start()
     try:
-        token = server.add_kiosk()
-        response = server.upload(token, kiosk_wav(), "killed-decode-0001")
-        request_id = response.json()["id"]
-        running = wait_for(
-            lambda: server.query(
-                "SELECT id FROM jobs WHERE kind = 'transcribe' AND state = 'running'"
-            ),
-            WAIT_S,
-            0.01,
-        )
-        server.kill()
+        for attempt in range(tries):
+            response = server.upload(token, kiosk_wav(), f"killed-decode-{attempt:04d}")
+            request_id = response.json()["id"]
+            running = wait_for(
+                lambda rid=request_id: server.query(
+                    "SELECT id FROM jobs WHERE kind = 'transcribe' AND state = 'running'"
+                    " AND payload LIKE ?",
+                    [f'%"request_id": {rid}}}%'],
+                ),
+                WAIT_S,
+                0.01,
+            )
+            server.kill()
+            job = server.query(
+                "SELECT state FROM jobs WHERE kind = 'transcribe' AND payload LIKE ?",
+                [f'%"request_id": {request_id}}}%'],
+            )
+            if running and job == [("running",)]:
+                break  # killed mid-job: the row a dead worker leaves
+            server.start()
+        else:
+            return Row("kill -9 mid-transcription", None, f"never killed a job in {tries} tries")
         restarted = time.monotonic()
         server.start()
         done = wait_for(
             lambda: server.query(
-                "SELECT stage FROM requests WHERE id = ? AND stage != 'received'", [request_id]
+                "SELECT j.state FROM jobs j, requests r WHERE r.id = ? AND r.stage != 'received'"
+                " AND j.kind = 'transcribe' AND j.payload LIKE ? AND j.state = 'done'",
+                [request_id, f'%"request_id": {request_id}}}%'],
             ),
             WAIT_S,
         )
         took = time.monotonic() - restarted
         stage = server.query("SELECT stage FROM requests WHERE id = ?", [request_id])
         lost = int(not stage)
-        if not running:
-            return Row("kill -9 mid-transcription", None, "never caught a running job", lost)
         detail = (
-            f"job finished {took:.1f} s after restart (stage {done[0][0]})"
+            f"job done {took:.1f} s after restart (stage {stage[0][0]})"
             if done
-            else f"job not finished {WAIT_S:.0f} s after restart (stage {stage[0][0]})"
+            else f"job not done {WAIT_S:.0f} s after restart (stage {stage[0][0]})"
         )
         return Row("kill -9 mid-transcription", bool(done) and not lost, detail, lost)
     finally:
@@ -340,11 +355,10 @@ def disk_full(root, media):
     base.mkdir(parents=True)
     # Room for a few recordings once the filler is gone; none while it is there.
     with tmpfs(base / "data", "2m") as data:
-        server = Server(
-            base, media=media, worker="inprocess", settings={"DATA_DIR": str(data)}
-        ).start()
+        server = Server(base, media=media, worker="inprocess", settings={"DATA_DIR": str(data)})
+        token = server.add_kiosk()  # before the worker starts writing
+        server.start()
         try:
-            token = server.add_kiosk()
             filler = fill(data)
             kiosk = server.upload(token, kiosk_wav(), "disk-full-0001")
             sid, statuses, _ = race_call(server, phone_wav(), 1)
@@ -395,6 +409,7 @@ def model_broken(root, media):
         worker="inprocess",
         settings={"MODELS_DIR": str(models)},
     )
+    token = server.add_kiosk()  # before the worker starts writing
     try:
         try:
             server.start()
@@ -402,7 +417,6 @@ def model_broken(root, media):
             text = str(exc)
             clean = "Traceback" not in text
             return Row("model broken", clean, f"serve refused to start: {text[-120:]!r}")
-        token = server.add_kiosk()
         response = server.upload(token, kiosk_wav(), "broken-model-0001")
         request_id = response.json()["id"]
         failed = wait_for(
@@ -416,7 +430,7 @@ def model_broken(root, media):
         state = server.query(
             "SELECT stage, urgency, needs_review FROM requests WHERE id = ?", [request_id]
         )
-        ready = session().get(server.url("/readyz"), timeout=10).status_code
+        ready = server.request("GET", "/readyz", timeout=10).status_code
         ok = bool(failed) and ready == 503
         detail = f"request {state[0] if state else None} after {WAIT_S:.0f} s; /readyz {ready}"
         return Row("model broken", ok, detail, int(not state))
@@ -442,7 +456,7 @@ def database_read_only(root, media):
             started = False
         if started:
             statuses.append(server.upload(token, kiosk_wav(), "read-only-0001").status_code)
-            statuses.append(session().get(server.url("/healthz"), timeout=10).status_code)
+            statuses.append(server.request("GET", "/healthz", timeout=10).status_code)
         server.stop()
         log = server.log_path.read_text(errors="replace")[mark:]
         traceback = "Traceback" in log

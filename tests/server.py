@@ -129,14 +129,13 @@ class Server:
     def wait_ready(self, timeout=60):
         """Wait until the server answers /healthz (any status: it is up)."""
         deadline = time.monotonic() + timeout
-        http = session()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerFailed(
                     f"serve exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
             try:
-                http.get(self.url("/healthz"), timeout=2)
+                self.request("GET", "/healthz", timeout=2)
                 return
             except requests.ConnectionError:
                 time.sleep(0.1)
@@ -270,11 +269,19 @@ class Server:
         """Return X-Twilio-Signature for a POST of params to path, as Twilio computes it."""
         return self.validator.compute_signature(self.url(path), params)
 
+    def request(self, method, path, *, http=None, **kwargs):
+        """Send one request, on http if given, else on a session of its own; return it."""
+        if http is not None:
+            return http.request(method, self.url(path), **kwargs)
+        with session() as own:
+            return own.request(method, self.url(path), **kwargs)
+
     def twilio(self, path, params, *, http=None, timeout=30):
         """POST a signed Twilio webhook; return the response."""
-        http = http or session()
-        return http.post(
-            self.url(path),
+        return self.request(
+            "POST",
+            path,
+            http=http,
             data=params,
             headers={"X-Twilio-Signature": self.sign(path, params)},
             timeout=timeout,
@@ -282,10 +289,11 @@ class Server:
 
     def upload(self, token, audio, client_id, *, http=None, timeout=60, **fields):
         """Send a kiosk recording the way the kiosk page does; return the response."""
-        http = http or session()
         data = {"client_id": client_id, **fields} if client_id else dict(fields)
-        return http.post(
-            self.url("/api/v1/voicemail"),
+        return self.request(
+            "POST",
+            "/api/v1/voicemail",
+            http=http,
             files={"audio": ("audio.wav", audio, "audio/wav")},
             data=data,
             headers={"Authorization": f"Bearer {token}"},

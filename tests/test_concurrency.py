@@ -54,11 +54,11 @@ def test_parallel_kiosk_uploads_each_become_one_request(server, kiosk_wav):
     results = {}
 
     def client(thread):
-        http = session()
-        for n in range(UPLOADS_PER_THREAD):
-            client_id = f"thread{thread}-upload{n:03d}"
-            response = server.upload(token, kiosk_wav, client_id, http=http)
-            results[client_id] = (response.status_code, response.text[:200])
+        with session() as http:
+            for n in range(UPLOADS_PER_THREAD):
+                client_id = f"thread{thread}-upload{n:03d}"
+                response = server.upload(token, kiosk_wav, client_id, http=http)
+                results[client_id] = (response.status_code, response.text[:200])
 
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(client, range(THREADS)))
@@ -85,18 +85,15 @@ def test_recorded_and_status_callbacks_racing_store_each_recording_once(server, 
 
     def one_call(n):
         call_sid, caller = new_call_sid(), f"+1555200{n:04d}"
-        http = session()
-        voice = server.twilio("/twilio/voice", call_params(call_sid, caller), http=http)
-        menu = server.twilio(
-            "/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"}, http=http
-        )
+        voice = server.twilio("/twilio/voice", call_params(call_sid, caller))
+        menu = server.twilio("/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"})
         recording_sid, url = server.media.add(phone_wav, call_sid)
         race = threading.Barrier(2, timeout=barrier_timeout)
         answers = {}
 
         def deliver(path, params):
             race.wait()
-            answers[path] = server.twilio(path, params, http=session())
+            answers[path] = server.twilio(path, params)
 
         both = [
             threading.Thread(
@@ -179,25 +176,26 @@ def test_parallel_logins_all_succeed_while_kiosks_upload(server, kiosk_wav):
     uploads = []
 
     def kiosk(thread):
-        http, n = session(), 0
-        while not done.is_set():
-            response = server.upload(token, kiosk_wav, f"login-race{thread}-{n:04d}", http=http)
-            uploads.append(response.status_code)
-            n += 1
+        n = 0
+        with session() as http:
+            while not done.is_set():
+                client_id = f"login-race{thread}-{n:04d}"
+                uploads.append(server.upload(token, kiosk_wav, client_id, http=http).status_code)
+                n += 1
 
     def login(_):
-        http = session()
-        page = http.get(server.url("/console/login"), timeout=30)
-        csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-        ready.wait()
-        response = http.post(
-            server.url("/console/login"),
-            data={"name": "racer", "password": password, "csrf_token": csrf},
-            allow_redirects=False,
-            timeout=120,
-        )
-        queue = http.get(server.url("/console/"), allow_redirects=False, timeout=30)
-        return response.status_code, queue.status_code
+        with session() as http:
+            page = http.get(server.url("/console/login"), timeout=30)
+            csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            ready.wait()
+            response = http.post(
+                server.url("/console/login"),
+                data={"name": "racer", "password": password, "csrf_token": csrf},
+                allow_redirects=False,
+                timeout=120,
+            )
+            queue = http.get(server.url("/console/"), allow_redirects=False, timeout=30)
+            return response.status_code, queue.status_code
 
     with ThreadPoolExecutor(THREADS // 2) as background:
         busy = [background.submit(kiosk, t) for t in range(THREADS // 2)]
