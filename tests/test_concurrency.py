@@ -22,10 +22,10 @@ CALLS = 100
 LOGINS = 16
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """Run one real server (no worker: nothing here waits for a transcript)."""
-    with running(tmp_path_factory.mktemp("server")) as server:
+@pytest.fixture
+def server(tmp_path):
+    """Run a real server of its own for each test (no worker: nothing waits for a transcript)."""
+    with running(tmp_path / "server") as server:
         yield server
 
 
