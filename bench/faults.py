@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,9 +46,13 @@ from tests import speechgen  # noqa: E402
 from tests.server import (  # noqa: E402
     Server,
     call_params,
+    kill_during_transcription,
+    kill_during_upload,
     new_call_sid,
     recording_params,
     status_params,
+    transcribed,
+    wait_for,
 )
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN  # noqa: E402
 
@@ -77,17 +80,6 @@ def phone_wav():
     return speechgen.telephone(
         "Hello, I need a lift to the clinic on Tuesday morning, please call me back."
     ).read_bytes()
-
-
-def wait_for(predicate, timeout=WAIT_S, step=0.1):
-    """Poll predicate until it returns something true; return it, or None on time-out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if value := predicate():
-                return value
-        time.sleep(step)
-    return None
 
 
 def request_for(server, source_key):
@@ -238,34 +230,12 @@ def kill_mid_upload(root, media):
     try:
         token = server.add_kiosk()
         audio = kiosk_wav()
-        client_id = "killed-upload-0001"
-        boundary = "benchkillboundary"
-        padded = audio + b"\0" * 400_000  # long enough to be cut off mid-stream
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="client_id"\r\n\r\n'
-                f"{client_id}\r\n--{boundary}\r\n"
-                'Content-Disposition: form-data; name="audio"; filename="a.wav"\r\n'
-                "Content-Type: audio/wav\r\n\r\n"
-            ).encode()
-            + padded
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        head = (
-            f"POST /api/v1/voicemail HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Authorization: Bearer {token}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(head + body[: len(body) // 2])
-            spooled = wait_for(lambda: list((server.data_dir / "incoming").glob("*.part")), 10)
-            server.kill()
+        spooled = kill_during_upload(server, token, audio, "killed-upload-0001")
         server.start()
         time.sleep(1.0)  # give a start-up sweep its moment
         leftovers = server.leftovers()
-        retry = server.upload(token, audio, client_id)
-        stored = kiosk_key(server, client_id) is not None
+        retry = server.upload(token, audio, "killed-upload-0001")
+        stored = kiosk_key(server, "killed-upload-0001") is not None
         lost = int(not stored)
         ok = bool(spooled) and not leftovers and retry.status_code == 202 and stored
         detail = (
@@ -277,44 +247,18 @@ def kill_mid_upload(root, media):
         server.stop()
 
 
-def kill_mid_transcription(root, media, tries=3):
+def kill_mid_transcription(root, media):
     """kill -9 while the worker transcribes; restart; the job finishes within seconds."""
     server = Server(root / "kill-decode", media=media, worker="inprocess")
     token = server.add_kiosk()  # before the worker starts writing
     server.start()
     try:
-        for attempt in range(tries):
-            response = server.upload(token, kiosk_wav(), f"killed-decode-{attempt:04d}")
-            request_id = response.json()["id"]
-            running = wait_for(
-                lambda rid=request_id: server.query(
-                    "SELECT id FROM jobs WHERE kind = 'transcribe' AND state = 'running'"
-                    " AND payload LIKE ?",
-                    [f'%"request_id": {rid}}}%'],
-                ),
-                WAIT_S,
-                0.01,
-            )
-            server.kill()
-            job = server.query(
-                "SELECT state FROM jobs WHERE kind = 'transcribe' AND payload LIKE ?",
-                [f'%"request_id": {request_id}}}%'],
-            )
-            if running and job == [("running",)]:
-                break  # killed mid-job: the row a dead worker leaves
-            server.start()
-        else:
-            return Row("kill -9 mid-transcription", None, f"never killed a job in {tries} tries")
+        request_id = kill_during_transcription(server, token, kiosk_wav())
+        if request_id is None:
+            return Row("kill -9 mid-transcription", None, "never killed a running job")
         restarted = time.monotonic()
         server.start()
-        done = wait_for(
-            lambda: server.query(
-                "SELECT j.state FROM jobs j, requests r WHERE r.id = ? AND r.stage != 'received'"
-                " AND j.kind = 'transcribe' AND j.payload LIKE ? AND j.state = 'done'",
-                [request_id, f'%"request_id": {request_id}}}%'],
-            ),
-            WAIT_S,
-        )
+        done = wait_for(lambda: transcribed(server, request_id), WAIT_S)
         took = time.monotonic() - restarted
         stage = server.query("SELECT stage FROM requests WHERE id = ?", [request_id])
         lost = int(not stage)

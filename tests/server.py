@@ -9,6 +9,7 @@ twilio RequestValidator over the URL the server checks (PUBLIC_BASE_URL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -312,6 +313,75 @@ class Server:
             timeout=60,
         )
         return http, response
+
+
+def wait_for(predicate, timeout=30.0, step=0.1):
+    """Poll predicate until it returns something true; return it, or None on time-out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if value := predicate():
+                return value
+        time.sleep(step)
+    return None
+
+
+def kill_during_upload(server, token, audio, client_id):
+    """Stream half an upload, kill -9 the server once it is spooling; return the spool files."""
+    boundary = "killedmidstreamboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="client_id"\r\n\r\n'
+        f"{client_id}\r\n--{boundary}\r\n"
+        'Content-Disposition: form-data; name="audio"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    # Padded so that half of it is well past the first chunk the server spools.
+    body = head + audio + b"\0" * 400_000 + f"\r\n--{boundary}--\r\n".encode()
+    request = (
+        f"POST /api/v1/voicemail HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request + body[: len(body) // 2])
+        spooled = wait_for(lambda: list((server.data_dir / "incoming").glob("*.part")), 10)
+        server.kill()
+    return spooled or []
+
+
+def kill_during_transcription(server, token, audio, tries=3):
+    """Upload and kill -9 the server while its worker runs the transcription; return the id.
+
+    Returns None when no try caught the job running (each try uploads a new recording).
+    """
+    for attempt in range(tries):
+        response = server.upload(token, audio, f"killed-decode-{attempt:04d}")
+        job = f'%"request_id": {response.json()["id"]}}}%'
+        wait_for(
+            lambda job=job: server.query(
+                "SELECT id FROM jobs WHERE kind = 'transcribe' AND state = 'running'"
+                " AND payload LIKE ?",
+                [job],
+            ),
+            30,
+            0.01,
+        )
+        server.kill()
+        state = server.query("SELECT state FROM jobs WHERE payload LIKE ?", [job])
+        if state == [("running",)]:
+            return response.json()["id"]  # killed mid-job: the row a dead worker leaves
+        server.start()
+    return None
+
+
+def transcribed(server, request_id):
+    """Tell whether a request's transcription job is done and its stage moved on."""
+    return server.query(
+        "SELECT 1 FROM jobs j, requests r WHERE r.id = ? AND r.stage != 'received'"
+        " AND j.kind = 'transcribe' AND j.payload LIKE ? AND j.state = 'done'",
+        [request_id, f'%"request_id": {request_id}}}%'],
+    )
 
 
 def call_params(call_sid, caller, status="in-progress"):
