@@ -124,7 +124,11 @@ class Server:
             start_new_session=True,  # signals we send reach only the server
         )
         self._log = log
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except ServerFailed:
+            self.kill()  # a server that never came up is not left behind
+            raise
         return self
 
     def wait_ready(self, timeout=60):
@@ -168,6 +172,7 @@ class Server:
         return self.start(timeout)
 
     def _reap(self):
+        """Close the log file of a process that has ended."""
         log = getattr(self, "_log", None)
         if log is not None and not log.closed:
             log.close()
