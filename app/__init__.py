@@ -40,6 +40,10 @@ def create_app(test_config=None):
     # The rooms of the house: storage and jobs first, then each way in, then the guards.
     for room in (db, jobs, pipeline, cli, accounts, telephony, kiosk, console):
         room.init_app(app)
+    # Volunteers and people served: their commands (their API is part of the console's).
+    from . import people
+
+    people.init_app(app)
     app.register_blueprint(web.bp)
     # Last: CSRF exemptions name blueprints, so every blueprint must be registered by now.
     security.init_app(app)

@@ -14,6 +14,7 @@ from . import jobs, pipeline
 from .accounts import create_user, hasher_for
 from .classify import classify, load_categories
 from .db import connect, migrate
+from .health import startup_warnings
 from .queue import CHANNELS
 from .speech import SpeechError, load_audio
 from .speech.models import models_cli
@@ -122,6 +123,9 @@ def serve_command(host, port):
 
     app = current_app._get_current_object()
     migrate(app.config["DATABASE"])
+    # Said before serving: a broken model would otherwise surface only as failed requests.
+    for line in startup_warnings(app):
+        click.echo(line, err=True)
     worker = jobs.start_worker(app) if app.config["WORKER"] == "inprocess" else None
     for line in banner(app, f"http://{host}:{port}", first_admin(app), worker is not None):
         click.echo(line)
@@ -155,7 +159,7 @@ def banner(app, base, admin, in_process):
         f"  kiosk page:          {base}/kiosk  (register a tablet at {base}/console/kiosks)",
         f"  Twilio voice webhook: POST {public}/twilio/voice"
         + ("" if config.get("TWILIO_AUTH_TOKEN") else "  (set TWILIO_AUTH_TOKEN to accept calls)"),
-        f"  health:              {base}/healthz",
+        f"  health:              {base}/healthz  (ready to work: {base}/readyz)",
         f"  database:            {config['DATABASE']}",
         f"  recordings:          {Path(config['DATA_DIR']) / 'recordings'}",
         f"  worker:              {'in-process' if in_process else 'run: flask --app app worker'}",

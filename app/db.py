@@ -8,11 +8,20 @@ import click
 from flask import current_app, g
 from flask.cli import with_appcontext
 from sqlite_utils import Database
+from werkzeug.routing import IntegerConverter
 
 from .migrations import migrations
+from .queue import MAX_ROW_ID
 
 # Idle connections kept per app: opening one costs more than most requests' work.
 POOL_SIZE = 16
+
+
+class RowIdConverter(IntegerConverter):
+    """Match an id in a URL only if it could name a row: 1 to 18 digits, no leading zero."""
+
+    # Refused by the pattern, not after it: a rejected value then reads as a 404, not a 405.
+    regex = rf"[1-9]\d{{0,{len(str(MAX_ROW_ID)) - 1}}}"
 
 
 def connect(path):
@@ -80,7 +89,9 @@ def migrate_command():
 
 
 def init_app(app):
-    """Register database teardown and the migrate command."""
+    """Register database teardown, the migrate command and row ids in URLs."""
+    # Every <int:...> in a route names a row, so out-of-range ids are a 404, never a crash.
+    app.url_map.converters["int"] = RowIdConverter
     app.extensions["carecall.db_pool"] = queue.Queue(maxsize=POOL_SIZE)
     app.teardown_appcontext(close_db)
     app.cli.add_command(migrate_command)

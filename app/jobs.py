@@ -3,7 +3,10 @@
 import json
 import logging
 import os
+import secrets
+import signal
 import socket
+import sqlite3
 import threading
 import time
 import traceback
@@ -15,20 +18,41 @@ import click
 from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
-from .db import get_db
+from .db import connect, get_db, migrate
 
 log = logging.getLogger(__name__)
 
-# kind -> function(payload) run inside an app context; filled by @handler.
+# kind -> Handler (what runs inside an app context, and what runs when it dies); filled by @handler.
 HANDLERS = {}
 # Jobs queued once a day by any running worker; filled by daily().
 SCHEDULE = []
 MAX_BACKOFF_SECONDS = 300.0
+# A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
+STALE_HEARTBEATS = 3
 SCHEDULE_CHECK_SECONDS = 60.0
+# Rows of workers silent this long, holding no job, are removed when another worker starts.
+FORGET_WORKER_SECONDS = 86400.0
 
 
 class UnknownJobKind(LookupError):
     """No handler is registered for this kind of job."""
+
+
+class PermanentError(Exception):
+    """A job failed in a way no retry can mend: it goes to the dead letter at once."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    """What a kind of job runs, what runs when it dies, and which errors no retry mends."""
+
+    run: Callable
+    on_dead: Callable | None = None
+    permanent: tuple = ()
+
+    def is_permanent(self, exc):
+        """Return whether exc is an error that retrying cannot fix."""
+        return isinstance(exc, (PermanentError, *self.permanent))
 
 
 @dataclass(frozen=True)
@@ -67,11 +91,16 @@ class Job:
         )
 
 
-def handler(kind):
-    """Register a function as the handler for one kind of job."""
+def handler(kind, on_dead=None, permanent=()):
+    """Register a function as the handler for one kind of job.
+
+    on_dead(db, payload, reason) runs in the transaction that buries the job, so whatever
+    the job was for is marked as failed exactly when the job is. Errors of the permanent
+    classes (and PermanentError) bury the job at once instead of retrying it.
+    """
 
     def register(fn):
-        HANDLERS[kind] = fn
+        HANDLERS[kind] = Handler(fn, on_dead, tuple(permanent))
         return fn
 
     return register
@@ -111,20 +140,26 @@ def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=
     return row[0]
 
 
-def claim(db, worker, lease_seconds, now=None):
-    """Lease the most urgent runnable job to a worker, or return None."""
+def claim(db, worker, lease_seconds, now=None, *, heartbeat_seconds=None):
+    """Lease the most urgent runnable job to a worker, or return None.
+
+    A running job is taken over when its lease has expired, or at once when its worker has
+    stopped beating (heartbeat_seconds given): a killed worker's job waits seconds, not the lease.
+    """
     now = time.time() if now is None else now
+    # Heartbeats older than this belong to a dead worker; 0 matches none.
+    stale = now - STALE_HEARTBEATS * heartbeat_seconds if heartbeat_seconds else 0
     # One UPDATE ... RETURNING is atomic across threads and processes sharing the file.
-    # A running job whose lease has expired belongs to a worker that died: take it over.
     with db.atomic():
         cursor = db.execute(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?,"
             " worker = ?, updated_at = ? WHERE id = ("
             "  SELECT id FROM jobs WHERE (state = 'queued' AND run_after <= ?)"
-            "  OR (state = 'running' AND lease_until < ?)"
+            "  OR (state = 'running' AND (lease_until < ? OR worker IN"
+            "   (SELECT name FROM workers WHERE heartbeat_at < ?)))"
             "  ORDER BY priority DESC, run_after, id LIMIT 1"
             ") RETURNING *",
-            [now + lease_seconds, worker, now, now, now],
+            [now + lease_seconds, worker, now, now, now, stale],
         )
         row = cursor.fetchone()
         columns = [c[0] for c in cursor.description]
@@ -133,8 +168,13 @@ def claim(db, worker, lease_seconds, now=None):
     job = Job.from_row(dict(zip(columns, row, strict=True)))
     if job.attempts > job.max_attempts:
         # It was leased max_attempts times and never finished: the worker keeps dying on it.
-        bury(db, job.id, "worker stopped while running this job, every attempt")
-        return claim(db, worker, lease_seconds, now)
+        bury(
+            db,
+            job,
+            "worker stopped while running this job, every attempt",
+            reason=f"the worker stopped while running it, {job.max_attempts} times",
+        )
+        return claim(db, worker, lease_seconds, now, heartbeat_seconds=heartbeat_seconds)
     return job
 
 
@@ -147,11 +187,14 @@ def complete(db, job):
     )
 
 
-def fail(db, job, error, backoff_seconds):
-    """Record a failed attempt: queue a retry after a back-off, or bury it as dead."""
+def fail(db, job, error, backoff_seconds, *, permanent=False, reason=None):
+    """Record a failed attempt: queue a retry after a back-off, or bury it as dead.
+
+    A permanent failure is buried at once; reason is the one line a person is shown.
+    """
     now = time.time()
-    if job.attempts >= job.max_attempts:
-        bury(db, job.id, error)
+    if permanent or job.attempts >= job.max_attempts:
+        bury(db, job, error, reason=reason)
         return "dead"
     delay = min(backoff_seconds * 2 ** (job.attempts - 1), MAX_BACKOFF_SECONDS)
     db.execute(
@@ -162,14 +205,29 @@ def fail(db, job, error, backoff_seconds):
     return "queued"
 
 
-def bury(db, job_id, error):
-    """Move a job to the dead letter, keeping its last error for a person to read."""
+def bury(db, job, error, *, reason=None):
+    """Move a job to the dead letter and run its on_dead in the same transaction."""
+    entry = HANDLERS.get(job.kind)
+    reason = reason or error.splitlines()[0]
+    try:
+        with db.atomic():
+            _mark_dead(db, job.id, error)
+            if entry is not None and entry.on_dead is not None:
+                entry.on_dead(db, job.payload, reason)
+    except Exception:
+        # The job itself must still reach the dead letter, where a person will see it.
+        log.exception("on_dead of job %s (%s) failed", job.id, job.kind)
+        _mark_dead(db, job.id, f"{error}\non_dead failed:\n{traceback.format_exc(limit=3)}")
+    log.error("job %s (%s) is dead: %s", job.id, job.kind, reason)
+
+
+def _mark_dead(db, job_id, error):
+    """Set a job's state to dead, keeping its last error for a person to read."""
     db.execute(
         "UPDATE jobs SET state = 'dead', lease_until = NULL, last_error = ?, updated_at = ?"
         " WHERE id = ?",
         [error, time.time(), job_id],
     )
-    log.error("job %s is dead: %s", job_id, error)
 
 
 def retry(db, job_id):
@@ -184,19 +242,32 @@ def retry(db, job_id):
 
 def run_one(app, worker):
     """Claim and run one job in an app context; return False when none was runnable."""
+    config = app.config
     with app.app_context():
         db = get_db()
-        job = claim(db, worker, app.config["JOB_LEASE_SECONDS"])
+        job = claim(
+            db,
+            worker,
+            config["JOB_LEASE_SECONDS"],
+            heartbeat_seconds=config["WORKER_HEARTBEAT_SECONDS"],
+        )
         if job is None:
             return False
+        entry = HANDLERS.get(job.kind)
         try:
-            fn = HANDLERS.get(job.kind)
-            if fn is None:
+            if entry is None:
                 raise UnknownJobKind(f"no handler for job kind {job.kind!r}")
-            fn(job.payload)
+            entry.run(job.payload)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            state = fail(db, job, error, app.config["JOB_BACKOFF_SECONDS"])
+            permanent = entry is not None and entry.is_permanent(exc)
+            if permanent:
+                reason = str(exc) or type(exc).__name__
+            else:
+                reason = f"gave up after {job.attempts} attempts: {type(exc).__name__}: {exc}"
+            state = fail(
+                db, job, error, config["JOB_BACKOFF_SECONDS"], permanent=permanent, reason=reason
+            )
             log.warning("job %s (%s) failed, now %s: %s", job.id, job.kind, state, exc)
         else:
             complete(db, job)
@@ -207,14 +278,121 @@ def drain(app, worker=None, max_jobs=None):
     """Run runnable jobs until none is left (or max_jobs ran); return how many ran."""
     worker = worker or worker_name()
     count = 0
-    while (max_jobs is None or count < max_jobs) and run_one(app, worker):
-        count += 1
+    # Registered like any worker, so nobody takes its job over while it is alive.
+    with Heartbeat(app, worker, "drain"):
+        while (max_jobs is None or count < max_jobs) and run_one(app, worker):
+            count += 1
     return count
 
 
-def worker_name():
-    """Name this worker after its host, process and thread."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+def register(db, name, kind, now=None):
+    """Add (or refresh) a worker's row, forgetting long-silent workers that hold no job.
+
+    A worker of this host whose process is gone (a restart after kill -9) is marked silent
+    at once, so its job is taken over now rather than after three missed beats.
+    """
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    with db.atomic():
+        db.execute(
+            "DELETE FROM workers WHERE heartbeat_at < ? AND name NOT IN"
+            " (SELECT worker FROM jobs WHERE state = 'running' AND worker IS NOT NULL)",
+            [now - FORGET_WORKER_SECONDS],
+        )
+        neighbours = db.execute(
+            "SELECT name, pid FROM workers WHERE host = ? AND pid != ? AND heartbeat_at > 0",
+            [host, os.getpid()],
+        ).fetchall()
+        for neighbour, pid in neighbours:
+            if not _process_exists(pid):
+                db.execute("UPDATE workers SET heartbeat_at = 0 WHERE name = ?", [neighbour])
+        db.execute(
+            "INSERT INTO workers (name, kind, host, pid, started_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            [name, kind, host, os.getpid(), now, now],
+        )
+
+
+def _process_exists(pid):
+    """Return whether a process with this id runs on this host (a reused id counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive, just not ours to signal
+    return True
+
+
+def beat(db, name, now=None):
+    """Record that a worker is alive."""
+    db.execute(
+        "UPDATE workers SET heartbeat_at = ? WHERE name = ?",
+        [time.time() if now is None else now, name],
+    )
+
+
+def unregister(db, name):
+    """Remove a worker that stops cleanly."""
+    db.execute("DELETE FROM workers WHERE name = ?", [name])
+
+
+def live_workers(db, heartbeat_seconds, now=None):
+    """Return the names of workers whose heartbeat is fresh."""
+    now = time.time() if now is None else now
+    rows = db.execute(
+        "SELECT name FROM workers WHERE heartbeat_at >= ? ORDER BY name",
+        [now - STALE_HEARTBEATS * heartbeat_seconds],
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+class Heartbeat:
+    """A worker's row in the workers table, kept fresh from its own thread while it runs."""
+
+    def __init__(self, app, name, kind):
+        self.database = app.config["DATABASE"]
+        self.interval = app.config["WORKER_HEARTBEAT_SECONDS"]
+        self.name = name
+        self.kind = kind
+        self.stopped = threading.Event()
+        self.thread = None
+        self.db = None
+
+    def __enter__(self):
+        # Its own connection: a beat must not wait behind the job's transaction.
+        self.db = connect(self.database)
+        register(self.db, self.name, self.kind)
+        self.thread = threading.Thread(target=self._beat, name="carecall-heartbeat", daemon=True)
+        self.thread.start()
+        return self
+
+    def _beat(self):
+        """Beat until stopped; a missed beat (a busy database) is only logged."""
+        while not self.stopped.wait(self.interval):
+            try:
+                beat(self.db, self.name)
+            except sqlite3.Error as exc:
+                log.warning("worker %s missed a heartbeat: %s", self.name, exc)
+
+    def __exit__(self, *exc_info):
+        self.stopped.set()
+        self.thread.join()
+        try:
+            unregister(self.db, self.name)
+        finally:
+            self.db.close()
+
+
+def worker_name(label=None):
+    """Name a worker after its host, process and thread (or label), unique even across restarts.
+
+    The random part matters: a restarted container may give the new worker the dead one's
+    process id, and the dead one's job must not look like the new one's.
+    """
+    label = label or threading.get_ident()
+    return f"{socket.gethostname()}:{os.getpid()}:{label}:{secrets.token_hex(3)}"
 
 
 def wake():
@@ -228,15 +406,29 @@ def wake():
 class Worker(threading.Thread):
     """Runs jobs in a background thread of this process until stopped."""
 
-    def __init__(self, app):
+    def __init__(self, app, kind="serve"):
         super().__init__(name="carecall-worker", daemon=True)
         self.app = app
+        self.kind = kind
+        # Named before it starts, so the name printed is the one its jobs and heartbeat carry.
+        self.worker = worker_name(kind)
         self.stopping = threading.Event()
         self.wakeup = app.extensions["carecall.jobs.wake"]
 
     def run(self):
         """Run jobs, sleeping until woken or the poll interval passes."""
-        name = worker_name()
+        name = self.worker
+        while not self.stopping.is_set():
+            try:
+                with Heartbeat(self.app, name, self.kind):
+                    self._loop(name)
+            except sqlite3.Error:
+                # Registering can meet a locked database; a worker must not die of it.
+                log.exception("worker %s could not register; trying again", name)
+                self.stopping.wait(self.app.config["JOB_POLL_SECONDS"])
+
+    def _loop(self, name):
+        """Run jobs until stopped."""
         next_schedule_check = 0.0
         while not self.stopping.is_set():
             try:
@@ -259,9 +451,9 @@ class Worker(threading.Thread):
         self.join(timeout)
 
 
-def start_worker(app):
-    """Start an in-process worker thread for this app and return it."""
-    worker = Worker(app)
+def start_worker(app, kind="serve"):
+    """Start a worker thread for this app and return it."""
+    worker = Worker(app, kind)
     worker.start()
     return worker
 
@@ -275,11 +467,19 @@ def worker_command(burst):
     Example: flask --app app worker
     """
     app = current_app._get_current_object()
+    # The worker registers itself in the workers table, which an older database lacks.
+    migrate(app.config["DATABASE"])
+    from .health import startup_warnings
+
+    for line in startup_warnings(app, worker=True):
+        click.echo(line, err=True)
     if burst:
         click.echo(f"ran {drain(app)} job(s)")
         return
-    worker = start_worker(app)
-    click.echo(f"worker {worker_name()} running; Ctrl-C to stop")
+    worker = start_worker(app, "worker")
+    # A service manager stops us with SIGTERM: finish the job in hand and sign off cleanly.
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop(timeout=0))
+    click.echo(f"worker {worker.worker} running; Ctrl-C to stop")
     try:
         while worker.is_alive():
             worker.join(1)

@@ -1,5 +1,8 @@
 """Named, append-only schema migrations: never edit one that has been applied."""
 
+import json
+from datetime import UTC, datetime
+
 from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("carecall")
@@ -246,3 +249,156 @@ def m0004_kiosks(db):
         not_null={"name", "region", "token_hash", "created_at"},
     )
     db["kiosks"].create_index(["token_hash"], unique=True)
+
+
+@migrations(name="0007_sessions")
+def m0007_sessions(db):
+    """Key lock-out by client and name, and keep console sessions so logout can end them."""
+    # Failed logins were keyed by name alone; they are short-lived state, so start afresh.
+    db["login_attempts"].drop()
+    db["login_attempts"].create(
+        {
+            "client": str,  # the address the attempts came from
+            "name": str,  # the name tried; "" counts every name tried from the client
+            "failures": int,
+            "last_failure_at": float,  # epoch seconds: the lock lasts from here
+        },
+        pk=("client", "name"),
+        not_null={"client", "name", "failures", "last_failure_at"},
+    )
+    db["login_attempts"].create_index(["last_failure_at"])
+    db["sessions"].create(
+        {
+            "token_hash": str,  # sha256 of the random token in the signed cookie
+            "user_id": int,
+            "client": str,
+            "created_at": str,
+            "last_seen_at": float,  # epoch seconds: the session ends SESSION_LIFETIME after it
+        },
+        pk="token_hash",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "created_at", "last_seen_at"},
+    )
+    db["sessions"].create_index(["user_id"])
+    db["sessions"].create_index(["last_seen_at"])
+
+
+@migrations(name="0005_workers")
+def m0005_workers(db):
+    """Create the worker registry: a heartbeat per live worker, so a dead one's job moves on."""
+    db["workers"].create(
+        {
+            "name": str,  # host:pid:thread-or-kind:random, as written in jobs.worker
+            "kind": str,  # serve (in-process thread), worker (its own process) or drain
+            "host": str,
+            "pid": int,
+            "started_at": float,
+            "heartbeat_at": float,  # time.time() of the last beat
+        },
+        pk="name",
+        not_null={"kind", "started_at", "heartbeat_at"},
+    )
+    # Before this, a dead transcription left its request 'received' for ever, unseen.
+    stuck = db.execute(
+        "SELECT r.id, r.urgency, j.last_error FROM requests r JOIN jobs j"
+        " ON j.kind = 'transcribe' AND j.state = 'dead'"
+        " AND json_extract(j.payload, '$.request_id') = r.id"
+        " WHERE r.stage = 'received'"
+    ).fetchall()
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for request_id, urgency, last_error in stuck:
+        reason = "transcription died: " + ((last_error or "").splitlines() or ["no error kept"])[0]
+        db["requests"].update(
+            request_id,
+            {
+                "stage": "failed",
+                "error": reason,
+                "urgency": "critical" if urgency == "critical" else "high",
+                "needs_review": 1,
+                "updated_at": stamp,
+            },
+        )
+        db.execute(
+            "UPDATE requests SET category = 'other' WHERE id = ? AND category IS NULL", [request_id]
+        )
+        db["events"].insert(
+            {
+                "request_id": request_id,
+                "actor": "system",
+                "action": "failed",
+                "detail": json.dumps({"reason": reason}),
+                "created_at": stamp,
+            }
+        )
+
+
+@migrations(name="0008_people")
+def m0008_people(db):
+    """Create the volunteer and people-served registries and link requests to a person."""
+    db["volunteers"].create(
+        {
+            "id": int,
+            "name": str,
+            "phone": str,  # E.164
+            "languages": str,  # JSON list of language codes
+            "skills": str,  # JSON object: demand category -> level (null: no level given)
+            "region": str,
+            "postcode": str,  # or neighbourhood, resolved to lat/lon from ivr_flows/places.toml
+            "lat": float,
+            "lon": float,
+            "availability": str,  # weekly slots: "mon 09:00-12:00; wed 14:00-18:00"
+            "exceptions": str,  # holidays: "2026-12-24; 2026-12-27..2027-01-02"
+            "max_open": int,  # open assignments at most
+            "active": int,  # 0: paused, never suggested
+            "training_done": int,
+            "notes": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"name", "phone", "max_open", "active", "training_done", "created_at"},
+        defaults={"active": 1, "training_done": 0, "max_open": 1},
+    )
+    db["volunteers"].create_index(["phone"], unique=True)
+    db["volunteers"].create_index(["active", "region"])
+    # Bumped by every write to volunteers, however made, so matching knows when the arrays
+    # it keeps are stale.
+    db["volunteers_version"].create({"id": int, "version": int}, pk="id")
+    db["volunteers_version"].insert({"id": 1, "version": 0})
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER volunteers_version_{event.lower()} AFTER {event} ON volunteers"
+            " BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+        )
+    db["people"].create(
+        {
+            "id": int,
+            "name": str,
+            "phones": str,  # JSON list, E.164; looked up through person_phones
+            "address": str,
+            "postcode": str,
+            "lat": float,
+            "lon": float,
+            "region": str,
+            "language": str,
+            "accessibility": str,  # e.g. "hard of hearing; speak slowly"
+            "preferred_volunteers": str,  # JSON list of volunteer ids, first choice first
+            "emergency_contact": str,
+            "notes": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"name", "created_at"},
+    )
+    # Caller ID finds the person: one row per number, so the lookup is an index hit.
+    db["person_phones"].create(
+        {"phone": str, "person_id": int},
+        pk="phone",
+        foreign_keys=[("person_id", "people", "id")],
+    )
+    db["person_phones"].create_index(["person_id"])
+    # Plain ALTER TABLE: sqlite-utils' add_column(fk=...) rebuilds the table and drops the
+    # full-text triggers.
+    db.execute("ALTER TABLE requests ADD COLUMN person_id INTEGER REFERENCES people(id)")
+    db["requests"].create_index(["person_id"])

@@ -4,6 +4,7 @@
     recording       -> transcript     understand(): offline speech recognition
     transcript      -> category       understand(): classify() into need and urgency
     category        -> queue item     understand(): the request waits for a coordinator
+    (any step dies) -> failed         fail(): a person listens and calls back, with the reason
     queue item      -> match          (volunteer matching: a later issue)
     match           -> dispatch       (offers by SMS and keypad: a later issue)
     dispatch        -> check-in/out   (visit and hours: a later issue)
@@ -17,10 +18,17 @@ from pathlib import Path
 
 from flask import current_app
 
-from . import jobs, queue, recordings
+from . import jobs, queue, recordings, settings
 from .classify import UnknownLanguage, classify, load_categories
 from .db import get_db
-from .speech import AudioError, SpeechService, load_audio
+from .speech import (
+    AudioError,
+    ModelUnavailable,
+    SpeechService,
+    UnknownModel,
+    UnsupportedLanguage,
+    load_audio,
+)
 
 TRANSCRIBE = "transcribe"
 
@@ -78,20 +86,7 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
             recordings.path_of(current_app.config["DATA_DIR"], path), max_seconds=max_seconds
         )
     except AudioError as exc:
-        # Nobody could hear this message, so a person must call back today.
-        return queue.update(
-            db,
-            request_id,
-            {
-                "stage": "failed",
-                "error": str(exc),
-                "category": "other",
-                "urgency": "high",
-                "needs_review": 1,
-            },
-            actor="system",
-            action="unreadable",
-        )
+        return fail(db, request_id, str(exc), action="unreadable")
     transcript = speech.transcribe(audio, language=request["language"])
     try:
         result = classify(transcript.text, categories_for(request["language"]))
@@ -135,6 +130,27 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
     return request
 
 
+def fail(db, request_id, reason, *, action="failed"):
+    """Give up understanding a request: a person must listen and call back today, told why."""
+    with db.atomic():
+        request = queue.get(db, request_id)
+        if request["stage"] != "received":
+            return request  # understood after all, or already failed: nothing to give up
+        return queue.update(
+            db,
+            request_id,
+            {
+                "stage": "failed",
+                "error": reason,
+                "category": request["category"] or "other",
+                "urgency": "critical" if request["urgency"] == "critical" else "high",
+                "needs_review": 1,
+            },
+            actor="system",
+            action=action,
+        )
+
+
 def confirm(db, request_id, *, actor="caller"):
     """Record that the senior heard the readback and said it is right."""
     request = queue.get(db, request_id)
@@ -152,7 +168,17 @@ def withdraw(db, request_id, *, actor="caller", reason="said it again"):
     )
 
 
-@jobs.handler(TRANSCRIBE)
+def transcription_died(db, payload, reason):
+    """When the transcription job is buried, mark its request failed so nobody waits on it."""
+    fail(db, payload["request_id"], reason)
+
+
+# A missing or broken model, or a language nobody configured, is not mended by retrying.
+@jobs.handler(
+    TRANSCRIBE,
+    on_dead=transcription_died,
+    permanent=(ModelUnavailable, UnsupportedLanguage),
+)
 def transcribe_job(payload):
     """Job: understand one received recording."""
     app = current_app
@@ -188,9 +214,16 @@ def categories_for(language):
 
 
 def init_app(app):
-    """Attach the speech service to the app."""
-    app.extensions["carecall.speech"] = SpeechService(
-        engines=app.config["SPEECH_ENGINES"],
-        models_dir=app.config["MODELS_DIR"],
-        max_seconds=app.config["MAX_AUDIO_SECONDS"],
-    )
+    """Attach the speech service to the app; a model name it does not know stops start-up."""
+    try:
+        app.extensions["carecall.speech"] = SpeechService(
+            engines=app.config["SPEECH_ENGINES"],
+            models_dir=app.config["MODELS_DIR"],
+            max_seconds=app.config["MAX_AUDIO_SECONDS"],
+        )
+    except UnknownModel as exc:
+        engines = settings.shown(settings.BY_NAME["SPEECH_ENGINES"], app.config["SPEECH_ENGINES"])
+        raise settings.SettingsError(
+            f"{settings.PREFIX}SPEECH_ENGINES={engines}: {exc}"
+            " (`flask --app app models list` shows the models)"
+        ) from None

@@ -16,6 +16,24 @@ QUEUE_ORDER = (
 )
 
 
+# Ids have at most 18 digits: far past any real row, and within SQLite's 64-bit integers
+# (binding a bigger number raises OverflowError).
+MAX_ROW_ID = 10**18 - 1
+
+
+def row_id(value):
+    """Return value as a row id, or raise ValueError if it cannot name a row."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a row id")
+    if isinstance(value, str):
+        if not (value.isascii() and value.strip().isdecimal()):
+            raise ValueError(f"{value!r} is not a row id")
+        value = int(value)
+    if not isinstance(value, int) or not 1 <= value <= MAX_ROW_ID:
+        raise ValueError(f"{value!r} is not a row id")
+    return value
+
+
 class RequestNotFound(LookupError):
     """No request has that id."""
 

@@ -509,6 +509,13 @@ SETTINGS = (
     ),
     _s(
         "storage",
+        "WORKER_HEARTBEAT_SECONDS",
+        Number(0.1, 3600),
+        5.0,
+        "How often a worker says it is alive; silent for 3 beats, its job is taken over.",
+    ),
+    _s(
+        "storage",
         "JOB_POLL_SECONDS",
         Number(0.01, 60),
         0.2,
@@ -569,7 +576,14 @@ SETTINGS = (
         "TRUST_FORWARDED_HEADERS",
         Flag(),
         False,
-        "Believe X-Forwarded-Proto/Host from a proxy you run (never on a bare server).",
+        "Believe X-Forwarded-For/Proto/Host from a proxy you run (never on a bare server).",
+    ),
+    _s(
+        "web",
+        "COOKIE_SECURE",
+        Choice(("auto", "true", "false")),
+        "auto",
+        "Login cookie over HTTPS only; auto: when PUBLIC_BASE_URL or the request is https.",
     ),
     # Console and accounts
     _s(
@@ -577,7 +591,14 @@ SETTINGS = (
         "LOGIN_MAX_FAILURES",
         Number(1, 100, integer=True),
         5,
-        "Wrong passwords from one place before that place must wait.",
+        "Wrong passwords for one name from one place before that place must wait for it.",
+    ),
+    _s(
+        "console",
+        "LOGIN_MAX_FAILURES_PER_CLIENT",
+        Number(1, 10000, integer=True),
+        20,
+        "Wrong passwords from one place, whatever the names, before that place must wait.",
     ),
     _s(
         "console",

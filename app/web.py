@@ -1,8 +1,12 @@
-"""The front door: a landing page and a health check."""
+"""The front door: a landing page, a health check and a readiness check."""
 
-from flask import Blueprint, current_app, jsonify, render_template
+import sqlite3
 
+from flask import Blueprint, current_app, g, jsonify, render_template, request
+
+from . import accounts, jobs
 from .db import get_db
+from .health import problems as readiness_problems
 from .speech import ModelNotInstalled
 from .speech.models import load_manifest, model_path
 
@@ -17,16 +21,46 @@ def index():
 
 @bp.get("/healthz")
 def health():
-    """Report whether the database answers, which models are installed, and the job backlog."""
+    """Say whether CareCall answers; staff (session or bearer token) also see the details."""
     db = get_db()
-    counts = dict(db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
-    models = {spec.name: _installed(spec.name) for spec in load_manifest().models}
+    try:
+        db.execute("SELECT count(*) FROM jobs").fetchone()
+    except sqlite3.Error:
+        return jsonify(status="not ok"), 503
+    principal = _principal(db)
+    if principal is None or not principal.can("view"):
+        # Counts of requests and jobs tell a stranger how busy the line is: staff only.
+        return jsonify(status="ok")
+    config = current_app.config
     return jsonify(
-        ok=True,
-        jobs=counts,
-        models=models,
+        status="ok",
+        jobs=dict(db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()),
+        models={spec.name: _installed(spec.name) for spec in load_manifest().models},
         requests=db.execute("SELECT count(*) FROM requests").fetchone()[0],
+        workers=jobs.live_workers(db, config["WORKER_HEARTBEAT_SECONDS"]),
+        problems=readiness_problems(current_app, db),
     )
+
+
+@bp.get("/readyz")
+def ready():
+    """Answer 200 when requests can be stored and understood now, else 503 with the reasons."""
+    reasons = readiness_problems(current_app, get_db())
+    if reasons:
+        return jsonify(status="not ready", reasons=reasons), 503
+    return jsonify(status="ready", reasons=[])
+
+
+def _principal(db):
+    """Return who is asking: an API token's principal, a logged-in user's, or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return accounts.principal_for_token(db, token.strip())
+    # The console's own check, so a logged-out or disabled session counts for nothing here too.
+    from .console.views import load_principal
+
+    load_principal()
+    return g.principal
 
 
 def _installed(name):

@@ -1,5 +1,8 @@
 """Shared fixtures: a fresh app with its own database and data directory per test."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from app import create_app
@@ -67,3 +70,42 @@ def media():
 def twilio(app, media):
     """Return Twilio calling the test app."""
     return twilio_for(app, media)
+
+
+MODELS = Path(__file__).resolve().parent.parent / "speech_models"
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    """Return a builder of a models folder: {name: "installed", "truncated" or "missing"}.
+
+    Installed models are links to the real ones; a truncated one links the real files except
+    its largest (Whisper's model.bin), cut to 1 MiB as an interrupted copy leaves it.
+    """
+
+    def build(states):
+        folder = tmp_path / "models"
+        folder.mkdir(exist_ok=True)
+        for name, state in states.items():
+            real = MODELS / name
+            if state == "installed":
+                (folder / name).symlink_to(real.resolve(), target_is_directory=True)
+            elif state == "truncated":
+                broken = folder / name
+                broken.mkdir()
+                record = json.loads((real / ".carecall-model.json").read_text())
+                (broken / ".carecall-model.json").write_text(json.dumps(record))
+                largest = max(record["files"], key=lambda rel: record["files"][rel]["size"])
+                for rel in record["files"]:
+                    target = broken / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if rel == largest:
+                        with open(real / rel, "rb") as whole:
+                            target.write_bytes(whole.read(1 << 20))
+                    else:
+                        target.symlink_to((real / rel).resolve())
+            elif state != "missing":
+                raise ValueError(f"model state {state!r}")
+        return str(folder)
+
+    return build

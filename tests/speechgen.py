@@ -135,7 +135,10 @@ def _convert(src: Path, dst: Path, *, sample_rate: int, codec: str) -> None:
     """Resample to sample_rate and encode as codec, band-limiting telephone audio."""
     if sample_rate <= 8000 and shutil.which("sox"):
         encoding = ["-e", "u-law"] if codec == "pcm_mulaw" else ["-e", "signed", "-b", "16"]
-        command = ["sox", str(src), "-r", str(sample_rate), *encoding, str(dst), "sinc", "300-3400"]
+        # -D: no dither. sox dithers with fresh random noise on every run by default, so the
+        # same sentence decoded differently each time (one CI run: WER 0.8 on a line that is 0).
+        rate = ["-r", str(sample_rate)]
+        command = ["sox", "-R", "-D", str(src), *rate, *encoding, str(dst), "sinc", "300-3400"]
         subprocess.run(command, check=True, capture_output=True)
         return
     samples = _read_mono(src, sample_rate)

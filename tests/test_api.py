@@ -3,6 +3,7 @@
 import pytest
 
 from app import accounts, queue
+from app.console import search
 from tests.test_console import add_request
 
 
@@ -137,3 +138,54 @@ def test_list_filters_and_pages(client, db):
 def test_bad_list_arguments_are_400(client, db, args):
     response = client.get("/api/v1/requests", headers=bearer(db, "viewer"), query_string=args)
     assert response.status_code == 400 and response.is_json
+
+
+# Past SQLite's largest integer: the id must be refused, never reach the database.
+TOO_BIG = 2**63
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"cursor": search.encode_cursor([None, None])}, "cursor"),
+        ({"cursor": search.encode_cursor(["2026-01-01", TOO_BIG])}, "cursor"),
+        ({"cursor": search.encode_cursor(["2026-01-01", "x"])}, "cursor"),
+        ({"cursor": search.encode_cursor([1])}, "cursor"),
+        ({"cursor": search.encode_cursor({"a": 1})}, "cursor"),
+        ({"cursor": search.encode_cursor([None]), "q": "milk"}, "cursor"),
+        ({"cursor": "!!!"}, "cursor"),
+        ({"date_from": "2026-02-01", "date_to": "2026-01-01"}, "date_from"),
+        ({"date_to": "10000-01-01"}, "date_to"),
+        ({"region": "x" * 201}, "region"),
+        ({"limit": str(TOO_BIG)}, None),
+    ],
+)
+def test_odd_list_arguments_are_400_with_a_reason(client, db, args, message):
+    add_request(db, transcript="milk please")
+    response = client.get("/api/v1/requests", headers=bearer(db, "viewer"), query_string=args)
+    if message is None:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 400 and message in response.json["error"]
+
+
+@pytest.mark.parametrize("date_to", ["9999-12-31", "0001-01-01"])
+def test_dates_at_the_ends_of_the_calendar_are_answered(client, db, date_to):
+    add_request(db)
+    response = client.get(
+        "/api/v1/requests", headers=bearer(db, "viewer"), query_string={"date_to": date_to}
+    )
+    assert response.status_code == 200
+    assert len(response.json["requests"]) == (1 if date_to.startswith("9999") else 0)
+
+
+@pytest.mark.parametrize("request_id", [str(TOO_BIG), "-1", "abc", "1e3", "0x10"])
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_odd_request_ids_are_404(client, db, request_id, method):
+    response = client.open(
+        f"/api/v1/requests/{request_id}",
+        method=method,
+        headers=bearer(db, "coordinator"),
+        json={"status": "done"},
+    )
+    assert response.status_code == 404 and "error" in response.json

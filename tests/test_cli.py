@@ -84,7 +84,7 @@ def test_intake_json_prints_the_queued_request(runner):
     assert request["category"] in {"transport", "groceries"}
 
 
-def test_serve_prints_where_to_look_and_a_first_login(tmp_path):
+def test_serve_prints_where_to_look_and_a_first_login(tmp_path, models_dir):
     """The command behind ./scripts/run: migrate, serve, and say where everything is."""
     import os
     import socket
@@ -103,6 +103,8 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path):
         "CARECALL_DATA_DIR": str(tmp_path / "data"),
         "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
         "CARECALL_PASSWORD_HASH_MEMORY_KIB": "8192",
+        # Korean configured but not installed: serve says so before it serves.
+        "CARECALL_MODELS_DIR": models_dir({"whisper-tiny-en": "installed", "vosk-ko": "missing"}),
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "serve", "--port", str(port)],
@@ -125,6 +127,8 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path):
     finally:
         server.terminate()
         output = server.communicate(timeout=10)[0]
-    assert health["ok"] is True
+    assert health == {"status": "ok"}
+    warning = "warning: CARECALL_SPEECH_ENGINES: ko=vosk:vosk-ko: speech model vosk-ko unavailable"
+    assert warning in output
     for where in ("/console/", "/kiosk", "/twilio/voice", "first login: user admin, password"):
         assert where in output

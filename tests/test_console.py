@@ -600,3 +600,103 @@ def memory_db():
 def test_search_never_raises_on_any_text(memory_db, text):
     rows, _ = search.list_requests(memory_db, search.Filters(status="all", q=text))
     assert isinstance(rows, list)
+
+
+# Past SQLite's largest integer: an id like this must be refused, never reach the database.
+TOO_BIG = 2**63
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        ({"cursor": "!!!"}, "cursor"),
+        ({"cursor": search.encode_cursor([None, None])}, "cursor"),
+        ({"cursor": search.encode_cursor(["2026-01-01", TOO_BIG])}, "cursor"),
+        ({"cursor": search.encode_cursor([None]), "q": "milk"}, "cursor"),
+        ({"date_from": "2026-02-01", "date_to": "2026-01-01"}, "date_from"),
+        ({"date_to": "9999-12-31"}, None),
+    ],
+)
+@pytest.mark.parametrize("path", ["/console/", "/console/rows"])
+def test_odd_queue_arguments_are_explained_not_500(db, coordinator, path, args, shown):
+    add_request(db, transcript="milk please")
+    response = coordinator.get(path, query_string=args)
+    if shown is None:
+        assert response.status_code == 200 and "milk please" in response.get_data(True)
+    else:
+        assert response.status_code == 400
+        # The rows fragment only refreshes the page; the page itself says what was wrong.
+        assert path == "/console/rows" or shown in response.get_data(True)
+
+
+@pytest.mark.parametrize("request_id", [str(TOO_BIG), "-1", "abc"])
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("GET", ""), ("GET", "/audio"), ("POST", "/notes"), ("POST", "/merge")],
+)
+def test_odd_request_ids_in_console_paths_are_404(db, coordinator, request_id, method, suffix):
+    path = f"/console/requests/{request_id}{suffix}"
+    if method == "GET":
+        response = coordinator.get(path)
+    else:
+        response = post_form(coordinator, path, {"body": "hello", "duplicate": "1"})
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("duplicate", [str(TOO_BIG), "-1", "abc", "", "1.5"])
+def test_odd_merge_targets_are_refused(db, coordinator, duplicate):
+    survivor = add_request(db, transcript="bread and milk please")
+    page = f"/console/requests/{survivor['id']}"
+    response = post_form(coordinator, f"{page}/merge", {"duplicate": duplicate}, page=page)
+    assert response.status_code in (400, 404)
+    assert queue.get(db, survivor["id"])["called_again"] == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"date_from": "2026-02-01", "date_to": "2026-01-31"},
+        {"phone": "1" * 201},
+        {"region": "r" * 201},
+    ],
+)
+def test_more_bad_filters_are_refused(args):
+    with pytest.raises(search.BadFilter):
+        search.Filters.from_args(args)
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("notes", {"body": "n" * (actions.MAX_TEXT + 1)}),
+        ("callbacks", {"outcome": "reached", "note": "n" * (actions.MAX_TEXT + 1)}),
+        ("correct", {"transcript": "t" * (actions.MAX_TEXT + 1)}),
+    ],
+)
+def test_over_long_console_text_is_refused_and_not_stored(db, coordinator, path, data):
+    item = add_request(db, transcript="bread please")
+    page = f"/console/requests/{item['id']}"
+    response = post_form(coordinator, f"{page}/{path}", data, page=page)
+    assert response.status_code == 303
+    assert "at most" in coordinator.get(page).get_data(as_text=True)
+    assert actions.notes(db, item["id"]) == actions.callbacks(db, item["id"]) == []
+    assert queue.get(db, item["id"])["transcript"] == "bread please"
+
+
+def test_a_failed_request_shows_why_in_the_queue_the_page_and_the_api(app, db, coordinator):
+    from app import pipeline
+
+    item = add_request(db, stage="received", category=None)
+    reason = "speech model whisper-tiny-en unavailable: size of model.bin changed"
+    pipeline.fail(db, item["id"], reason)
+    row = coordinator.get("/console/").get_data(as_text=True)
+    assert f"Not understood: {reason}" in row
+    page = coordinator.get(f"/console/requests/{item['id']}").get_data(as_text=True)
+    assert f"Not transcribed: {reason}" in page
+    token, _ = accounts.create_token(db, "monitor", "viewer")
+    listed = (
+        app.test_client()
+        .get("/api/v1/requests", headers={"Authorization": f"Bearer {token}"})
+        .get_json()["requests"]
+    )
+    assert [(r["stage"], r["urgency"], r["error"]) for r in listed] == [("failed", "high", reason)]

@@ -28,10 +28,3 @@ def test_migrate_command(runner, app):
     result = runner.invoke(args=["migrate"])
     assert result.exit_code == 0
     assert "up to date" in result.output
-
-
-def test_health_reports_database_and_jobs(client):
-    body = client.get("/healthz").get_json()
-    assert body["ok"] is True
-    assert body["requests"] == 0
-    assert "whisper-tiny-en" in body["models"]

@@ -6,12 +6,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from app import jobs, queue
+from app.db import connect
 from app.telephony import store
 from tests.speechgen import telephone
 from tests.twilio_fake import (
     HANGUP,
     SILENCE,
     Speech,
+    twilio_for,
 )
 
 CALLER = "+15551230001"
@@ -280,3 +282,40 @@ def test_person_within_hours_is_dialled(twilio, app):
     twilio.dial_status = "completed"
     call = twilio.call(CALLER, ["0"])
     assert ("twilio", "dials +15550001234: completed") in call.lines
+
+
+@pytest.mark.parametrize(
+    ("models", "message", "error"),
+    [
+        # The recording is not audio at all: nothing can be heard in it.
+        (
+            {"whisper-tiny-en": "installed", "vosk-ko": "installed"},
+            lambda: Speech(b"RIFF-but-no-sound-at-all" * 40, 4.0),
+            "audio",
+        ),
+        # Real words, but the English model is broken: no retry would help.
+        (
+            {"whisper-tiny-en": "truncated", "vosk-ko": "installed"},
+            lambda: spoken(SHOPPING),
+            "speech model whisper-tiny-en unavailable",
+        ),
+    ],
+)
+def test_a_message_that_cannot_be_understood_gets_an_apology_and_a_callback(
+    make_app, models_dir, media, models, message, error
+):
+    """The caller is told at once and kindly; the request waits, urgent, for a person."""
+    app = make_app(MODELS_DIR=models_dir(models))
+    twilio = twilio_for(app, media)
+    call = twilio.call(CALLER, ["1", message()])
+    print(call.transcript())
+    assert said(call, "I am sorry, I could not make out your message")
+    assert "a coordinator will listen to it and call you back" in call.heard()[-1]
+    assert not said(call, "Press 1 if that is right")  # no readback of nothing
+    assert not said(call, "I am still listening")  # told at once, not after the poll limit
+    assert call.ended == "carecall hung up"
+    db = connect(app.config["DATABASE"])
+    [request] = requests_of(db)
+    assert request["stage"] == "failed" and error in request["error"].lower()
+    assert request["urgency"] == "high" and request["needs_review"] == 1
+    db.close()

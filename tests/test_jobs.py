@@ -1,10 +1,11 @@
 """The durable job queue: idempotent enqueue, leases, back-off, dead letter, dying workers."""
 
+import json
 import time
 
 import pytest
 
-from app import jobs
+from app import jobs, queue
 
 CALLS = []
 
@@ -174,3 +175,186 @@ def test_nightly_reconcile_waits_for_twilio_credentials(app, db):
     app.config.update(TWILIO_ACCOUNT_SID="AC" + "0" * 32, TWILIO_AUTH_TOKEN="secret")
     jobs.enqueue_due(app, db, now)
     assert db["jobs"].count_where("kind = 'twilio.reconcile'") == 1
+
+
+# --- dying jobs are seen, dead workers are replaced -------------------------------------------
+
+DEATHS = []
+
+
+class Unmendable(Exception):
+    """An error test.unmendable declares permanent."""
+
+
+def noted_death(db, payload, reason):
+    """Note a death in the database, inside the burying transaction."""
+    DEATHS.append((payload, reason))
+    queue.record_event(db, None, "test", "died", {"reason": reason})
+
+
+@jobs.handler("test.unmendable", on_dead=noted_death, permanent=(Unmendable,))
+def unmendable(payload):
+    """Fail with the error the payload names."""
+    CALLS.append(payload)
+    raise {"permanent": jobs.PermanentError, "declared": Unmendable, "other": RuntimeError}[
+        payload["error"]
+    ](f"cannot do {payload['error']}")
+
+
+@jobs.handler("test.dies_badly", on_dead=lambda db, payload, reason: 1 / 0)
+def dies_badly(payload):
+    """Fail for good, with an on_dead that itself fails."""
+    raise jobs.PermanentError("no")
+
+
+@pytest.fixture(autouse=True)
+def clear_deaths():
+    DEATHS.clear()
+
+
+@pytest.mark.parametrize(
+    ("error", "calls", "reason"),
+    [
+        ("permanent", 1, "cannot do permanent"),
+        ("declared", 1, "cannot do declared"),
+        ("other", 3, "gave up after 3 attempts: RuntimeError: cannot do other"),
+    ],
+)
+def test_a_dying_job_runs_its_on_dead_in_the_burying_transaction(app, db, error, calls, reason):
+    job_id = jobs.enqueue(db, "test.unmendable", {"error": error}, max_attempts=3)
+    jobs.drain(app)
+    row = state(db, job_id)
+    assert row["state"] == "dead" and row["attempts"] == calls == len(CALLS)
+    assert [({"error": error}, reason)] == DEATHS
+    died = db["events"].rows_where("action = 'died'")
+    assert [json.loads(e["detail"])["reason"] for e in died] == [reason]
+
+
+def test_a_job_whose_worker_always_dies_runs_its_on_dead(db):
+    job_id = jobs.enqueue(db, "test.unmendable", {"error": "other"}, max_attempts=2)
+    now = time.time()
+    for step in range(2):
+        assert jobs.claim(db, "w", 1, now=now + 2 * step).id == job_id
+    assert jobs.claim(db, "w", 1, now=now + 10) is None
+    assert state(db, job_id)["state"] == "dead"
+    assert DEATHS == [({"error": "other"}, "the worker stopped while running it, 2 times")]
+
+
+def test_a_failing_on_dead_still_buries_the_job(app, db):
+    job_id = jobs.enqueue(db, "test.dies_badly", {})
+    jobs.drain(app)
+    row = state(db, job_id)
+    assert row["state"] == "dead" and row["attempts"] == 1
+    assert "ZeroDivisionError" in row["last_error"]
+
+
+@pytest.mark.parametrize(
+    ("silent_for", "taken"),
+    [(0.5, False), (2.9, False), (3.1, True), (250.0, True)],
+)
+def test_the_job_of_a_worker_that_stopped_beating_is_taken_over(db, silent_for, taken):
+    """A worker silent for three heartbeats is dead: its job moves on long before the lease."""
+    job_id = jobs.enqueue(db, "test.record", {})
+    now = time.time()
+    jobs.register(db, "dead-worker", "worker", now=now)
+    assert jobs.claim(db, "dead-worker", 300, now=now, heartbeat_seconds=1).id == job_id
+    jobs.register(db, "alive", "worker", now=now + silent_for)
+    again = jobs.claim(db, "alive", 300, now=now + silent_for, heartbeat_seconds=1)
+    assert (again is not None and again.id == job_id) is taken
+    if taken:
+        assert again.attempts == 2 and state(db, job_id)["worker"] == "alive"
+
+
+def test_a_worker_that_never_registered_keeps_its_lease(db):
+    """Jobs of a worker with no heartbeat row (an older version) wait for the lease as before."""
+    job_id = jobs.enqueue(db, "test.record", {})
+    now = time.time()
+    assert jobs.claim(db, "old-worker", 300, now=now, heartbeat_seconds=1).id == job_id
+    assert jobs.claim(db, "new", 300, now=now + 60, heartbeat_seconds=1) is None
+    assert jobs.claim(db, "new", 300, now=now + 301, heartbeat_seconds=1).id == job_id
+
+
+@jobs.handler("test.who_runs")
+def who_runs(payload):
+    """Remember which workers are registered while this job runs."""
+    from app.db import get_db
+
+    CALLS.append([(r["name"], r["kind"]) for r in get_db()["workers"].rows])
+
+
+def test_drain_registers_a_beating_worker_while_it_runs(app, db):
+    app.config["WORKER_HEARTBEAT_SECONDS"] = 0.05
+    jobs.enqueue(db, "test.who_runs", {})
+    jobs.drain(app, worker="burst-1")
+    assert CALLS == [[("burst-1", "drain")]]
+    assert db["workers"].count == 0  # a worker that stops cleanly leaves no row behind
+
+
+def test_a_restarted_worker_takes_over_at_once_from_a_dead_process_on_its_host(db):
+    """After kill -9 and a restart, the job moves on now, not after three missed beats."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job_id = jobs.enqueue(db, "test.record", {})
+    now = time.time()
+    db["workers"].insert(
+        {
+            "name": "killed",
+            "kind": "worker",
+            "host": socket.gethostname(),
+            "pid": gone.pid,
+            "started_at": now,
+            "heartbeat_at": now,
+        }
+    )
+    assert jobs.claim(db, "killed", 300, now=now, heartbeat_seconds=5).id == job_id
+    jobs.register(db, "restarted", "worker", now=now + 0.1)
+    taken = jobs.claim(db, "restarted", 300, now=now + 0.1, heartbeat_seconds=5)
+    assert taken is not None and taken.id == job_id
+
+
+def test_workers_of_the_same_process_and_thread_have_different_names():
+    assert jobs.worker_name("worker") != jobs.worker_name("worker")
+
+
+def test_a_worker_stopped_by_sigterm_signs_off(app, db):
+    """A service manager's SIGTERM ends `flask worker` cleanly: exit 0, no stale row left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {
+        **os.environ,
+        "CARECALL_DATABASE": app.config["DATABASE"],
+        "CARECALL_DATA_DIR": app.config["DATA_DIR"],
+        "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "worker"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while not jobs.live_workers(db, app.config["WORKER_HEARTBEAT_SECONDS"]):
+            assert time.time() < deadline and worker.poll() is None, "the worker never registered"
+            time.sleep(0.05)
+        [row] = db["workers"].rows
+        assert row["kind"] == "worker" and row["pid"] == worker.pid
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=20)[0]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, output
+    assert f"worker {row['name']} running" in output
+    assert db["workers"].count == 0

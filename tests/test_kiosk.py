@@ -590,8 +590,33 @@ def test_kiosks_cli_add_list_revoke(runner, db):
     assert all(actor.startswith("cli:") for actor, _ in audit)
 
 
+@pytest.mark.parametrize("ident", ["99", "0", str(2**63)])
+def test_kiosks_cli_names_a_missing_kiosk_clearly(runner, db, ident):
+    result = runner.invoke(args=["kiosks", "revoke", ident])
+    assert result.exit_code == 1 and f"no kiosk {ident}" in result.output
+
+
 @pytest.mark.parametrize("command", [[], ["add"], ["list"], ["revoke"]])
 def test_every_kiosks_command_has_an_example(runner, command):
     result = runner.invoke(args=["kiosks", *command, "--help"])
     assert result.exit_code == 0
     assert "Example: flask --app app kiosks" in result.output
+
+
+def test_a_broken_model_answers_the_kiosk_with_failed_and_words_to_show(
+    make_app, models_dir, speech_wav
+):
+    """The page is not left 'transcribing' until it gives up: it hears 'failed' at once."""
+    app = make_app(MODELS_DIR=models_dir({"whisper-tiny-en": "truncated", "vosk-ko": "installed"}))
+    client = app.test_client()
+    with app.app_context():
+        from app.db import get_db
+
+        _, token = devices.add(get_db(), "Riverside Centre", region="riverside")
+    auth = {"Authorization": f"Bearer {token}"}
+    request_id = post(client, auth, data=speech_wav).json["id"]
+    assert jobs.drain(app) == 1
+    body = client.get(f"/api/v1/voicemail/{request_id}", headers=auth).json
+    assert body["state"] == "failed" and body["urgency"] == "high"
+    assert body["readback"]["note"].startswith("I could not make out the words of your message")
+    assert body["readback"]["speech"] == body["readback"]["note"]

@@ -95,6 +95,131 @@ def test_unreadable_recording_is_kept_for_a_person(app, tmp_path, content, messa
     assert (Path(app.config["DATA_DIR"]) / request["audio_path"]).exists()
 
 
+@pytest.mark.parametrize(
+    ("language", "models", "reason"),
+    [
+        (
+            "en",
+            {"whisper-tiny-en": "truncated", "vosk-ko": "installed"},
+            "speech model whisper-tiny-en unavailable: ",
+        ),
+        (
+            "ko",
+            {"whisper-tiny-en": "installed", "vosk-ko": "missing"},
+            "speech model vosk-ko unavailable: Speech model 'vosk-ko' is not installed",
+        ),
+    ],
+)
+def test_a_model_that_cannot_load_fails_the_request_at_once(
+    make_app, models_dir, language, models, reason
+):
+    """No pointless retries: the request is failed, urgent and explained after one attempt."""
+    app = make_app(MODELS_DIR=models_dir(models))
+    wav = telephone("Could somebody help me fill in a form for my pension please?")
+    request = pipeline.intake(app, wav, channel="voicemail", phone="+15550105", language=language)
+    assert request["stage"] == "failed" and request["error"].startswith(reason)
+    assert request["urgency"] == "high" and request["needs_review"]
+    with app.app_context():
+        from app.db import get_db
+
+        db = get_db()
+        job = db["jobs"].get(1)
+        actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert job["state"] == "dead" and job["attempts"] == 1
+    assert actions == ["received", "failed"]
+
+
+def test_a_transcription_that_kills_its_worker_every_time_fails_the_request(app, db):
+    """A recording that crashes every worker that takes it is not left 'transcribing'."""
+    wav = telephone("I would like someone to visit me for a chat.")
+    request = receive(app, wav, channel="kiosk", phone="+15550106")
+    start = time.time() + 1
+    for attempt in range(app.config["JOB_MAX_ATTEMPTS"]):
+        # Each worker takes the job and dies: nobody completes it, the lease runs out.
+        assert jobs.claim(db, f"doomed-{attempt}", 10, now=start + 11 * attempt) is not None
+    with app.app_context():
+        from app.db import get_db
+
+        assert jobs.claim(get_db(), "next", 10, now=start + 100) is None
+    failed = queue.get(db, request["id"])
+    assert failed["stage"] == "failed" and failed["urgency"] == "high"
+    assert failed["needs_review"] and "worker stopped" in failed["error"]
+    assert db["jobs"].get(1)["state"] == "dead"
+
+
+def test_failing_a_request_that_was_understood_changes_nothing(app, db):
+    request, _ = queue.create(db, channel="kiosk", stage="transcribed", category="groceries")
+    with app.app_context():
+        from app.db import get_db
+
+        pipeline.fail(get_db(), request["id"], "too late")
+    after = queue.get(db, request["id"])
+    assert after["stage"] == "transcribed" and after["error"] is None
+    assert [e["action"] for e in queue.events(db, request["id"])] == ["received"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "heartbeat",
+    [
+        None,  # the default beat: the restarted worker sees the dead process id on its host
+        "0.5",  # a fast beat: three missed beats are enough, whatever the host
+    ],
+)
+def test_a_killed_worker_s_job_is_taken_over_within_seconds_not_after_the_lease(app, db, heartbeat):
+    """kill -9 a `flask worker` mid-transcription; a second worker finishes it in seconds."""
+    wav = telephone(
+        "Good morning. My name is Margaret and I live on my own since my husband died. "
+        "Could somebody please help me fill in a long form for my pension and my rent? "
+        "I cannot read the small print any more and the letter says it is due on Friday."
+    )
+    request = receive(app, wav, channel="voicemail", phone="+15550107")
+    env = {
+        **os.environ,
+        "CARECALL_DATABASE": app.config["DATABASE"],
+        "CARECALL_DATA_DIR": app.config["DATA_DIR"],
+        "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
+    }
+    if heartbeat:
+        env["CARECALL_WORKER_HEARTBEAT_SECONDS"] = heartbeat
+
+    def start_worker():
+        return subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    first = start_worker()
+    try:
+        deadline = time.time() + 60
+        while db["jobs"].get(1)["state"] != "running":
+            assert time.time() < deadline and first.poll() is None, "the worker never started"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(10)
+    assert db["jobs"].get(1)["state"] == "running"  # the lease still runs for 300 s
+    second = start_worker()
+    started = time.time()
+    try:
+        while db["jobs"].get(1)["state"] != "done":
+            assert time.time() - started < 60 and second.poll() is None
+            time.sleep(0.05)
+        took = time.time() - started
+    finally:
+        second.terminate()
+        second.wait(10)
+    job = db["jobs"].get(1)
+    # Under 10 s: well inside three default beats (15 s), let alone the 300 s lease.
+    assert job["attempts"] == 2 and took < 10, f"took over after {took:.1f} s"
+    print(f"second worker finished the job {took:.1f} s after it started")
+    assert queue.get(db, request["id"])["category"] == "paperwork"
+    assert db["workers"].count == 1  # the killed one's row; the stopped one removed its own
+
+
 @pytest.mark.slow
 def test_job_survives_worker_killed_mid_transcription(app, db):
     """A worker process dies while transcribing; after its lease the job is done elsewhere."""
@@ -144,3 +269,29 @@ def test_confirm_and_withdraw_are_audited(app, db):
     actions = [e["action"] for e in queue.events(db, request["id"])]
     assert actions == ["received", "confirmed", "withdrawn"]
     assert queue.get(db, request["id"])["status"] == "cancelled"
+
+
+def test_requests_left_behind_a_dead_job_before_the_upgrade_are_failed_by_it(tmp_path):
+    """Requests stuck 'transcribing' on an older version are put before a person on upgrade."""
+    from app.db import connect, migrate
+    from app.migrations import migrations
+
+    path = tmp_path / "old.db"
+    db = connect(path)
+    migrations.apply(db, stop_before="0005_workers")
+    stuck, _ = queue.create(db, channel="kiosk", phone="+15550108")
+    waiting, _ = queue.create(db, channel="kiosk", phone="+15550109")
+    dead = jobs.enqueue(db, "transcribe", {"request_id": stuck["id"]})
+    jobs.enqueue(db, "transcribe", {"request_id": waiting["id"]})
+    error = "RuntimeError: Variable 'decoder/embeddings/weight' has an invalid payload size\n..."
+    db["jobs"].update(dead, {"state": "dead", "attempts": 5, "last_error": error})
+    db.close()
+    assert migrate(path)[0] == "0005_workers"
+    db = connect(path)
+    failed, untouched = queue.get(db, stuck["id"]), queue.get(db, waiting["id"])
+    assert failed["stage"] == "failed" and failed["urgency"] == "high"
+    assert failed["needs_review"] and failed["category"] == "other"
+    assert failed["error"] == "transcription died: " + error.splitlines()[0]
+    assert [e["action"] for e in queue.events(db, stuck["id"])] == ["received", "failed"]
+    assert untouched["stage"] == "received" and not untouched["needs_review"]
+    db.close()

@@ -56,8 +56,8 @@ def test_whisper_transcribes_english(service, sentence):
 @pytest.mark.slow
 def test_whisper_transcribes_telephone_english(service):
     # espeak's consonant cues sit largely above 3.4 kHz, so the phone band costs tiny.en far
-    # more than at 16 kHz; the Klatt voice suffers least. Measured here: mean 0.18, worst 0.36
-    # (default voice: mean ~0.3, worst 0.4-0.6 as fallback sampling varies).
+    # more than at 16 kHz; the Klatt voice suffers least. Measured here: mean 0.18, worst 0.36.
+    # The audio is rendered without sox's random dither, so every run decodes the same samples.
     rates = [
         word_error_rate(s, service.transcribe(telephone(s, voice=CLEAR_VOICE)).text)
         for s in ENGLISH

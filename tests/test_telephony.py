@@ -258,3 +258,33 @@ def test_every_twilio_command_has_help_with_an_example(runner):
     for args in (["twilio", "--help"], ["twilio", "reconcile", "--help"]):
         result = runner.invoke(args=args)
         assert "Example: flask --app app twilio" in result.output
+
+
+def test_a_download_whose_worker_always_dies_becomes_a_callback(app, db, twilio, media):
+    """A fetch job buried by crashing workers still gets the caller a person's call back."""
+    media.fail_next(1)
+    recording_sid, url = media.add(b"RIFF....")
+    with app.test_request_context():
+        from app.db import get_db
+
+        stored = twilio_media.accept(
+            get_db(),
+            recording_sid=recording_sid,
+            call_sid="CA" + "1" * 32,
+            url=url,
+            purpose="voicemail",
+            phone="+15551230009",
+            language="en",
+        )
+    assert stored is None and db["twilio_recordings"].get(recording_sid)["state"] == "pending"
+    job = next(db["jobs"].rows_where("kind = ?", [twilio_media.FETCH]))
+    start = job["run_after"]
+    for attempt in range(job["max_attempts"]):
+        assert jobs.claim(db, f"doomed-{attempt}", 10, now=start + 11 * attempt) is not None
+    assert jobs.claim(db, "next", 10, now=start + 1000) is None
+    assert db["jobs"].get(job["id"])["state"] == "dead"
+    assert db["twilio_recordings"].get(recording_sid)["state"] == "dead"
+    [request] = db["requests"].rows
+    assert request["source_key"] == recording_sid and request["needs_review"] == 1
+    assert request["error"].startswith("call back: recording could not be downloaded")
+    assert request["phone"] == "+15551230009" and request["urgency"] == "high"

@@ -131,7 +131,9 @@ def log_callback(db, request_id, outcome, note="", *, actor):
     """Record that someone called the senior back, and how it went, audited."""
     if outcome not in CALLBACK_OUTCOMES:
         raise BadChange(f"outcome must be one of {', '.join(CALLBACK_OUTCOMES)}")
-    note = (note or "").strip()[:MAX_TEXT]
+    note = (note or "").strip()
+    if len(note) > MAX_TEXT:
+        raise BadChange(f"note must be at most {MAX_TEXT} characters")
     with db.atomic():
         queue.get(db, request_id)
         row = {"request_id": request_id, "actor": actor, "outcome": outcome, "note": note}

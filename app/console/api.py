@@ -67,6 +67,19 @@ def http_error(error):
     return response
 
 
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def api_route_error(error):
+    """Answer a path under /api/ that matches no route (a bad id, a wrong method) as JSON."""
+    if not request.path.startswith("/api/"):
+        return error
+    response = jsonify(error=error.description)
+    response.status_code = error.code
+    if error.code == 405:
+        response.headers["Allow"] = ", ".join(error.valid_methods or ())
+    return response
+
+
 def _public(item):
     """Return a request as the API shows it."""
     item = dict(item)

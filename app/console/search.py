@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import date, timedelta
 
 from ..classify import CATEGORY_KEYS
-from ..queue import CHANNELS, STATUSES, URGENCY_RANK
+from ..queue import CHANNELS, STATUSES, URGENCY_RANK, row_id
 
 # Spelled exactly as in the partial indexes' WHERE clauses, so SQLite can use them.
 OPEN = "status NOT IN ('done', 'cancelled')"
@@ -20,9 +20,12 @@ STATUS_CHOICES = ("open", "all", *STATUSES)
 LIST_COLUMNS = (
     "r.id, r.channel, r.phone, r.language, r.region, r.stage, r.category, r.urgency,"
     " r.status, r.emergency, r.needs_review, r.transcript_confidence, r.called_again,"
-    " r.merged_into, substr(r.transcript, 1, 160) AS excerpt, r.created_at, r.updated_at"
+    " r.merged_into, substr(r.transcript, 1, 160) AS excerpt, r.error, r.created_at,"
+    " r.updated_at"
 )
 MAX_LIMIT = 200
+# Longest filter value: search text, a region or a phone number all fit well within it.
+MAX_FILTER_LENGTH = 200
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -59,14 +62,19 @@ class Filters:
         for name, allowed in choices.items():
             if values[name] and values[name] not in allowed:
                 raise BadFilter(f"{name} must be one of {', '.join(allowed)}")
+        for name, value in values.items():
+            if len(value) > MAX_FILTER_LENGTH:
+                what = "search text" if name == "q" else name
+                raise BadFilter(f"{what} must be at most {MAX_FILTER_LENGTH} characters")
+        days = {}
         for name in ("date_from", "date_to"):
             if values[name]:
                 try:
-                    date.fromisoformat(values[name])
+                    days[name] = date.fromisoformat(values[name])
                 except ValueError as exc:
                     raise BadFilter(f"{name} must be a date like 2026-01-31") from exc
-        if len(values["q"]) > 200:
-            raise BadFilter("search text must be at most 200 characters")
+        if len(days) == 2 and days["date_from"] > days["date_to"]:
+            raise BadFilter("date_from must not be after date_to")
         return cls(**values)
 
     def to_args(self):
@@ -100,9 +108,10 @@ def _where(filters, exclude_pinned):
     if filters.date_from:
         where.append("r.created_at >= ?")
         params.append(filters.date_from)
-    if filters.date_to:
+    # The last day of the calendar has no day after it: it then bounds nothing.
+    if filters.date_to and (last := date.fromisoformat(filters.date_to)) < date.max:
         where.append("r.created_at < ?")
-        params.append((date.fromisoformat(filters.date_to) + timedelta(days=1)).isoformat())
+        params.append((last + timedelta(days=1)).isoformat())
     if exclude_pinned:
         where.append(f"NOT ({CRITICAL_OPEN})")
     return where, params
@@ -113,15 +122,19 @@ def encode_cursor(values):
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor):
-    """Decode a page cursor made by encode_cursor."""
+def decode_cursor(cursor, searching=False):
+    """Decode a page cursor made by encode_cursor: [id] when searching, else [updated_at, id]."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(values, list) or len(values) != (1 if searching else 2):
+            raise TypeError("not a list of the right length")
+        *updated_at, request_id = values
+        if not all(isinstance(v, str) for v in updated_at) or isinstance(request_id, str):
+            raise TypeError("values of the wrong kind")
+        row_id(request_id)
     except (ValueError, TypeError) as exc:
         raise BadFilter("cursor is not one this server gave out") from exc
-    if not isinstance(values, list) or not values:
-        raise BadFilter("cursor is not one this server gave out")
     return values
 
 
@@ -143,14 +156,13 @@ def list_requests(db, filters, *, limit=50, cursor=None, exclude_pinned=False):
         params.insert(0, match)
         if cursor:
             where.append("requests_fts.rowid < ?")
-            params.append(int(decode_cursor(cursor)[0]))
+            params.extend(decode_cursor(cursor, searching=True))
         order = "requests_fts.rowid DESC"
     else:
         sql = f"SELECT {LIST_COLUMNS} FROM requests r"
         if cursor:
-            updated_at, request_id = decode_cursor(cursor)[:2]
             where.append("(r.updated_at, r.id) < (?, ?)")
-            params.extend([updated_at, int(request_id)])
+            params.extend(decode_cursor(cursor))
         order = "r.updated_at DESC, r.id DESC"
     if where:
         sql += " WHERE " + " AND ".join(where)

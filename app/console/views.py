@@ -1,6 +1,7 @@
 """Console pages under /console: log in, the live queue, one request, users, tokens, kiosks."""
 
 import functools
+import math
 import mimetypes
 from pathlib import Path
 
@@ -29,11 +30,39 @@ bp = Blueprint("console", __name__, url_prefix="/console")
 
 @bp.before_request
 def load_principal():
-    """Find who is logged in for this request, if anyone."""
-    user_id = session.get("user_id")
-    g.principal = accounts.principal_for_user(get_db(), user_id) if user_id else None
-    if user_id and g.principal is None:
+    """Find who is logged in for this request, if anyone: the session must still be open."""
+    token = session.get("session_token")
+    g.principal = None
+    if token:
+        g.principal = accounts.principal_for_session(
+            get_db(), token, lifetime=current_app.config["SESSION_LIFETIME"]
+        )
+    if session.get("user_id") or (token and g.principal is None):
+        # Logged out, expired or a password changed since: nothing of it may act now.
         session.clear()
+
+
+def _client():
+    """Return the address a request came from (the proxy's client when it is trusted)."""
+    return request.remote_addr or "unknown"
+
+
+def _log_in(principal):
+    """Start a fresh session for principal in this browser."""
+    # Nothing from before survives into the logged-in session.
+    session.clear()
+    session["session_token"] = accounts.start_session(
+        get_db(),
+        principal.id,
+        client=_client(),
+        lifetime=current_app.config["SESSION_LIFETIME"],
+    )
+    session.permanent = True
+
+
+def _too_many(exc):
+    """Say how long to wait after too many wrong passwords."""
+    return f"Too many failed attempts. {_wait_words(exc.retry_after)}"
 
 
 def require(permission):
@@ -94,27 +123,35 @@ def login():
     error, status = None, 200
     if request.method == "GET" and g.principal is not None:
         return redirect(_safe_next(request.args.get("next")))
+    retry_after = None
     if request.method == "POST":
-        policy = accounts.lockout_policy(current_app.config)
         try:
             principal = accounts.authenticate(
                 get_db(),
                 request.form.get("name"),
                 request.form.get("password", ""),
-                policy=policy,
+                client=_client(),
+                policy=accounts.lockout_policy(current_app.config),
                 hasher=accounts.hasher_for(current_app.config),
             )
         except accounts.LockedOut as exc:
-            error, status = f"Too many failed attempts. {_wait_words(exc.retry_after)}", 429
+            error, status, retry_after = _too_many(exc), 429, exc.retry_after
+        except accounts.BadAccountField:
+            error, status = "That name or password is not one an account could have.", 400
         except accounts.BadCredentials:
             error, status = "That name and password do not match an active account.", 401
         else:
-            # A fresh session at login: nothing from before survives into the logged-in one.
-            session.clear()
-            session["user_id"] = principal.id
-            session.permanent = True
+            _log_in(principal)
             return redirect(_safe_next(request.args.get("next")), code=303)
-    return render_template("console/login.html", error=error), status
+    return _form_page("console/login.html", status, retry_after, error=error)
+
+
+def _form_page(template, status, retry_after, **context):
+    """Render a password form's page; after too many wrong passwords, say when to retry."""
+    response = current_app.make_response((render_template(template, **context), status))
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(math.ceil(retry_after))
+    return response
 
 
 def _wait_words(seconds):
@@ -127,27 +164,67 @@ def _wait_words(seconds):
 
 @bp.post("/logout")
 def logout():
-    """Log out and return to the login page."""
+    """Log out, ending the session so a copy of its cookie no longer works, and go to login."""
+    accounts.end_session(get_db(), session.get("session_token"))
     session.clear()
     return redirect(url_for("console.login"), code=303)
 
 
+@bp.route("/password", methods=["GET", "POST"])
+@require("view")
+def password():
+    """Let the logged-in user change their password; every other session of theirs ends."""
+    error, status, retry_after = None, 200, None
+    if request.method == "POST":
+        new = request.form.get("new_password", "")
+        if new != request.form.get("new_password_again", ""):
+            error, status = "The two new passwords are not the same.", 400
+        else:
+            try:
+                principal = accounts.change_password(
+                    get_db(),
+                    g.principal.name,
+                    request.form.get("current_password", ""),
+                    new,
+                    client=_client(),
+                    policy=accounts.lockout_policy(current_app.config),
+                    hasher=accounts.hasher_for(current_app.config),
+                )
+            except accounts.LockedOut as exc:
+                error, status, retry_after = _too_many(exc), 429, exc.retry_after
+            except accounts.BadAccountField as exc:
+                error, status = f"The new {exc}.", 400
+            except accounts.BadCredentials:
+                error, status = "That is not your current password.", 400
+            else:
+                _log_in(principal)
+                flash("Password changed. Any other place you were logged in is logged out.", "ok")
+                return redirect(url_for("console.queue"), code=303)
+    return _form_page(
+        "console/password.html",
+        status,
+        retry_after,
+        error=error,
+        min_length=accounts.MIN_PASSWORD_LENGTH,
+        max_length=accounts.MAX_PASSWORD_LENGTH,
+    )
+
+
 def _queue_view(template):
     """Render the queue, or just its rows, for the filters in the query string."""
+    db = get_db()
+    limit = current_app.config["CONSOLE_PAGE_SIZE"]
     try:
         filters = search.Filters.from_args(request.args)
+        rows, next_cursor = search.list_requests(
+            db, filters, limit=limit, cursor=request.args.get("cursor") or None, exclude_pinned=True
+        )
     except search.BadFilter as exc:
+        # Show the first page unfiltered, with what was wrong, rather than nothing.
         filters, error = search.Filters(), str(exc)
+        rows, next_cursor = search.list_requests(db, filters, limit=limit, exclude_pinned=True)
     else:
         error = None
-    db = get_db()
-    rows, next_cursor = search.list_requests(
-        db,
-        filters,
-        limit=current_app.config["CONSOLE_PAGE_SIZE"],
-        cursor=request.args.get("cursor") or None,
-        exclude_pinned=True,
-    )
     html = render_template(
         template,
         filters=filters,
@@ -311,7 +388,7 @@ def add_callback(request_id):
 def merge(request_id):
     """Merge another request into this one."""
     try:
-        duplicate = int(request.form.get("duplicate", ""))
+        duplicate = queue.row_id(request.form.get("duplicate", ""))
     except ValueError:
         abort(400)
     return _act(
@@ -321,18 +398,29 @@ def merge(request_id):
     )
 
 
+def _users_page(*, new_secret=None, new_password=None):
+    """Render the users page, with a just-made token or password shown this once."""
+    db = get_db()
+    response = current_app.make_response(
+        render_template(
+            "console/users.html",
+            users=accounts.list_users(db),
+            tokens=accounts.list_tokens(db),
+            roles=accounts.ROLES,
+            new_secret=new_secret,
+            new_password=new_password,
+        )
+    )
+    # The page may carry a secret that must not outlive this one response.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.get("/users")
 @require("manage_users")
 def users():
     """List users and API tokens for an administrator."""
-    db = get_db()
-    return render_template(
-        "console/users.html",
-        users=accounts.list_users(db),
-        tokens=accounts.list_tokens(db),
-        roles=accounts.ROLES,
-        new_secret=None,
-    )
+    return _users_page()
 
 
 @bp.post("/users")
@@ -372,6 +460,28 @@ def disable_user(name):
     return redirect(url_for("console.users"), code=303)
 
 
+@bp.post("/users/<name>/reset-password")
+@require("manage_users")
+def reset_password(name):
+    """Give a user a new generated password, shown once, and log out their sessions."""
+    password = accounts.generate_password()
+    try:
+        accounts.reset_password(
+            get_db(),
+            name,
+            password,
+            hasher=accounts.hasher_for(current_app.config),
+            actor=g.principal.actor,
+        )
+    except accounts.AccountError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.users"), code=303)
+    if name == g.principal.name:
+        # Resetting one's own password ends this session too; keep this browser logged in.
+        _log_in(g.principal)
+    return _users_page(new_password=(name, password))
+
+
 @bp.post("/tokens")
 @require("manage_users")
 def create_token():
@@ -384,13 +494,7 @@ def create_token():
     except accounts.AccountError as exc:
         flash(str(exc), "error")
         return redirect(url_for("console.users"), code=303)
-    return render_template(
-        "console/users.html",
-        users=accounts.list_users(db),
-        tokens=accounts.list_tokens(db),
-        roles=accounts.ROLES,
-        new_secret=(row, secret),
-    )
+    return _users_page(new_secret=(row, secret))
 
 
 @bp.post("/tokens/<int:token_id>/revoke")

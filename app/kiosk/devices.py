@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from ..queue import now, record_event
+from ..queue import now, record_event, row_id
 
 TOKEN_BYTES = 32
 HINT_CHARS = 6
@@ -106,7 +106,10 @@ def find(db, id_or_name):
     """Return the kiosk with this id (digits) or exact name."""
     text = str(id_or_name).strip()
     if text.isdigit():
-        return get(db, int(text))
+        try:
+            return get(db, row_id(text))
+        except ValueError:
+            raise KioskNotFound(f"no kiosk {text}") from None
     rows = list(db["kiosks"].rows_where("name = ?", [text]))
     if not rows:
         raise KioskNotFound(f"no kiosk named {text!r}")

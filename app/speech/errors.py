@@ -5,7 +5,11 @@ class SpeechError(Exception):
     """Base class for every error raised by app.speech."""
 
 
-class ModelNotInstalled(SpeechError):
+class ModelUnavailable(SpeechError):
+    """A configured speech model cannot be loaded: missing, damaged or unreadable."""
+
+
+class ModelNotInstalled(ModelUnavailable):
     """A speech model is needed but not installed in the models directory."""
 
 

@@ -8,8 +8,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from app.speech.audio import Audio, AudioSource, load_audio
-from app.speech.errors import NoGrammarModel, UnknownModel, UnsupportedLanguage
-from app.speech.models import DEFAULT_MODELS_DIR, Manifest, load_manifest, model_path
+from app.speech.errors import (
+    ModelUnavailable,
+    NoGrammarModel,
+    UnknownModel,
+    UnsupportedLanguage,
+)
+from app.speech.models import (
+    DEFAULT_MODELS_DIR,
+    Manifest,
+    install_command,
+    load_manifest,
+    model_path,
+    verify,
+)
 from app.speech.result import Choice, Transcript
 
 DEFAULT_ENGINES = {"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"}
@@ -53,8 +65,36 @@ class SpeechService:
                 raise UnknownModel(f"Model {model} is not a {engine} model.")
         self._whisper_options = dict(whisper_options or {})
         self._loaded: dict[tuple[str, str], object] = {}
+        # Why a model last failed to load; kept so readiness checks can tell without loading.
+        self._failed: dict[tuple[str, str], str] = {}
         # A web request and the worker thread may ask for the same model at once.
         self._lock = threading.Lock()
+
+    def problems(self) -> dict[str, str]:
+        """Return, per configured language, why its model cannot be used (cheap: no loading).
+
+        A model counts as broken when it last failed to load, or when it is not installed
+        or its files' sizes differ from those recorded at install (a truncated download).
+        """
+        found = {}
+        for language, (engine, model) in self._engines.items():
+            key = (engine, model)
+            # No lock: a load in progress holds it for seconds, and a dict lookup is atomic.
+            if key in self._loaded:
+                continue
+            failed = self._failed.get(key)
+            if failed is None:
+                check = verify(model, self.models_dir, digests=False)
+                if not check.installed:
+                    failed = (
+                        f"speech model {model} unavailable: not installed in {self.models_dir};"
+                        f" install it with: {install_command(model)}"
+                    )
+                elif not check.ok:
+                    failed = f"speech model {model} unavailable: {'; '.join(check.problems)}"
+            if failed is not None:
+                found[language] = failed
+        return found
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -98,13 +138,31 @@ class SpeechService:
         key = (engine, model)
         with self._lock:
             if key not in self._loaded:
-                path = model_path(model, self.models_dir)
-                if engine == "whisper":
-                    from app.speech.whisper import WhisperEngine
-
-                    self._loaded[key] = WhisperEngine(path, model=model, **self._whisper_options)
-                else:
-                    from app.speech.vosk import VoskEngine
-
-                    self._loaded[key] = VoskEngine(path, model=model, language=language)
+                try:
+                    self._loaded[key] = self._open(engine, model, language)
+                except ModelUnavailable as exc:
+                    raise self._unavailable(key, type(exc), exc) from exc
+                except Exception as exc:
+                    # CTranslate2 and Kaldi report a damaged file only as a bare
+                    # RuntimeError or Exception; name it so callers stop retrying.
+                    raise self._unavailable(key, ModelUnavailable, exc) from exc
+                self._failed.pop(key, None)
             return self._loaded[key]
+
+    def _unavailable(self, key: tuple[str, str], kind: type, exc: Exception) -> ModelUnavailable:
+        """Remember why a model failed to load and return the error to raise."""
+        # Not cached as a verdict: once an operator repairs the model, the next use loads it.
+        failure = kind(f"speech model {key[1]} unavailable: {exc}")
+        self._failed[key] = str(failure)
+        return failure
+
+    def _open(self, engine: str, model: str, language: str):
+        """Load one engine's model from the models directory."""
+        path = model_path(model, self.models_dir)
+        if engine == "whisper":
+            from app.speech.whisper import WhisperEngine
+
+            return WhisperEngine(path, model=model, **self._whisper_options)
+        from app.speech.vosk import VoskEngine
+
+        return VoskEngine(path, model=model, language=language)

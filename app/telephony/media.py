@@ -215,7 +215,18 @@ def _callback_request(db, row, reason):
     return request
 
 
-@jobs.handler(FETCH)
+def fetch_died(db, payload, reason):
+    """When the download job is buried, a person calls back: the caller was told we have it."""
+    row = recording(db, payload["recording_sid"])
+    if row is None or row["state"] != "pending":
+        return
+    db["twilio_recordings"].update(
+        row["recording_sid"], {"state": "dead", "error": reason, "updated_at": queue.now()}
+    )
+    _callback_request(db, row, f"recording could not be downloaded: {reason}")
+
+
+@jobs.handler(FETCH, on_dead=fetch_died)
 def fetch_job(payload):
     """Job: download a recording Twilio told us about, until it is stored or given up."""
     db = get_db()

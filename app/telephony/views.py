@@ -375,6 +375,8 @@ def wait():
     flow = speaker.flow
     polls = request.args.get("n", 0, type=int)
     request_ = _request_of(db, call)
+    if request_ is not None and request_["stage"] == "failed":
+        return _not_understood(call)
     if request_ is not None and request_["stage"] != "received":
         return _readback(call, request_)
     if polls >= flow.timing.poll_limit:
@@ -393,6 +395,13 @@ def wait():
             speaker, texts, url_for(".wait", n=polls + 1), pause_seconds=flow.timing.poll_seconds
         )
     )
+
+
+def _not_understood(call):
+    """Say sorry that the message could not be made out; it is kept and a person calls back."""
+    call = store.update_call(get_db(), call["call_sid"], menu="done")
+    speaker = _speaker(call)
+    return twiml(speak.goodbye(speaker, [speaker.flow.prompt("not_understood")]))
 
 
 def _request_of(db, call):

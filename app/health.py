@@ -1,0 +1,70 @@
+"""Whether CareCall can do its work now: a writable database, loadable models, a live worker.
+
+Each problem is one line naming the setting to look at, so the same words serve /readyz,
+the details of /healthz, and the warnings `flask serve` and `flask worker` print at start-up.
+"""
+
+import sqlite3
+import time
+
+from . import jobs, pipeline, settings
+
+PROBE = "readiness probe"
+
+
+def problems(app, db):
+    """Return why CareCall cannot do all its work now, one line each; empty when ready."""
+    return [*database_problems(app, db), *model_problems(app), *worker_problems(app, db)]
+
+
+def database_problems(app, db):
+    """Return a line if the database cannot be written (read-only, full, locked)."""
+    try:
+        # Only a real write finds a read-only file: BEGIN IMMEDIATE alone succeeds on one.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            jobs.register(db, PROBE, PROBE)
+        finally:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        if db.conn.in_transaction:
+            db.conn.rollback()
+        return [f"{settings.PREFIX}DATABASE: cannot write to the database: {exc}"]
+    return []
+
+
+def model_problems(app):
+    """Return a line per configured language whose speech model cannot be used."""
+    engines = app.config["SPEECH_ENGINES"]
+    return [
+        f"{settings.PREFIX}SPEECH_ENGINES: {language}={engines[language]}: {problem}"
+        for language, problem in pipeline.speech_service(app).problems().items()
+    ]
+
+
+def worker_problems(app, db, now=None):
+    """Return a line if no worker has beaten lately, so queued recordings would wait."""
+    beat = app.config["WORKER_HEARTBEAT_SECONDS"]
+    try:
+        if jobs.live_workers(db, beat, now):
+            return []
+    except sqlite3.Error as exc:
+        return [f"{settings.PREFIX}WORKER={app.config['WORKER']}: cannot read workers: {exc}"]
+    silent = f"no job worker has reported in the last {jobs.STALE_HEARTBEATS * beat:g} s"
+    if app.config["WORKER"] == "none":
+        return [f"{settings.PREFIX}WORKER=none: {silent}; start one: flask --app app worker"]
+    return [f"{settings.PREFIX}WORKER=inprocess: {silent}; is `flask --app app serve` running?"]
+
+
+def startup_warnings(app, *, worker=False):
+    """Return the one-line warnings `serve` (or `worker`) prints before it starts."""
+    from .db import connect
+
+    db = connect(app.config["DATABASE"])
+    try:
+        found = [*database_problems(app, db), *model_problems(app)]
+        if not worker and app.config["WORKER"] == "none":
+            found += worker_problems(app, db, time.time())
+    finally:
+        db.close()
+    return [f"warning: {line}" for line in found]
