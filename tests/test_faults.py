@@ -7,6 +7,7 @@ import pytest
 from tests import speechgen
 from tests.server import (
     Server,
+    age,
     kill_during_transcription,
     kill_during_upload,
     running,
@@ -29,6 +30,7 @@ def test_kill_mid_upload_leaves_no_partial_file_and_the_retry_lands(tmp_path, ki
         token = server.add_kiosk()
         spooled = kill_during_upload(server, token, kiosk_wav, "killed-upload-0001")
         assert spooled, "the upload never reached the spool: nothing was killed mid-upload"
+        age(spooled)
         server.start()
         assert wait_for(lambda: not server.leftovers(), 5), server.leftovers()
         retry = server.upload(token, kiosk_wav, "killed-upload-0001")
