@@ -364,7 +364,10 @@ def model_broken(root, media):
             clean = "Traceback" not in text
             return Row("model broken", clean, f"serve refused to start: {text[-120:]!r}")
         response = server.upload(token, kiosk_wav(), "broken-model-0001")
+        if response.status_code != 202:
+            return Row("model broken", False, f"the upload answered {response.status_code}")
         request_id = response.json()["id"]
+        started = time.monotonic()
         failed = wait_for(
             lambda: server.query(
                 "SELECT stage, urgency, needs_review FROM requests WHERE id = ?"
@@ -378,7 +381,9 @@ def model_broken(root, media):
         )
         ready = server.request("GET", "/readyz", timeout=10).status_code
         ok = bool(failed) and ready == 503
-        detail = f"request {state[0] if state else None} after {WAIT_S:.0f} s; /readyz {ready}"
+        waited = f"{time.monotonic() - started:.1f} s" if failed else f"{WAIT_S:.0f} s (gave up)"
+        detail = f"request (stage, urgency, review) {state[0] if state else None} after {waited};"
+        detail += f" /readyz {ready}"
         return Row("model broken", ok, detail, int(not state))
     finally:
         server.stop()

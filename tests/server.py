@@ -374,6 +374,8 @@ def kill_during_transcription(server, token, audio, tries=3):
     """
     for attempt in range(tries):
         response = server.upload(token, audio, f"killed-decode-{attempt:04d}")
+        if response.status_code != 202:
+            continue  # not accepted: nothing to kill the worker on
         job = f'%"request_id": {response.json()["id"]}}}%'
         wait_for(
             lambda job=job: server.query(
