@@ -528,7 +528,9 @@ SETTINGS = (
         "speech",
         "SPEECH_ENGINES",
         Engines(),
-        {"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"},
+        # Only what ./scripts/run installs, so a fresh install is ready; add ko=vosk:vosk-ko
+        # after `flask --app app models install vosk-ko`.
+        {"en": "whisper:whisper-tiny-en"},
         "Engine and model per language, from speech_models/models.toml.",
     ),
     _s("speech", "DEFAULT_LANGUAGE", LANGUAGE, "en", "Language when a caller has not chosen."),
