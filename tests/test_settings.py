@@ -173,3 +173,11 @@ def test_a_wrong_environment_value_stops_the_command_line_cleanly(tmp_path):
     assert done.returncode != 0
     assert "CARECALL_KIOSK_MAX_AUDIO_BYTES='50 parsecs'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_default_engines_use_only_models_that_scripts_run_installs():
+    """A fresh install from the README is ready: ./scripts/run installs every default model."""
+    run = (REPO_ROOT / "scripts" / "run").read_text()
+    installed = set(re.search(r"scripts/setup ([^\n]*)", run).group(1).split())
+    wanted = {spec.split(":", 1)[1] for spec in BY_NAME["SPEECH_ENGINES"].default.values()}
+    assert wanted <= installed, wanted - installed
