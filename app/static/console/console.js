@@ -27,15 +27,14 @@
   document.querySelectorAll("button[data-copy]").forEach((button) => {
     button.hidden = false;
     button.addEventListener("click", () => {
-      const source = document.getElementById(button.dataset.copy);
-      const text = source ? source.textContent.trim() : "";
       const done = document.getElementById(button.dataset.copyStatus);
-      navigator.clipboard.writeText(text)
+      const code = button.previousElementSibling;
+      navigator.clipboard.writeText(button.dataset.copy)
         .then(() => { if (done) done.textContent = "Copied."; })
         .catch(() => {
-          // No clipboard (an insecure page): select the text so a person can copy it.
+          // No clipboard (a page not served over HTTPS): select it for a person to copy.
           const range = document.createRange();
-          range.selectNodeContents(source);
+          range.selectNodeContents(code);
           window.getSelection().removeAllRanges();
           window.getSelection().addRange(range);
           if (done) done.textContent = "Selected: press Ctrl+C to copy.";
