@@ -400,6 +400,14 @@ for (const key of document.querySelectorAll(".keypad .key[data-key]")) {
   key.addEventListener("click", () => press(key.dataset.key));
 }
 $("phone-delete").addEventListener("click", unpress);
+// A keyboard works too: digits type, Backspace deletes, Enter on no button sends.
+document.addEventListener("keydown", (event) => {
+  if (screen !== "phone" || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (/^[0-9+]$/.test(event.key)) press(event.key);
+  else if (event.key === "Backspace") unpress();
+  else return;
+  event.preventDefault();
+});
 $("phone-send").addEventListener("click", () => {
   if (typed.replace("+", "").length) sendPhone(typed);
   else {
