@@ -314,6 +314,31 @@ function thank(requestId, key, phone) {
   after(settings.resetSeconds, welcome);
 }
 
+async function answer(reply, attempt = 0) {
+  const requestId = current && current.requestId;
+  if (!requestId) return welcome();
+  if (attempt === 0) {
+    if (reply === "yes") askPhone();
+    else {
+      welcome();
+      $("talk-text").textContent = words.speech.again;
+      say(words.speech.again, { url: promptUrl("speech", "again") });
+    }
+  }
+  try {
+    await api(`${settings.uploadUrl}/${requestId}/confirm`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ answer: reply }),
+    });
+  } catch (error) {
+    // The message itself is already safe; keep trying to record the answer for a while.
+    if ((error.status || 500) >= 500 && attempt < 8) {
+      setTimeout(() => answer(reply, attempt + 1), Math.min(30000, 1000 * 2 ** attempt));
+    }
+  }
+}
+
 // --- the call-back number: a big keypad after "Yes, send it" ----------------------------
 
 const MAX_DIGITS = 16; // E.164: + and at most 15 digits
