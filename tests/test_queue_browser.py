@@ -84,7 +84,9 @@ def test_queue_focus_keys_bulk_and_widths(console_app, db, browser, tmp_path):
         page = browser.new_page()
         log_in(page, base, "cora")
         # Straight to work: the first request of the list has the focus, not the body.
-        page.wait_for_function("document.activeElement.classList.contains('row-link')")
+        page.wait_for_function(
+            "() => document.activeElement.classList.contains('row-link')", timeout=5000
+        )
         first = active_row(page)
         assert first is not None
         check_fits(page, tmp_path, "queue")
@@ -115,7 +117,7 @@ def test_queue_focus_keys_bulk_and_widths(console_app, db, browser, tmp_path):
         page.get_by_label(f"Select request #{newer['id']}").check()
         page.keyboard.press("r")
         page.wait_for_function(
-            "document.getElementById('live-status').textContent.startsWith('Updated')"
+            "() => document.getElementById('live-status').textContent.startsWith('Updated')"
         )
         assert page.get_by_label(f"Select request #{oldest['id']}").is_checked()
         page.get_by_role("button", name="Close (done)").click()
