@@ -805,6 +805,13 @@ SETTINGS = (
     ),
     _s(
         "kiosk",
+        "KIOSK_PHONE_REGION",
+        Text(pattern=r"[A-Z]{2}", what="a two-letter country code like US"),
+        "US",
+        "Country of a call-back number typed on a kiosk's keypad without + and country code.",
+    ),
+    _s(
+        "kiosk",
         "KIOSK_RESET_SECONDS",
         Number(3, 3600),
         30.0,
