@@ -11,8 +11,6 @@ from app.console import actions, search
 from app.kiosk import devices, messages
 from tests.test_console import FAST, add_request, as_role, csrf_token, post_form
 
-NOW = datetime.now(UTC)
-
 
 @pytest.fixture(autouse=True)
 def fast_hashing(app):
@@ -28,7 +26,8 @@ def coordinator(app, db):
 
 def ago(minutes):
     """Return the ISO time this many minutes ago."""
-    return (NOW - timedelta(minutes=minutes)).isoformat(timespec="seconds")
+    # Now, not at import: the whole suite runs for minutes before this test does.
+    return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat(timespec="seconds")
 
 
 def ids_in(html, pinned):
