@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -693,12 +693,21 @@ def find_person_by_phone(db, phone):
 # ---- matching's view of the registry ----------------------------------------------------
 
 
-def workload(db):
-    """Return {volunteer id: (open, recent, total, rating, ratings)} from past assignments.
+def workload(db, *, window_days=30):
+    """Return {volunteer id: (open, recent, total, rating, ratings)} from accepted offers.
 
-    Assignments and ratings arrive with offers; until then every volunteer is free and new.
+    Open jobs are accepted offers whose request is not done or cancelled; recent ones were
+    accepted within window_days. Ratings arrive with the senior's rating call (a later issue).
     """
-    return {}
+    since = (datetime.now(UTC) - timedelta(days=window_days)).isoformat(timespec="seconds")
+    rows = db.execute(
+        "SELECT a.volunteer_id, SUM(r.status NOT IN ('done', 'cancelled')),"
+        " SUM(a.answered_at >= ?), COUNT(*) FROM assignments a"
+        " JOIN requests r ON r.id = a.request_id"
+        " WHERE a.state = 'accepted' GROUP BY a.volunteer_id",
+        [since],
+    ).fetchall()
+    return {vid: (int(o or 0), int(rc or 0), int(t), None, 0) for vid, o, rc, t in rows}
 
 
 def matching_volunteers(db, stats=None):
@@ -706,6 +715,8 @@ def matching_volunteers(db, stats=None):
     stats = workload(db) if stats is None else stats
     result = []
     for v in list_volunteers(db, active=True):
+        if v.get("opted_out_at"):
+            continue  # replied STOP: never offered again
         open_jobs, recent, total, rating, ratings = stats.get(v["id"], (0, 0, 0, None, 0))
         result.append(
             matching.Volunteer(
@@ -737,7 +748,8 @@ def matching_pool(app, db):
     cached = app.extensions.get("carecall.matching_pool")
     if cached is None or cached[0] != version:
         _, weights = rules_for(app)
-        pool = matching.Pool(matching_volunteers(db), default_level=weights.default_level)
+        stats = workload(db, window_days=weights.fairness_window_days)
+        pool = matching.Pool(matching_volunteers(db, stats), default_level=weights.default_level)
         cached = app.extensions["carecall.matching_pool"] = (version, pool)
     return cached[1]
 

@@ -168,6 +168,31 @@ def withdraw(db, request_id, *, actor="caller", reason="said it again"):
     )
 
 
+def assign(db, request_id, *, volunteer_id, actor):
+    """Mark a request assigned to the volunteer who accepted it; return whether it applied.
+
+    One conditional UPDATE: only an open request that has no volunteer yet becomes assigned,
+    so a late or repeated acceptance changes nothing.
+    """
+    stamp = queue.now()
+    with db.atomic():
+        cursor = db.execute(
+            "UPDATE requests SET status = 'assigned', updated_at = ?"
+            " WHERE id = ? AND status IN ('new', 'triaged')",
+            [stamp, request_id],
+        )
+        if cursor.rowcount != 1:
+            return False
+        queue.record_event(
+            db,
+            request_id,
+            actor,
+            "assigned",
+            {"status": [None, "assigned"], "volunteer": volunteer_id},
+        )
+    return True
+
+
 def transcription_died(db, payload, reason):
     """When the transcription job is buried, mark its request failed so nobody waits on it."""
     fail(db, payload["request_id"], reason)

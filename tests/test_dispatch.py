@@ -1,0 +1,457 @@
+"""Offers and the cascade: the real app, the real twilio client against a loopback fake of
+Twilio's REST API, and signed inbound webhooks, as Twilio would send them."""
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from app import dispatch, jobs, outbox, people, queue
+from tests.browser import assert_accessible, chromium, live_server
+from tests.test_api import bearer
+from tests.test_console import PASSWORD, add_request, as_role, make_user
+from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
+
+ALWAYS = "; ".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+FROM = "+15550009999"
+SENIOR = "+15550000001"
+WORDS = {
+    "yes": ["yes", "y", "yeah", "ok", "sure"],
+    "no": ["no", "n", "nope"],
+    "help": ["help"],
+    "stop": ["stop", "cancel", "end"],
+    "start": ["start"],
+}
+
+
+@pytest.fixture
+def rest():
+    """Serve Twilio's REST API for messages and calls on loopback."""
+    with rest_server() as server:
+        yield server
+
+
+@pytest.fixture
+def app(make_app, rest):
+    """Build an app with Twilio set up and pointed at the fake."""
+    return make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        PUBLIC_BASE_URL="http://localhost",
+        OFFER_TIMEOUT=60.0,
+    )
+
+
+def add_volunteers(app, db, count, **fields):
+    """Register count volunteers who can all do groceries at any time; return them."""
+    rules = people.rules_for(app)[0]
+    return [
+        people.add_volunteer(
+            db,
+            {
+                "name": f"Volunteer {n}",
+                "phone": f"+1555000{n:04d}",
+                "languages": "en",
+                "skills": "groceries",
+                "postcode": "riverside",
+                "availability": ALWAYS,
+                "max_open": 2,
+            }
+            | fields,
+            rules,
+            actor="test",
+        )
+        for n in range(101, 101 + count)
+    ]
+
+
+def add_senior(app, db):
+    """Register the senior who asks for help, with the phone the request came from."""
+    rules = people.rules_for(app)[0]
+    return people.add_person(
+        db,
+        {"name": "Mrs Chen", "phones": SENIOR, "address": "4 Elm St", "postcode": "riverside"},
+        rules,
+        actor="test",
+    )
+
+
+def signed(client, path, params):
+    """POST a webhook signed as Twilio signs it; return the response."""
+    url = "http://localhost" + path
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, params)
+    return client.post(path, data=params, headers={"X-Twilio-Signature": signature})
+
+
+_sids = iter(range(10**6))
+
+
+def text(client, phone, body, message_sid=None):
+    """Send an SMS from phone to CareCall; return the words of the TwiML <Message>, or None."""
+    params = {
+        "MessageSid": message_sid or f"SM{next(_sids):032x}",
+        "AccountSid": ACCOUNT_SID,
+        "From": phone,
+        "To": FROM,
+        "Body": body,
+    }
+    response = signed(client, "/twilio/sms", params)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    message = ET.fromstring(response.get_data(as_text=True)).find("Message")
+    return None if message is None else message.text
+
+
+def offer(client, db, request_id, **body):
+    """Make offers through the API as a coordinator; return them."""
+    response = client.post(
+        f"/api/v1/requests/{request_id}/offers", headers=bearer(db, "coordinator"), json=body
+    )
+    assert response.status_code == 201, response.json
+    return response.json["offers"]
+
+
+def states(db, request_id):
+    """Return {volunteer id: state} of a request's offers."""
+    return {a["volunteer_id"]: a["state"] for a in dispatch.assignments(db, request_id=request_id)}
+
+
+def said(twiml):
+    """Return every word a TwiML document says."""
+    return " ".join("".join(node.itertext()) for node in ET.fromstring(twiml).iter("Say"))
+
+
+@pytest.fixture
+def scene(app, db, client):
+    """A senior's groceries request and four volunteers able to do it."""
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 4)
+    request = add_request(db, phone=SENIOR, region="riverside")
+    return request, volunteers
+
+
+def test_two_yeses_at_once_one_wins_and_the_senior_is_called(app, db, client, rest, scene):
+    request, volunteers = scene
+    offers = offer(client, db, request["id"], top=3)
+    # Equal scores: the lower ids, always.
+    assert [o["volunteer_id"] for o in offers] == [1, 2, 3]
+    assert len({o["code"] for o in offers}) == 3
+    jobs.drain(app)
+    bodies = {m["to"]: m["body"] for m in rest.messages}
+    for o, v in zip(offers, volunteers, strict=False):
+        assert f"Reply YES {o['code']} to accept or NO {o['code']}" in bodies[v["phone"]]
+        assert "Mrs Chen, 4 Elm St" in bodies[v["phone"]]
+    assert all(m["from"] == FROM for m in rest.messages)
+
+    barrier = threading.Barrier(2)
+    replies = {}
+
+    def reply(volunteer, code):
+        own = app.test_client()
+        barrier.wait()
+        replies[volunteer["id"]] = text(own, volunteer["phone"], f"yes {code}")
+
+    threads = [
+        threading.Thread(target=reply, args=(volunteers[i], offers[i]["code"])) for i in (0, 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    won = [vid for vid, words in replies.items() if "the job is yours" in words]
+    lost = [vid for vid, words in replies.items() if "already taken" in words]
+    assert len(won) == 1 and len(lost) == 1, replies
+    final = states(db, request["id"])
+    assert final[won[0]] == "accepted"
+    assert sorted(final.values()) == ["accepted", "withdrawn", "withdrawn"]
+    assert queue.get(db, request["id"])["status"] == "assigned"
+
+    jobs.drain(app)
+    [call] = rest.calls
+    assert (call["to"], call["from"]) == (SENIOR, FROM)
+    accepted = dispatch.assignments(db, request_id=request["id"], state="accepted")[0]
+    assert call["url"] == f"http://localhost/twilio/visit/{accepted['id']}"
+    # The volunteer nobody heard from is told the job is taken.
+    third = volunteers[2]["phone"]
+    assert any(m["to"] == third and "taken by another" in m["body"] for m in rest.messages)
+
+    call_params = {"CallSid": call["sid"], "From": FROM, "To": SENIOR, "AccountSid": ACCOUNT_SID}
+    path = f"/twilio/visit/{accepted['id']}"
+    heard = said(signed(client, path, call_params).get_data(as_text=True))
+    winner = people.get_volunteer(db, won[0])["name"]
+    assert f"{winner} will come today at" in heard and "help you with" in heard
+    assert "press 1" in heard and "press star" in heard and "press 0" in heard
+    again = signed(client, path + "/answer", call_params | {"Digits": "*"})
+    assert f"{winner} will come" in said(again.get_data(as_text=True))
+    done = signed(client, path + "/answer", call_params | {"Digits": "1"})
+    assert f"{winner} will see you" in said(done.get_data(as_text=True))
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert "assigned" in actions and "visit_confirmed" in actions
+    # The matching cache sees the new load at once.
+    _, ranking = people.suggest(app, db, queue.get(db, request["id"]), limit=4)
+    reasons = {m.volunteer_id: m.reasons for m in ranking.matches}
+    assert "1 of 2 open jobs" in reasons[won[0]]
+
+
+def test_senior_asking_for_another_time_flags_the_coordinator(app, db, client, rest, scene):
+    request, volunteers = scene
+    [o] = offer(client, db, request["id"], volunteer_ids=[2])
+    assert "the job is yours" in text(client, volunteers[1]["phone"], f"YES {o['code']}")
+    params = {"CallSid": "CA" + "1" * 32, "From": FROM, "To": SENIOR}
+    response = signed(client, f"/twilio/visit/{o['id']}/answer", params | {"Digits": "2"})
+    assert "find another time" in said(response.get_data(as_text=True))
+    item = queue.get(db, request["id"])
+    assert item["needs_review"] and item["status"] == "assigned"
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "visit_another_time"]
+    assert event["detail"]["reason"] == "the senior asked for another time"
+
+
+def test_no_asks_the_next_volunteer(app, db, client, rest, scene):
+    request, volunteers = scene
+    [first] = offer(client, db, request["id"], top=1)
+    assert "Thank you for letting us know" in text(client, volunteers[0]["phone"], "No")
+    assert states(db, request["id"]) == {1: "declined", 2: "offered"}
+    second = dispatch.assignments(db, request_id=request["id"], state="offered")[0]
+    assert second["wave"] == 2 and second["code"] != first["code"]
+    jobs.drain(app)
+    assert [m["to"] for m in rest.messages] == [volunteers[0]["phone"], volunteers[1]["phone"]]
+
+
+def test_no_answer_in_time_expires_alerts_and_asks_the_next(make_app, rest, db, client):
+    app = make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        OFFER_TIMEOUT=1.0,
+    )
+    client = app.test_client()
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    [first] = offer(client, db, request["id"], top=1)
+    jobs.drain(app)
+    assert states(db, request["id"]) == {1: "offered"}  # not yet
+    time.sleep(2.1)
+    jobs.drain(app)
+    assert states(db, request["id"]) == {1: "expired", 2: "offered"}
+    item = queue.get(db, request["id"])
+    assert item["needs_review"]
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "offer_expired"]
+    assert f"no answer from Volunteer 101 to offer {first['code']}" == event["detail"]["reason"]
+    bodies = [(m["to"], m["body"]) for m in rest.messages]
+    assert any(to == volunteers[0]["phone"] and "has closed" in b for to, b in bodies)
+    assert any(to == volunteers[1]["phone"] and "Reply YES" in b for to, b in bodies)
+    # The late yes is told the offer closed; nothing changes.
+    late = text(client, volunteers[0]["phone"], f"yes {first['code']}")
+    assert "no longer open" in late and queue.get(db, request["id"])["status"] == "new"
+    # When nobody is left, the coordinator hears that too.
+    time.sleep(2.1)
+    jobs.drain(app)
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert actions.count("offer_expired") == 2 and "no_volunteer" in actions
+
+
+def test_stop_is_honoured_and_recorded(app, db, client, rest, scene):
+    request, volunteers = scene
+    offer(client, db, request["id"], top=1)
+    answer = text(client, volunteers[0]["phone"], "Stop")
+    assert "no more CareCall offers" in answer
+    assert people.get_volunteer(db, 1)["opted_out_at"]
+    # The open offer moves on to the next volunteer, and volunteer 1 is never asked again.
+    assert states(db, request["id"]) == {1: "withdrawn", 2: "offered"}
+    later = add_request(db, phone=SENIOR)
+    assert [o["volunteer_id"] for o in offer(client, db, later["id"], top=3)] == [2, 3, 4]
+    refused = client.post(
+        f"/api/v1/requests/{later['id']}/offers",
+        headers=bearer(db, "coordinator", "c2"),
+        json={"volunteer_ids": [1]},
+    )
+    assert refused.status_code == 400 and "STOP" in refused.json["error"]
+    [event] = db["events"].rows_where("action = 'volunteer_opted_out'")
+    assert event["actor"] == f"sms:{volunteers[0]['phone']}"
+    assert "offers again" in text(client, volunteers[0]["phone"], "START")
+    assert people.get_volunteer(db, 1)["opted_out_at"] is None
+
+
+def test_free_text_reaches_the_coordinator_as_a_note(app, db, client, rest, scene):
+    request, volunteers = scene
+    offer(client, db, request["id"], top=2)
+    words = "can't today, tomorrow at 2"
+    assert "passed your message to a coordinator" in text(client, volunteers[0]["phone"], words)
+    assert states(db, request["id"]) == {1: "offered", 2: "offered"}  # not forced to yes/no
+    item = queue.get(db, request["id"])
+    assert item["needs_review"]
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "volunteer_note"]
+    assert event["detail"]["text"] == words and event["actor"] == "volunteer:1"
+
+
+def test_help_and_a_replayed_message(app, db, client, rest, scene):
+    request, volunteers = scene
+    [o] = offer(client, db, request["id"], top=1)
+    assert "reply YES and the number" in text(client, volunteers[0]["phone"], "help")
+    first = text(client, volunteers[0]["phone"], f"Yse {o['code']}", message_sid="SM" + "a" * 32)
+    again = text(client, volunteers[0]["phone"], f"Yse {o['code']}", message_sid="SM" + "a" * 32)
+    assert first == again and "the job is yours" in first
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert actions.count("accepted") == 1 and actions.count("assigned") == 1
+
+
+def test_unsigned_sms_is_refused(app, db, client, scene):
+    request, volunteers = scene
+    offer(client, db, request["id"], top=1)
+    response = client.post(
+        "/twilio/sms", data={"From": volunteers[0]["phone"], "Body": "yes", "MessageSid": "SMx"}
+    )
+    assert response.status_code == 403
+    assert states(db, request["id"]) == {1: "offered"}
+
+
+@pytest.mark.parametrize(
+    ("message", "meaning", "code"),
+    [
+        ("YES 427", "yes", "427"),
+        ("yes", "yes", None),
+        ("Yes!", "yes", None),
+        ("yse 427", "yes", "427"),
+        ("yess", "yes", None),
+        ("427 no", "no", "427"),
+        ("NO, 427", "no", "427"),
+        ("nope", "no", None),
+        ("HLEP", "help", None),
+        ("STOP", "stop", None),
+        ("stpo", "stop", None),
+        ("Cancel", "stop", None),
+        ("shop", "note", None),
+        ("end it all now", "note", None),
+        ("can't today, tomorrow at 2", "note", None),
+        ("yes please", "note", None),
+        ("yes 427 428", "note", None),
+        ("", "note", None),
+        ("pure", "note", None),
+    ],
+)
+def test_reading_a_reply(message, meaning, code):
+    assert dispatch.parse_reply(message, WORDS) == dispatch.Reply(meaning, code)
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_retry_after_a_500_sends_once(app, db, client, rest, scene, lost):
+    request, volunteers = scene
+    rest.fail_next(1, lost=lost)
+    [o] = offer(client, db, request["id"], top=1)
+    jobs.drain(app)
+    [row] = outbox.rows(db)
+    assert row["state"] == "sent" and row["twilio_sid"].startswith("SM")
+    [message] = rest.messages  # whether or not Twilio had kept the first try
+    assert message["sid"] == row["twilio_sid"] and o["code"] in message["body"]
+    assert row["attempts"] == (1 if lost else 2)
+
+
+def test_status_callbacks_update_the_outbox(app, db, client, rest, scene):
+    request, volunteers = scene
+    offer(client, db, request["id"], top=1)
+    jobs.drain(app)
+    [row] = outbox.rows(db)
+    assert rest.messages[0]["status_callback"] == "http://localhost/twilio/sms-status"
+    for status in ("sent", "delivered", "sent"):  # the late "sent" does not undo delivered
+        params = {"MessageSid": row["twilio_sid"], "MessageStatus": status}
+        assert signed(client, "/twilio/sms-status", params).status_code == 204
+    assert outbox.get(db, row["id"])["twilio_status"] == "delivered"
+    unsigned = client.post("/twilio/sms-status", data={"MessageSid": row["twilio_sid"]})
+    assert unsigned.status_code == 403
+    failed = {"MessageSid": row["twilio_sid"], "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    signed(client, "/twilio/sms-status", failed)
+    assert queue.get(db, request["id"])["needs_review"]
+
+
+def test_without_credentials_messages_wait_in_the_outbox(make_app, db, rest):
+    app = make_app(TWILIO_API_BASE_URL=rest.base_url)
+    add_senior(app, db)
+    add_volunteers(app, db, 1)
+    request = add_request(db, phone=SENIOR)
+    client = app.test_client()
+    [o] = offer(client, db, request["id"], top=1)
+    jobs.drain(app)
+    [row] = outbox.rows(db)
+    assert row["state"] == "waiting" and "CARECALL_TWILIO_FROM_NUMBER" in row["error"]
+    assert rest.messages == [] and db["jobs"].count_where("kind = 'outbox.deliver'") == 0
+    coordinator = as_role(app, db, "coordinator")
+    page = coordinator.get("/console/outbox").get_data(as_text=True)
+    assert f"Reply YES {o['code']}" in page and "waiting" in page
+    app.config.update(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN, TWILIO_FROM_NUMBER=FROM
+    )
+    with app.app_context():
+        assert outbox.release_waiting(db) == 1
+    jobs.drain(app)
+    assert outbox.get(db, row["id"])["state"] == "sent" and len(rest.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"top": 0}, 400, "top must be"),
+        ({"volunteer_ids": [99]}, 400, "no volunteer 99"),
+        ({"volunteer_ids": "1"}, 400, "volunteer_ids must be"),
+        ({"top": 1, "volunteer_ids": [1]}, 400, "send"),
+        ({"topp": 1}, 400, "send"),
+    ],
+)
+def test_bad_offers_are_refused(app, db, client, scene, body, status, words):
+    request, _ = scene
+    response = client.post(
+        f"/api/v1/requests/{request['id']}/offers", headers=bearer(db, "coordinator"), json=body
+    )
+    assert response.status_code == status and words in response.json["error"]
+    assert db["assignments"].count == 0
+
+
+def test_assignments_api_and_roles(app, db, client, scene):
+    request, volunteers = scene
+    offers = offer(client, db, request["id"], volunteer_ids=[3, 1])
+    viewer = bearer(db, "viewer", "v")
+    listed = client.get(f"/api/v1/assignments?request_id={request['id']}", headers=viewer)
+    assert listed.status_code == 200
+    assert [(a["volunteer_id"], a["state"], a["code"]) for a in listed.json] == [
+        (o["volunteer_id"], "offered", o["code"]) for o in offers
+    ]
+    assert {"id", "request_id", "volunteer_id", "state", "code"} <= set(listed.json[0])
+    denied = client.post(
+        f"/api/v1/requests/{request['id']}/offers", headers=viewer, json={"top": 1}
+    )
+    assert denied.status_code == 403
+    text(client, volunteers[2]["phone"], "yes")
+    again = client.post(
+        f"/api/v1/requests/{request['id']}/offers",
+        headers=bearer(db, "coordinator", "c9"),
+        json={"top": 1},
+    )
+    assert again.status_code == 409 and "assigned" in again.json["error"]
+
+
+@pytest.mark.browser
+def test_outbox_page_in_chromium_is_accessible(make_app, db):
+    app = make_app()
+    add_senior(app, db)
+    add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    with app.app_context():
+        dispatch.offer(app, db, request["id"], top=2, actor="test")
+    make_user(db, "amy", "coordinator")
+    with live_server(app) as base, chromium() as browser:
+        for width in (390, 1366):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(base + "/console/login")
+            page.get_by_label("Name").fill("amy")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(base + "/console/")
+            page.get_by_role("link", name="Outbox").click()
+            page.get_by_text("Messages wait here until Twilio is set up").wait_for()
+            assert_accessible(page, f"outbox-{width}")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            page.close()
