@@ -54,6 +54,7 @@ CSV_COLUMNS = (
     "active",
     "training_done",
     "notes",
+    "offer_channel",
 )
 REQUIRED_COLUMNS = CSV_COLUMNS[:9]
 VOLUNTEER_FIELDS = frozenset(CSV_COLUMNS)
@@ -73,6 +74,8 @@ PERSON_FIELDS = frozenset(
         "notes",
     }
 )
+# How a volunteer is offered a job: an SMS to answer YES/NO, or a call to answer 1/2.
+OFFER_CHANNELS = ("sms", "call")
 MAX_OPEN_LIMIT = 100
 MAX_TEXT = 2000
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
@@ -362,7 +365,16 @@ def check_volunteer(fields, rules):
         "active": _bool(fields, "active", True),
         "training_done": _bool(fields, "training_done", False),
         "notes": _text(fields, "notes"),
+        "offer_channel": _offer_channel(fields),
     }
+
+
+def _offer_channel(fields):
+    """Return how a volunteer wants offers: sms (the default) or call."""
+    value = (_text(fields, "offer_channel") or "sms").lower()
+    if value not in OFFER_CHANNELS:
+        raise BadField("offer_channel", f"{value!r} is not one of {', '.join(OFFER_CHANNELS)}")
+    return value
 
 
 def check_person(fields, rules):
@@ -815,8 +827,8 @@ def volunteers_import(file):
     """Import volunteers from a CSV, all or nothing: any bad row and none are imported.
 
     Columns: name,phone,languages,skills,region,lat,lon,availability,max_open and
-    optionally postcode,exceptions,active,training_done,notes. Lists are separated by
-    `;`: languages `en; ko`, skills `groceries:3; transport`, availability
+    optionally postcode,exceptions,active,training_done,notes,offer_channel (sms or call).
+    Lists are separated by `;`: languages `en; ko`, skills `groceries:3; transport`, availability
     `mon 09:00-12:00; wed 14:00-18:00`, exceptions `2026-12-24..2026-12-31`.
 
     Example: flask --app app volunteers import volunteers.csv

@@ -455,3 +455,41 @@ def test_outbox_page_in_chromium_is_accessible(make_app, db):
             assert_accessible(page, f"outbox-{width}")
             assert page.evaluate("document.documentElement.scrollWidth") <= width
             page.close()
+
+
+def test_a_volunteer_who_asked_for_calls_answers_by_keypad(app, db, client, rest, scene):
+    request, volunteers = scene
+    people.update_volunteer(
+        db, 1, {"offer_channel": "call"}, people.rules_for(app)[0], actor="test"
+    )
+    [o] = offer(client, db, request["id"], volunteer_ids=[1])
+    assert o["channel"] == "call"
+    jobs.drain(app)
+    [call] = rest.calls
+    assert call["to"] == volunteers[0]["phone"] and rest.messages == []
+    path = f"/twilio/offer-call/{o['id']}"
+    params = {"CallSid": call["sid"], "From": FROM, "To": volunteers[0]["phone"]}
+    heard = said(signed(client, path, params).get_data(as_text=True))
+    assert "Help with shopping and errands for Mrs Chen, 4 Elm St" in heard
+    assert f"The job number is {' '.join(o['code'])}." in heard
+    assert "To take the job, press 1. To pass, press 2." in heard
+    answered = signed(client, path + "/answer", params | {"Digits": "1"})
+    assert "the job is yours" in said(answered.get_data(as_text=True))
+    assert states(db, request["id"]) == {1: "accepted"}
+    assert queue.get(db, request["id"])["status"] == "assigned"
+
+
+@pytest.mark.parametrize(("value", "ok"), [("call", True), ("SMS", True), ("pigeon", False)])
+def test_offer_channel_is_checked(app, db, value, ok):
+    rules = people.rules_for(app)[0]
+    fields = {
+        "name": "Ann",
+        "phone": "+15550000555",
+        "skills": "groceries",
+        "offer_channel": value,
+    }
+    if ok:
+        assert people.add_volunteer(db, fields, rules, actor="t")["offer_channel"] == value.lower()
+    else:
+        with pytest.raises(people.BadField, match="offer_channel"):
+            people.add_volunteer(db, fields, rules, actor="t")
