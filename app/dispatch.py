@@ -664,7 +664,11 @@ def _act(app, db, volunteer, reply, body):
     if reply.meaning == "note":
         assignment = _latest(db, volunteer["id"])
         if assignment is None:
-            return None, None
+            # No offer to attach it to: it is kept in the audit trail, for a person to read.
+            record_event(
+                db, None, actor, "volunteer_note", {"volunteer": volunteer["id"], "text": body}
+            )
+            return _text(volunteer, "noted"), None
         flag(
             db,
             assignment["request_id"],

@@ -446,17 +446,25 @@ def m0009_assignments(db):
     db["assignments"].create_index(["request_id", "id"])
     db["assignments"].create_index(["volunteer_id", "state"])
     db["assignments"].create_index(["state", "expires_at"])
-    # A volunteer's load is part of matching's cached arrays: an offer answered makes them stale.
-    for event in ("INSERT", "UPDATE", "DELETE"):
-        db.execute(
-            f"CREATE TRIGGER assignments_version_{event.lower()} AFTER {event} ON assignments"
-            " BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
-        )
-    # A request done or cancelled frees its volunteer.
+    # A volunteer's load is part of matching's cached arrays: an accepted offer, or the end of
+    # a request one was accepted for, makes them stale. Other offers leave the load alone.
+    bump = "BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+    db.execute(
+        "CREATE TRIGGER assignments_version_insert AFTER INSERT ON assignments"
+        f" WHEN new.state = 'accepted' {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_update AFTER UPDATE OF state ON assignments"
+        f" WHEN (old.state = 'accepted') != (new.state = 'accepted') {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_delete AFTER DELETE ON assignments"
+        f" WHEN old.state = 'accepted' {bump}"
+    )
     db.execute(
         "CREATE TRIGGER requests_status_version AFTER UPDATE OF status ON requests"
-        " WHEN old.status IS NOT new.status"
-        " BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+        " WHEN old.status IS NOT new.status AND EXISTS (SELECT 1 FROM assignments"
+        f" WHERE request_id = new.id AND state = 'accepted') {bump}"
     )
     db["outbox"].create(
         {

@@ -248,14 +248,21 @@ def _earlier_attempt(client, config, row):
     """Return the message or call an earlier attempt made on Twilio, or None."""
     since = datetime.fromtimestamp((row["first_attempt_at"] or time.time()) - SKEW_SECONDS, UTC)
     sender = row["from_phone"] or config["TWILIO_FROM_NUMBER"]
+    # Newest first; filtered here by creation time, since Twilio's DateSent filter would
+    # miss a message still queued on its side.
     if row["kind"] == "sms":
-        found = client.messages.list(
-            to=row["to_phone"], from_=sender, date_sent_after=since, limit=50
-        )
+        found = client.messages.list(to=row["to_phone"], from_=sender, limit=50)
         # A trial account puts words in front of the body; ours is unique by its number.
-        return next((m for m in found if (m.body or "").endswith(row["body"])), None)
+        return next(
+            (m for m in found if _since(m, since) and (m.body or "").endswith(row["body"])), None
+        )
     found = client.calls.list(to=row["to_phone"], from_=sender, limit=50)
-    return next((c for c in found if c.date_created and c.date_created >= since), None)
+    return next((c for c in found if _since(c, since)), None)
+
+
+def _since(item, since):
+    """Return whether a Twilio message or call was created at or after since."""
+    return item.date_created is not None and item.date_created >= since
 
 
 def _sent(db, outbox_id, sid, status):

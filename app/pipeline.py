@@ -5,8 +5,9 @@
     transcript      -> category       understand(): classify() into need and urgency
     category        -> queue item     understand(): the request waits for a coordinator
     (any step dies) -> failed         fail(): a person listens and calls back, with the reason
-    queue item      -> match          (volunteer matching: a later issue)
-    match           -> dispatch       (offers by SMS and keypad: a later issue)
+    queue item      -> match          people.suggest(): volunteers ranked, with reasons
+    match           -> dispatch       dispatch.offer(): SMS or keypad; the first yes wins and
+                                      assign() marks the request; the senior is called
     dispatch        -> check-in/out   (visit and hours: a later issue)
     check-in/out    -> rating         (the senior's rating by phone: a later issue)
 

@@ -351,6 +351,34 @@ def test_a_retry_after_a_500_sends_once(app, db, client, rest, scene, lost):
     assert row["attempts"] == (1 if lost else 2)
 
 
+def test_a_number_twilio_refuses_is_not_retried_and_the_coordinator_is_told(
+    app, db, client, rest, scene
+):
+    request, volunteers = scene
+    rest.refused.add(volunteers[0]["phone"])
+    offer(client, db, request["id"], top=1)
+    jobs.drain(app)
+    [row] = outbox.rows(db)
+    assert (row["state"], row["attempts"], rest.messages) == ("failed", 1, [])
+    assert "Twilio answered 400" in row["error"]
+    item = queue.get(db, request["id"])
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "message_failed"]
+    assert item["needs_review"] and volunteers[0]["phone"] in event["detail"]["reason"]
+
+
+def test_a_request_done_frees_its_volunteer_for_matching(app, db, client, rest, scene):
+    request, volunteers = scene
+    [o] = offer(client, db, request["id"], volunteer_ids=[1])
+    text(client, volunteers[0]["phone"], f"yes {o['code']}")
+    headers = bearer(db, "coordinator", "c3")
+    path = f"/api/v1/requests/{request['id']}/matches?limit=4"
+    busy = client.get(path, headers=headers).json["matches"]
+    assert "1 of 2 open jobs" in next(m for m in busy if m["volunteer_id"] == 1)["reasons"]
+    client.patch(f"/api/v1/requests/{request['id']}", headers=headers, json={"status": "done"})
+    free = client.get(path, headers=headers).json["matches"]
+    assert "0 of 2 open jobs" in next(m for m in free if m["volunteer_id"] == 1)["reasons"]
+
+
 def test_status_callbacks_update_the_outbox(app, db, client, rest, scene):
     request, volunteers = scene
     offer(client, db, request["id"], top=1)

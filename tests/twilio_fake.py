@@ -72,6 +72,7 @@ class RestServer:
         self.calls = []
         self.failures = 0
         self.lose_answer = False
+        self.refused = set()  # numbers Twilio answers 400 for, as for an invalid 'To'
         self.lock = threading.Lock()
         fake = self
 
@@ -160,6 +161,10 @@ class RestServer:
             return
         length = int(handler.headers.get("Content-Length") or 0)
         form = {k: v[0] for k, v in parse_qs(handler.rfile.read(length).decode()).items()}
+        if form.get("To") in self.refused:
+            message = f"The 'To' number {form.get('To')} is not a valid phone number."
+            self._send(handler, 400, {"code": 21211, "message": message, "status": 400})
+            return
         stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
         prefix = "SM" if kind == "messages" else "CA"
         from scripts.simulate_call import sid

@@ -84,7 +84,7 @@ def visit(assignment_id):
     flow, words = dispatch.visit_words(get_db(), assignment_id)
     silences = request.args.get("silences", 0, type=int)
     texts = [flow.prompt("visit", **words), flow.prompt("visit_menu")]
-    if not silences and "again" not in request.args:
+    if not silences:
         texts.insert(0, flow.prompt("visit_hello", category=words["category"]))
     return _menu(
         flow, texts, url_for(".visit_answer", assignment_id=assignment_id, silences=silences)
