@@ -11,7 +11,7 @@ from twilio.request_validator import RequestValidator
 from app import dispatch, jobs, outbox, people, queue
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
-from tests.test_console import PASSWORD, add_request, as_role, make_user
+from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
 
 ALWAYS = "; ".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
@@ -521,3 +521,77 @@ def test_offer_channel_is_checked(app, db, value, ok):
     else:
         with pytest.raises(people.BadField, match="offer_channel"):
             people.add_volunteer(db, fields, rules, actor="t")
+
+
+@pytest.mark.parametrize(
+    ("form", "flashed", "offered"),
+    [
+        ({"volunteer_id": ["3", "1"]}, "Offered to Volunteer 103 (code ", [3, 1]),
+        ({"top": "3", "volunteer_id": ["4"]}, "Offered to Volunteer 101 (code ", [1, 2, 3]),
+        ({}, "Tick the volunteers", []),
+        ({"top": "0"}, "Not offered: top must be", []),
+        ({"volunteer_id": ["99"]}, "Not offered: no volunteer 99", []),
+        ({"volunteer_id": ["x"]}, "Tick the volunteers", []),
+    ],
+)
+def test_console_offers_from_the_matches_page(app, db, scene, form, flashed, offered):
+    request, _ = scene
+    coordinator = as_role(app, db, "coordinator")
+    path = f"/console/requests/{request['id']}/matches"
+    page = coordinator.get(path).get_data(as_text=True)
+    assert 'name="volunteer_id"' in page and "Offer to the top 3" in page
+    token = csrf_token(coordinator, path)
+    response = coordinator.post(
+        f"/console/requests/{request['id']}/offers", data={**form, "csrf_token": token}
+    )
+    assert response.status_code == 303 and response.location.endswith(path)
+    assert flashed in coordinator.get(path).get_data(as_text=True)
+    assert [a["volunteer_id"] for a in dispatch.assignments(db, request_id=request["id"])] == (
+        offered
+    )
+
+
+def test_viewers_cannot_offer(app, db, scene):
+    request, _ = scene
+    viewer = as_role(app, db, "viewer")
+    page = viewer.get(f"/console/requests/{request['id']}/matches").get_data(as_text=True)
+    assert 'name="volunteer_id"' not in page
+    token = csrf_token(viewer, f"/console/requests/{request['id']}/matches")
+    response = viewer.post(
+        f"/console/requests/{request['id']}/offers", data={"top": "3", "csrf_token": token}
+    )
+    assert response.status_code == 403 and db["assignments"].count == 0
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [390, 1366])
+def test_coordinator_offers_in_chromium(make_app, db, width):
+    app = make_app()
+    add_senior(app, db)
+    add_volunteers(app, db, 4)
+    request = add_request(db, phone=SENIOR)
+    make_user(db, "amy", "coordinator")
+    with live_server(app) as base, chromium() as browser:
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(base + "/console/login")
+        page.get_by_label("Name").fill("amy")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(base + "/console/")
+        page.goto(base + f"/console/requests/{request['id']}")
+        page.get_by_role("link", name="Suggested volunteers for this request").click()
+        page.get_by_label("Offer to Volunteer 102").check()
+        page.get_by_role("button", name="Offer to the ticked volunteers").click()
+        page.get_by_text("Offered to Volunteer 102 (code").wait_for()
+        assert_accessible(page, f"offers-{width}")
+        page.get_by_role("button", name="Offer to the top 3").click()
+        page.get_by_text("Offered to Volunteer 101 (code").wait_for()
+        assert page.get_by_role("row").filter(has_text="Volunteer 104").count() == 1
+        assert_accessible(page, f"offers-top-{width}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert {a["volunteer_id"] for a in dispatch.assignments(db, request_id=request["id"])} == {
+        1,
+        2,
+        3,
+        4,
+    }
