@@ -130,5 +130,11 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path, models_dir):
     assert health == {"status": "ok"}
     warning = "warning: CARECALL_SPEECH_ENGINES: ko=vosk:vosk-ko: speech model vosk-ko unavailable"
     assert warning in output
-    for where in ("/console/", "/kiosk", "/twilio/voice", "first login: user admin, password"):
+    for where in (
+        "/console/",
+        "/kiosk",
+        "/twilio/voice",
+        "first login: user admin, password",
+        "swept ",
+    ):
         assert where in output

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from rapidfuzz import fuzz, utils
 
-from .. import queue
+from .. import pipeline, queue
 from ..classify import CATEGORY_KEYS
 from .search import LIST_COLUMNS, row_dict
 
@@ -90,8 +90,8 @@ def change(db, request_id, changes, *, actor):
             result = queue.update(
                 db, request_id, {**corrected, "needs_review": 0}, actor=actor, action="corrected"
             )
-        if status and status != before["status"]:
-            result = queue.update(db, request_id, {"status": status}, actor=actor, action="status")
+        if status and pipeline.transition(db, request_id, f"status:{status}", actor=actor):
+            result = queue.get(db, request_id)
     return result
 
 

@@ -17,7 +17,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import pipeline, queue
 from ..classify import UnknownLanguage
-from ..db import get_db
+from ..db import DatabaseBusy, get_db
+from ..recordings import StorageFull
 from ..speech import AudioTooLong, CorruptAudio, EmptyAudio, NotAudio, SilentAudio
 from . import devices, messages, voice, wording
 from .upload import (
@@ -51,6 +52,9 @@ API_ERRORS = (
     (messages.BadPhone, 400, "bad_field"),
     (queue.RequestNotFound, 404, "not_found"),
     (voice.VoiceUnavailable, 503, "no_voice"),
+    # The tablet keeps the recording and sends it again: 5xx answers are retried.
+    (StorageFull, 507, "storage_full"),
+    (DatabaseBusy, 503, "busy"),
     (messages.NotThisKiosks, 404, "not_found"),
 )
 
