@@ -418,8 +418,12 @@ def accept(app, db, assignment_id, *, actor):
             ).fetchone()[0]
             if busy > volunteer["max_open"]:  # this job is counted already
                 raise _Refuse("full")
-            if not pipeline.assign(
-                db, assignment["request_id"], volunteer_id=volunteer["id"], actor=actor
+            if not pipeline.transition(
+                db,
+                assignment["request_id"],
+                "assign",
+                actor=actor,
+                detail={"volunteer": volunteer["id"]},
             ):
                 raise _Refuse("closed")
             _accepted(app, db, assignment, volunteer, actor=actor)

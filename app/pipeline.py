@@ -6,8 +6,8 @@
     category        -> queue item     understand(): the request waits for a coordinator
     (any step dies) -> failed         fail(): a person listens and calls back, with the reason
     queue item      -> match          people.suggest(): volunteers ranked, with reasons
-    match           -> dispatch       dispatch.offer(): SMS or keypad; the first yes wins and
-                                      assign() marks the request; the senior is called
+    match           -> dispatch       dispatch.offer(): SMS or keypad; the first yes wins,
+                                      transition "assign", and the senior is called
     dispatch        -> check-in/out   (visit and hours: a later issue)
     check-in/out    -> rating         (the senior's rating by phone: a later issue)
 
@@ -59,6 +59,8 @@ TRANSITIONS = {
     "unconfirmed": Transition(
         "not confirmed", {"needs_review": 1}, {**UNCONFIRMED, "needs_review": (0, None)}
     ),
+    # A volunteer said yes first (dispatch.accept): only a request with nobody yet is assigned.
+    "assign": Transition("assigned", {"status": "assigned"}, {"status": ("new", "triaged")}),
 }
 # A coordinator may move a request from any other status to this one ("status:done").
 TRANSITIONS |= {
@@ -252,31 +254,6 @@ def withdraw(db, request_id, *, actor="caller", reason="said it again"):
     """Cancel a request the senior replaced by saying it again; its recording is kept."""
     transition(db, request_id, "withdraw", actor=actor, detail={"reason": reason})
     return queue.get(db, request_id)
-
-
-def assign(db, request_id, *, volunteer_id, actor):
-    """Mark a request assigned to the volunteer who accepted it; return whether it applied.
-
-    One conditional UPDATE: only an open request that has no volunteer yet becomes assigned,
-    so a late or repeated acceptance changes nothing.
-    """
-    stamp = queue.now()
-    with db.atomic():
-        cursor = db.execute(
-            "UPDATE requests SET status = 'assigned', updated_at = ?"
-            " WHERE id = ? AND status IN ('new', 'triaged')",
-            [stamp, request_id],
-        )
-        if cursor.rowcount != 1:
-            return False
-        queue.record_event(
-            db,
-            request_id,
-            actor,
-            "assigned",
-            {"status": [None, "assigned"], "volunteer": volunteer_id},
-        )
-    return True
 
 
 def transcription_died(db, payload, reason):

@@ -6,6 +6,8 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from app import dispatch, jobs, outbox, people, queue
@@ -595,3 +597,79 @@ def test_coordinator_offers_in_chromium(make_app, db, width):
         3,
         4,
     }
+
+
+@pytest.mark.parametrize("sid_field", [None, "", "  "])
+def test_an_sms_without_a_message_sid_is_refused(app, db, client, scene, sid_field):
+    request, volunteers = scene
+    offer(client, db, request["id"], top=1)
+    params = {"From": volunteers[0]["phone"], "Body": "yes"}
+    if sid_field is not None:
+        params["MessageSid"] = sid_field
+    assert signed(client, "/twilio/sms", params).status_code == 400
+    assert states(db, request["id"]) == {1: "offered"} and db["inbound_sms"].count == 0
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+FUZZ_FIELDS = {
+    "MessageSid": st.one_of(st.sampled_from(["SM" + "1" * 32, "SM" + "2" * 32, ""]), TEXT),
+    "CallSid": st.one_of(st.just("CA" + "3" * 32), TEXT),
+    "From": st.one_of(st.sampled_from(["+15550000101", "+15550000102", SENIOR]), TEXT),
+    "Body": st.one_of(st.sampled_from(["yes", "NO 123", "stop", "start", "help"]), TEXT),
+    "MessageStatus": st.one_of(st.sampled_from(["sent", "delivered", "failed"]), TEXT),
+    "CallStatus": st.one_of(st.sampled_from(["completed", "no-answer"]), TEXT),
+    "Digits": st.one_of(st.sampled_from(["1", "2", "0", "*", "9", ""]), TEXT),
+}
+FUZZ_PATHS = st.one_of(
+    st.sampled_from(
+        [
+            "/twilio/sms",
+            "/twilio/sms-status",
+            "/twilio/outbox-status",
+            "/twilio/visit/1",
+            "/twilio/visit/1/answer",
+            "/twilio/visit/1/answer?silences=x",
+            "/twilio/visit/99/answer",
+            "/twilio/visit/dialed",
+            "/twilio/offer-call/2",
+            "/twilio/offer-call/2/answer",
+            "/twilio/offer-call/99",
+        ]
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory):
+    """Return an app with offers made, shared by every fuzzed webhook so state builds up."""
+    from app import create_app
+    from app.db import connect, migrate
+
+    tmp = tmp_path_factory.mktemp("fuzz")
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key-0123456789",
+            "DATABASE": str(tmp / "carecall.db"),
+            "DATA_DIR": str(tmp / "data"),
+            "OUTBOX_DIR": str(tmp / "outbox"),
+            "WORKER": "none",
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        }
+    )
+    migrate(app.config["DATABASE"])
+    db = connect(app.config["DATABASE"])
+    add_senior(app, db)
+    add_volunteers(app, db, 3)
+    request = add_request(db, phone=SENIOR)
+    with app.app_context():
+        dispatch.offer(app, db, request["id"], top=3, actor="test")
+    db.close()
+    return app
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=FUZZ_PATHS, form=st.fixed_dictionaries({}, optional=FUZZ_FIELDS))
+def test_no_signed_offer_webhook_answers_a_5xx(fuzzed, path, form):
+    response = signed(fuzzed.test_client(), path, form)
+    assert response.status_code < 500, (path, form, response.get_data(as_text=True)[:300])

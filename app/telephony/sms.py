@@ -6,7 +6,7 @@ Every webhook is signed like the voice webhooks; a replayed one changes nothing 
 
 import logging
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, abort, current_app, request, url_for
 from twilio.twiml.messaging_response import MessagingResponse
 from werkzeug.exceptions import HTTPException
 
@@ -34,10 +34,13 @@ def _twiml(response):
 def sms():
     """Answer a volunteer's SMS: YES/NO with a code, HELP, STOP, START, or a note."""
     form = request.form
+    message_sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
+    if not message_sid:
+        abort(400, "MessageSid is required")  # it is what makes a replay harmless
     reply = dispatch.answer_sms(
         current_app,
         get_db(),
-        message_sid=form.get("MessageSid") or form.get("SmsSid") or "",
+        message_sid=message_sid,
         from_phone=form.get("From", ""),
         body=form.get("Body", ""),
     )
@@ -184,13 +187,17 @@ def apologise(exc):
     """Answer a broken step politely: an SMS says sorry, a call says sorry and ends."""
     if isinstance(exc, HTTPException):
         return exc
-    log.exception("twilio offer step %s failed", request.endpoint)
+    if isinstance(exc, dispatch.AssignmentNotFound):
+        # A call about an offer that is not ours (or was never made): say sorry, nothing broke.
+        log.warning("twilio offer step %s: %s", request.endpoint, exc)
+    else:
+        log.exception("twilio offer step %s failed", request.endpoint)
     if request.endpoint in ("telephony_sms.sms",):
         response = MessagingResponse()
         flow = dispatch.flow_for(current_app.config["DEFAULT_LANGUAGE"])
         response.message(flow.sms["answer_call"])
         return _twiml(response)
     if request.endpoint == "telephony_sms.outbox_status":
-        raise exc
+        return "", 204  # Twilio does not retry status callbacks; the log has it
     flow = dispatch.flow_for(current_app.config["DEFAULT_LANGUAGE"])
     return _twiml(speak.goodbye(_speaker(flow), [flow.prompt("sorry")]))
