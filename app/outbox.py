@@ -6,11 +6,14 @@ an earlier attempt already got through (a crash after Twilio said yes, before we
 SID), so a retry never sends twice. With no credentials messages wait, visibly.
 """
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
 
+import click
 from flask import current_app
+from flask.cli import AppGroup
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
 
@@ -326,3 +329,48 @@ def delivery_died(db, payload, reason):
 def deliver_job(payload):
     """Job: hand one outbox message to Twilio, once."""
     deliver(get_db(), current_app.config, payload["id"])
+
+
+@click.group("outbox", cls=AppGroup)
+def outbox_cli():
+    """Look at outbound SMS and calls, and send the ones waiting for Twilio.
+
+    Example: flask --app app outbox list --state waiting
+    """
+
+
+@outbox_cli.command("list")
+@click.option("--state", type=click.Choice(["waiting", "queued", "sending", "sent", "failed"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per message.")
+def outbox_list(state, as_json):
+    """List outbound SMS and calls, newest first.
+
+    Example: flask --app app outbox list --state waiting --json
+    """
+    for row in rows(get_db(), state=state):
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        what = row["body"] or row["url"]
+        click.echo(
+            f"{row['id']:>6} {row['kind']:<4} {row['to_phone']:<16} {row['state']:<8}"
+            f" {row['twilio_status'] or '-':<11} {what}"
+        )
+
+
+@outbox_cli.command("send")
+def outbox_send():
+    """Queue the waiting messages for sending, once Twilio's settings are in place.
+
+    Example: flask --app app outbox send
+    """
+    waiting = rows(get_db(), state="waiting", limit=1)
+    if waiting and missing(current_app.config, waiting[0]["kind"]):
+        absent = ", ".join(missing(current_app.config, waiting[0]["kind"]))
+        raise click.ClickException(f"messages still wait: set {absent}")
+    click.echo(f"queued {release_waiting(get_db())} waiting message(s); a worker sends them")
+
+
+def init_app(app):
+    """Register the outbox commands."""
+    app.cli.add_command(outbox_cli)

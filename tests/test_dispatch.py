@@ -673,3 +673,24 @@ def fuzzed(tmp_path_factory):
 def test_no_signed_offer_webhook_answers_a_5xx(fuzzed, path, form):
     response = signed(fuzzed.test_client(), path, form)
     assert response.status_code < 500, (path, form, response.get_data(as_text=True)[:300])
+
+
+def test_outbox_commands_list_and_send_the_waiting(make_app, db, rest):
+    app = make_app(TWILIO_API_BASE_URL=rest.base_url)
+    add_senior(app, db)
+    add_volunteers(app, db, 1)
+    request = add_request(db, phone=SENIOR)
+    with app.app_context():
+        [o] = dispatch.offer(app, db, request["id"], top=1, actor="test")
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["outbox", "list", "--state", "waiting", "--json"])
+    assert listed.exit_code == 0 and f"Reply YES {o['code']}" in listed.output
+    refused = runner.invoke(args=["outbox", "send"])
+    assert refused.exit_code == 1 and "CARECALL_TWILIO_ACCOUNT_SID" in refused.output
+    app.config.update(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN, TWILIO_FROM_NUMBER=FROM
+    )
+    sent = runner.invoke(args=["outbox", "send"])
+    assert sent.exit_code == 0 and "queued 1 waiting message" in sent.output
+    jobs.drain(app)
+    assert [m["to"] for m in rest.messages] == ["+15550000101"]
