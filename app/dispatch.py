@@ -546,10 +546,14 @@ def expire_due(app, db, moment=None):
     ).fetchall()
     expired = []
     for (assignment_id,) in due:
+        assignment = get(db, assignment_id)
+        if queue.get(db, assignment["request_id"])["status"] not in OFFERABLE:
+            # Closed or assigned by a coordinator meanwhile: nobody waits on this offer.
+            _close(db, assignment_id, "withdrawn")
+            continue
         with db.atomic():
             if not _close(db, assignment_id, "expired"):
                 continue  # answered meanwhile
-            assignment = get(db, assignment_id)
             volunteer = people.get_volunteer(db, assignment["volunteer_id"])
             flag(
                 db,

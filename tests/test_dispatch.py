@@ -147,6 +147,10 @@ def test_two_yeses_at_once_one_wins_and_the_senior_is_called(app, db, client, re
         assert f"Reply YES {o['code']} to accept or NO {o['code']}" in bodies[v["phone"]]
         assert "Mrs Chen, 4 Elm St" in bodies[v["phone"]]
     assert all(m["from"] == FROM for m in rest.messages)
+    assert rest.calls == []  # the senior hears nothing until a volunteer has said yes
+    # One volunteer's code is no good from another's phone.
+    stolen = text(client, volunteers[3]["phone"], f"YES {offers[0]['code']}")
+    assert "no longer open" in stolen and set(states(db, request["id"]).values()) == {"offered"}
 
     barrier = threading.Barrier(2)
     replies = {}
@@ -694,3 +698,31 @@ def test_outbox_commands_list_and_send_the_waiting(make_app, db, rest):
     assert sent.exit_code == 0 and "queued 1 waiting message" in sent.output
     jobs.drain(app)
     assert [m["to"] for m in rest.messages] == ["+15550000101"]
+
+
+def test_an_offer_for_a_request_closed_meanwhile_is_withdrawn_not_flagged(make_app, rest, db):
+    app = make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        OFFER_TIMEOUT=1.0,
+    )
+    client = app.test_client()
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    [o] = offer(client, db, request["id"], top=1)
+    headers = bearer(db, "coordinator", "c4")
+    client.patch(f"/api/v1/requests/{request['id']}", headers=headers, json={"status": "done"})
+    assert "no longer open" in text(client, volunteers[0]["phone"], f"yes {o['code']}")
+    [o2] = offer(client, db, add_request(db, phone=SENIOR)["id"], top=1)
+    client.patch(
+        f"/api/v1/requests/{o2['request_id']}", headers=headers, json={"status": "cancelled"}
+    )
+    time.sleep(2.1)
+    jobs.drain(app)
+    assert dispatch.get(db, o["id"])["state"] == "withdrawn"
+    assert dispatch.get(db, o2["id"])["state"] == "withdrawn"
+    assert not queue.get(db, o2["request_id"])["needs_review"]
+    assert db["assignments"].count == 2  # nobody else was asked

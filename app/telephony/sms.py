@@ -15,6 +15,7 @@ from ..db import get_db
 from ..flows import KEYS
 from . import speak
 from .signature import twilio_only
+from .views import _coordinator as coordinator_now
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def visit_answer(assignment_id):
         )
     if meaning == "person":
         dispatch.senior_answer(db, assignment_id, "person")
-        number = current_app.config.get("COORDINATOR_NUMBER")
+        number = coordinator_now(current_app.config)  # within coordinator hours only
         if number:
             return _twiml(
                 speak.connect(
