@@ -170,12 +170,32 @@ def assignments(db, *, request_id=None, volunteer_id=None, state=None):
 # ---- wording ------------------------------------------------------------------------------
 
 
-def flow_for(language):
-    """Return the flow for a language, or the default language's."""
+# What each use of a flow needs from it; a language file without them falls back whole to
+# the default language, so nobody hears (or reads) half of one language and half of another.
+SMS_NEEDS = {"sms": ("someone", "nowhere"), "status": ("days", "visit_today", "visit_day")}
+VISIT_NEEDS = {
+    "prompts": (
+        "visit_hello",
+        "visit",
+        "visit_menu",
+        "visit_suits",
+        "visit_another_time",
+        "visit_no_answer",
+    ),
+    **SMS_NEEDS,
+}
+OFFER_CALL_NEEDS = {"prompts": ("offer_hello", "offer", "offer_menu"), **SMS_NEEDS}
+
+
+def flow_for(language, needs=None):
+    """Return a language's flow, or the default language's if it lacks words needs names."""
+    # needs: {"prompts": (...), "sms": (...), "status": (...)}
     config = current_app.config
-    if language not in available_languages(config["FLOWS_DIR"]):
-        language = config["DEFAULT_LANGUAGE"]
-    return load_flow(config["FLOWS_DIR"], language)
+    if language in available_languages(config["FLOWS_DIR"]):
+        flow = load_flow(config["FLOWS_DIR"], language)
+        if all(key in getattr(flow, part) for part, keys in (needs or {}).items() for key in keys):
+            return flow
+    return load_flow(config["FLOWS_DIR"], config["DEFAULT_LANGUAGE"])
 
 
 def _label(category, language):
@@ -227,7 +247,7 @@ def _person(db, request):
 
 def _words(db, request, language, visit_at=None):
     """Return the values an offer's or visit's words are filled with."""
-    flow = flow_for(language)
+    flow = flow_for(language, SMS_NEEDS)
     person = _person(db, request)
     now_local = datetime.now(_tz())
     return {
@@ -241,7 +261,8 @@ def _words(db, request, language, visit_at=None):
 
 def _text(volunteer, key, **values):
     """Return an SMS text for a volunteer, in their language."""
-    return flow_for(_volunteer_language(volunteer)).sms[key].format(**values)
+    flow = flow_for(_volunteer_language(volunteer), {"sms": (key,), **SMS_NEEDS})
+    return flow.sms[key].format(**values)
 
 
 # ---- offering -----------------------------------------------------------------------------
@@ -778,7 +799,7 @@ def visit_words(db, assignment_id):
     request = queue.get(db, assignment["request_id"])
     volunteer = people.get_volunteer(db, assignment["volunteer_id"])
     person = _person(db, request)
-    flow = flow_for(person.get("language") or request.get("language"))
+    flow = flow_for(person.get("language") or request.get("language"), VISIT_NEEDS)
     visit_at = datetime.fromisoformat(assignment["visit_at"]) if assignment["visit_at"] else None
     values = _words(db, request, flow.language, visit_at) | {"volunteer": volunteer["name"]}
     return flow, values
@@ -789,9 +810,9 @@ def offer_call_words(db, assignment_id):
     assignment = get(db, assignment_id)
     request = queue.get(db, assignment["request_id"])
     volunteer = people.get_volunteer(db, assignment["volunteer_id"])
-    language = _volunteer_language(volunteer)
-    values = _words(db, request, language, _visit_time(volunteer))
-    return flow_for(language), values | {"code": " ".join(assignment["code"])}
+    flow = flow_for(_volunteer_language(volunteer), OFFER_CALL_NEEDS)
+    values = _words(db, request, flow.language, _visit_time(volunteer))
+    return flow, values | {"code": " ".join(assignment["code"])}
 
 
 def senior_answer(db, assignment_id, answer):

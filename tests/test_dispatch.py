@@ -726,3 +726,89 @@ def test_an_offer_for_a_request_closed_meanwhile_is_withdrawn_not_flagged(make_a
     assert dispatch.get(db, o2["id"])["state"] == "withdrawn"
     assert not queue.get(db, o2["request_id"])["needs_review"]
     assert db["assignments"].count == 2  # nobody else was asked
+
+
+@pytest.mark.parametrize(
+    ("keys", "heard", "dialled", "answer", "flagged"),
+    [
+        (["1"], "will see you", False, "suits", False),
+        (["2"], "find another time", False, "another_time", True),
+        (["0"], "connect you to a coordinator", True, "person", True),
+        (["9", "1"], "will see you", False, "suits", False),
+        (["", "", ""], "A coordinator will call you about this visit", False, "no_answer", True),
+    ],
+)
+def test_the_senior_keys_on_the_visit_call(
+    make_app, rest, db, keys, heard, dialled, answer, flagged
+):
+    app = make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        PUBLIC_BASE_URL="http://localhost",
+        COORDINATOR_NUMBER="+15550008888",
+        COORDINATOR_HOURS=(0, 24),
+        COORDINATOR_DAYS=(0, 1, 2, 3, 4, 5, 6),
+    )
+    client = app.test_client()
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 1)
+    request = add_request(db, phone=SENIOR)
+    [o] = offer(client, db, request["id"], top=1)
+    text(client, volunteers[0]["phone"], "yes")
+    params = {"CallSid": "CA" + "7" * 32, "From": FROM, "To": SENIOR}
+    path = f"/twilio/visit/{o['id']}"
+    first = signed(client, path, params).get_data(as_text=True)
+    action = ET.fromstring(first).find("Gather").get("action")
+    for key in keys:
+        body = signed(client, action, params | {"Digits": key}).get_data(as_text=True)
+        gather = ET.fromstring(body).find("Gather")
+        action = gather.get("action") if gather is not None else None
+    assert heard in said(body)
+    assert (ET.fromstring(body).find("Dial") is not None) == dialled
+    assert dispatch.get(db, o["id"])["senior_answer"] == answer
+    assert queue.get(db, request["id"])["needs_review"] == flagged
+
+
+@pytest.mark.parametrize("translated", [True, False])
+def test_the_senior_hears_the_visit_in_their_language(make_app, rest, db, tmp_path, translated):
+    import shutil
+
+    flows = tmp_path / "flows"
+    shutil.copytree("ivr_flows", flows)
+    korean = (flows / "en.toml").read_text()
+    korean = korean.replace('language = "en"', 'language = "ko"').replace('"9"', '"8"')
+    korean = korean.replace('say_language = "en-US"', 'say_language = "ko-KR"')
+    if translated:
+        korean = korean.replace(
+            'visit = "{volunteer} will come {when} to help you with {category}."',
+            'visit = "{volunteer} 님이 {when} 방문합니다."',
+        )
+    else:
+        korean = korean.replace('visit = "{volunteer} will come', 'missing = "{volunteer}')
+    (flows / "ko.toml").write_text(korean)
+    app = make_app(
+        FLOWS_DIR=str(flows),
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+    )
+    client = app.test_client()
+    rules = people.rules_for(app)[0]
+    people.add_person(db, {"name": "Mrs Kim", "phones": SENIOR, "language": "ko"}, rules, actor="t")
+    add_volunteers(app, db, 1, languages="ko; en")
+    request = add_request(db, phone=SENIOR)
+    [o] = offer(client, db, request["id"], top=1)
+    text(client, "+15550000101", "yes")
+    body = signed(client, f"/twilio/visit/{o['id']}", {"CallSid": "CA" + "9" * 32})
+    root = ET.fromstring(body.get_data(as_text=True))
+    words = said(body.get_data(as_text=True))
+    languages = {say.get("language") for say in root.iter("Say")}
+    if translated:
+        assert "Volunteer 101 님이" in words and languages == {"ko-KR"}
+    else:  # half a language is worse than the default one
+        assert "Volunteer 101 will come" in words and languages == {"en-US"}
+    # Slowly: the senior's pace.
+    assert {p.get("rate") for p in root.iter("prosody")} == {"75%"}
