@@ -296,15 +296,18 @@ def offer(app, db, request_id, *, volunteer_ids=None, top=None, actor, wave=None
         return []
     timeout = app.config["OFFER_TIMEOUT"]
     made = []
+    if wave is None:
+        row = db.execute(
+            "SELECT COALESCE(MAX(wave), 0) + 1 FROM assignments WHERE request_id = ?",
+            [request_id],
+        ).fetchone()
+        wave = row[0]
+    taken = {r[0] for r in db.execute("SELECT code FROM assignments WHERE state = 'offered'")}
+    # Reads stay before the transaction: its first statement is a write, so a writer racing
+    # it waits for the lock instead of failing on a stale snapshot.
     with db.atomic():
-        if wave is None:
-            row = db.execute(
-                "SELECT COALESCE(MAX(wave), 0) + 1 FROM assignments WHERE request_id = ?",
-                [request_id],
-            ).fetchone()
-            wave = row[0]
         for volunteer in chosen:
-            made.append(_make_offer(db, request, volunteer, wave=wave, actor=actor))
+            made.append(_make_offer(db, request, volunteer, taken, wave=wave, actor=actor))
         record_event(
             db,
             request_id,
@@ -344,12 +347,11 @@ def _offerable(db, volunteer_id, asked):
     return volunteer
 
 
-def _make_offer(db, request, volunteer, *, wave, actor):
-    """Store one offer with a fresh code and queue its SMS or call."""
+def _make_offer(db, request, volunteer, taken, *, wave, actor):
+    """Store one offer with a code not in taken (then added to it); queue its SMS or call."""
     stamp = datetime.now(UTC)
     expires = stamp + timedelta(seconds=current_app.config["OFFER_TIMEOUT"])
     channel = volunteer.get("offer_channel") or "sms"
-    taken = {r[0] for r in db.execute("SELECT code FROM assignments WHERE state = 'offered'")}
     for _ in range(20):
         code = new_code(taken)
         try:
@@ -373,8 +375,17 @@ def _make_offer(db, request, volunteer, *, wave, actor):
                     )
                     .last_pk
                 )
+            taken.add(code)
             break
         except sqlite3.IntegrityError:
+            if db["assignments"].count_where(
+                "request_id = ? AND volunteer_id = ? AND state = 'offered'",
+                [request["id"], volunteer["id"]],
+            ):
+                # Another coordinator asked them a moment ago.
+                raise BadVolunteer(
+                    f"volunteer {volunteer['id']} was already asked about this request"
+                ) from None
             taken.add(code)
     else:
         raise DispatchError("no free offer code; try again")

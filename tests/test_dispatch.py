@@ -812,3 +812,27 @@ def test_the_senior_hears_the_visit_in_their_language(make_app, rest, db, tmp_pa
         assert "Volunteer 101 will come" in words and languages == {"en-US"}
     # Slowly: the senior's pace.
     assert {p.get("rate") for p in root.iter("prosody")} == {"75%"}
+
+
+def test_two_coordinators_offering_at_once_ask_a_volunteer_once(app, db, scene):
+    request, _ = scene
+    barrier = threading.Barrier(2)
+    statuses = []
+    tokens = [bearer(db, "coordinator", f"c{n}") for n in (1, 2)]
+
+    def post(headers):
+        own = app.test_client()
+        barrier.wait()
+        response = own.post(
+            f"/api/v1/requests/{request['id']}/offers", headers=headers, json={"volunteer_ids": [1]}
+        )
+        statuses.append((response.status_code, response.json))
+
+    threads = [threading.Thread(target=post, args=(h,)) for h in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(code for code, _ in statuses) == [201, 400], statuses
+    assert any("already asked" in (body.get("error") or "") for _, body in statuses)
+    assert states(db, request["id"]) == {1: "offered"}

@@ -61,6 +61,8 @@ def offer(request_id):
         raise ApiError(409, str(exc)) from exc
     except (dispatch.BadVolunteer, people.PeopleError) as exc:
         raise ApiError(400, str(exc)) from exc
+    except dispatch.DispatchError as exc:
+        raise ApiError(409, str(exc)) from exc
     if not made:
         raise ApiError(409, "no volunteer can be offered this request now")
     return jsonify(offers=[_public(a) for a in made]), 201
