@@ -836,3 +836,20 @@ def test_two_coordinators_offering_at_once_ask_a_volunteer_once(app, db, scene):
     assert sorted(code for code, _ in statuses) == [201, 400], statuses
     assert any("already asked" in (body.get("error") or "") for _, body in statuses)
     assert states(db, request["id"]) == {1: "offered"}
+
+
+@pytest.mark.parametrize(("status", "flagged"), [("completed", False), ("no-answer", True)])
+def test_a_visit_call_nobody_answers_flags_the_coordinator(
+    app, db, client, rest, scene, status, flagged
+):
+    request, volunteers = scene
+    [o] = offer(client, db, request["id"], volunteer_ids=[1])
+    text(client, volunteers[0]["phone"], "yes")
+    jobs.drain(app)
+    [call] = rest.calls
+    assert call["status_callback"] == "http://localhost/twilio/outbox-status"
+    params = {"CallSid": call["sid"], "CallStatus": status}
+    assert signed(client, "/twilio/outbox-status", params).status_code == 204
+    assert outbox.find(db, f"visit:{o['id']}")["twilio_status"] == status
+    assert queue.get(db, request["id"])["needs_review"] == flagged
+    assert dispatch.get(db, o["id"])["senior_answer"] == ("no_answer" if flagged else None)
