@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from app import dispatch, jobs, outbox, people, queue
+from app.db import connect
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
@@ -853,3 +854,64 @@ def test_a_visit_call_nobody_answers_flags_the_coordinator(
     assert outbox.find(db, f"visit:{o['id']}")["twilio_status"] == status
     assert queue.get(db, request["id"])["needs_review"] == flagged
     assert dispatch.get(db, o["id"])["senior_answer"] == ("no_answer" if flagged else None)
+
+
+def test_three_yeses_at_once_against_the_real_server(tmp_path, rest):
+    from app import accounts, create_app
+    from app.db import migrate
+    from tests.server import Server, wait_for
+
+    server = Server(
+        tmp_path / "server",
+        worker="inprocess",
+        settings={"TWILIO_FROM_NUMBER": FROM, "TWILIO_API_BASE_URL": rest.base_url},
+    )
+    # The registry and the request are made with CareCall's own code, before it serves.
+    setup = create_app({"TESTING": True, **server.settings, "WORKER": "none"})
+    migrate(server.settings["DATABASE"])
+    db = connect(server.settings["DATABASE"])
+    with setup.app_context():
+        add_senior(setup, db)
+        volunteers = add_volunteers(setup, db, 3)
+        request = add_request(db, phone=SENIOR)
+        token, _ = accounts.create_token(db, "dispatch", "coordinator")
+    db.close()
+    with server:
+        headers = {"Authorization": f"Bearer {token}"}
+        made = server.request(
+            "POST", f"/api/v1/requests/{request['id']}/offers", json={"top": 3}, headers=headers
+        )
+        assert made.status_code == 201, made.text
+        offers = made.json()["offers"]
+        assert wait_for(lambda: len(rest.messages) == 3)  # the server's own worker sent them
+        barrier = threading.Barrier(3)
+        answers = {}
+
+        def reply(volunteer, code):
+            params = {"MessageSid": f"SM{volunteer['id']:032x}", "From": volunteer["phone"]}
+            params["Body"] = f"YES {code}"
+            barrier.wait()
+            response = server.twilio("/twilio/sms", params)
+            answers[volunteer["id"]] = (response.status_code, response.text)
+
+        threads = [
+            threading.Thread(target=reply, args=(v, o["code"]))
+            for v, o in zip(volunteers, offers, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert {status for status, _ in answers.values()} == {200}, answers
+        won = [v for v, (_, body) in answers.items() if "the job is yours" in body]
+        lost = [v for v, (_, body) in answers.items() if "already taken" in body]
+        assert len(won) == 1 and len(lost) == 2, answers
+        rows = server.query(
+            "SELECT volunteer_id, state FROM assignments WHERE request_id = ?", [request["id"]]
+        )
+        assert sorted(state for _, state in rows) == ["accepted", "withdrawn", "withdrawn"]
+        assert dict(rows)[won[0]] == "accepted"
+        status = server.query("SELECT status FROM requests WHERE id = ?", [request["id"]])
+        assert status == [("assigned",)]
+        assert wait_for(lambda: [c["to"] for c in rest.calls] == [SENIOR])
+        assert server.errors() == {}
