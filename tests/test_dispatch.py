@@ -915,3 +915,15 @@ def test_three_yeses_at_once_against_the_real_server(tmp_path, rest):
         assert status == [("assigned",)]
         assert wait_for(lambda: [c["to"] for c in rest.calls] == [SENIOR])
         assert server.errors() == {}
+
+
+def test_a_volunteer_at_their_limit_cannot_take_one_more(app, db, client, rest):
+    add_senior(app, db)
+    [volunteer] = add_volunteers(app, db, 1, max_open=1)
+    first, second = add_request(db, phone=SENIOR), add_request(db, phone=SENIOR)
+    [a] = offer(client, db, first["id"], volunteer_ids=[1])
+    [b] = offer(client, db, second["id"], volunteer_ids=[1])
+    assert "the job is yours" in text(client, volunteer["phone"], f"yes {a['code']}")
+    assert "as many open jobs" in text(client, volunteer["phone"], f"yes {b['code']}")
+    assert dispatch.get(db, b["id"])["state"] == "offered"  # still theirs once one is done
+    assert queue.get(db, second["id"])["status"] == "new"
