@@ -176,7 +176,8 @@ def banner(app, base, admin, in_process):
     ]
     if admin:
         lines.append(
-            f"  first login: user {admin[0]}, password {admin[1]}  (shown once; change it)"
+            f"  first login: user {admin[0]}, password {admin[1]}  (shown once; change it at"
+            f" {base}/console/password)"
         )
     else:
         lines.append(
