@@ -659,6 +659,7 @@ def fuzzed(tmp_path_factory):
             "DATA_DIR": str(tmp / "data"),
             "OUTBOX_DIR": str(tmp / "outbox"),
             "WORKER": "none",
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         }
     )
