@@ -214,6 +214,10 @@ def test_senior_asking_for_another_time_flags_the_coordinator(app, db, client, r
     assert item["needs_review"] and item["status"] == "assigned"
     [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "visit_another_time"]
     assert event["detail"]["reason"] == "the senior asked for another time"
+    # The coordinator reads it on the request page, in words.
+    page = as_role(app, db, "coordinator").get(f"/console/requests/{request['id']}")
+    html = page.get_data(as_text=True)
+    assert "the senior asked for another time" in html and "offers withdrawn 0" in html
 
 
 def test_no_asks_the_next_volunteer(app, db, client, rest, scene):
