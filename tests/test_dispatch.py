@@ -932,3 +932,22 @@ def test_a_volunteer_at_their_limit_cannot_take_one_more(app, db, client, rest):
     assert "as many open jobs" in text(client, volunteer["phone"], f"yes {b['code']}")
     assert dispatch.get(db, b["id"])["state"] == "offered"  # still theirs once one is done
     assert queue.get(db, second["id"])["status"] == "new"
+
+
+def test_the_console_form_sets_how_a_volunteer_gets_offers(app, db, scene):
+    coordinator = as_role(app, db, "coordinator")
+    path = "/console/volunteers/1"
+    page = coordinator.get(path).get_data(as_text=True)
+    assert '<option value="sms" selected>' in page
+    form = {
+        "name": "Volunteer 101",
+        "phone": "+15550000101",
+        "skills": "groceries",
+        "availability": ALWAYS,
+        "max_open": "2",
+        "offer_channel": "call",
+        "csrf_token": csrf_token(coordinator, path),
+    }
+    assert coordinator.post(path, data=form).status_code == 303
+    assert people.get_volunteer(db, 1)["offer_channel"] == "call"
+    assert '<option value="call" selected>' in coordinator.get(path).get_data(as_text=True)

@@ -24,6 +24,7 @@ FORM_FIELDS = (
     "max_open",
     "training_done",
     "notes",
+    "offer_channel",
 )
 
 
