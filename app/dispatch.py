@@ -253,10 +253,21 @@ def _words(db, request, language, visit_at=None):
     return {
         "category": _label(request["category"], flow.language),
         "person": person.get("name") or flow.sms["someone"],
-        "place": person.get("address") or request.get("region") or flow.sms["nowhere"],
+        # An offer goes to several volunteers: it names the street, not the door. Only the
+        # one who takes the job is sent the whole address.
+        "place": street_of(person.get("address")) or request.get("region") or flow.sms["nowhere"],
+        "address": person.get("address") or request.get("region") or flow.sms["nowhere"],
         "when": when_words(visit_at, now_local, flow.status),
         "number": request["id"],
     }
+
+
+def street_of(address):
+    """Return an address without its house number: "4 Elm St, Flat 2" -> "Elm St"."""
+    if not address:
+        return None
+    first = address.split(",")[0]
+    return re.sub(r"^\s*(no\.?\s*)?\d+[a-z]?\b[\s,]*", "", first, flags=re.I).strip() or None
 
 
 def _text(volunteer, key, **values):
