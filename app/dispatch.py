@@ -666,13 +666,16 @@ def _words_of_all_flows():
 
 
 def answer_sms(app, db, *, message_sid, from_phone, body):
-    """Act on a volunteer's SMS once per MessageSid; return the reply text (None: no reply)."""
+    """Act on an SMS to the line once per MessageSid; return the reply text (None: none)."""
     known = next(db["inbound_sms"].rows_where("message_sid = ?", [message_sid]), None)
     if known is not None:
         return known["reply"]  # Twilio's retry: the same answer, nothing done twice
     reply = parse_reply(body, _words_of_all_flows())
     volunteer = _volunteer_by_phone(db, from_phone)
-    text, assignment = _act(app, db, volunteer, reply, body)
+    if volunteer is None:
+        text, assignment = _from_someone_else(db, reply, body, from_phone, message_sid), None
+    else:
+        text, assignment = _act(app, db, volunteer, reply, body)
     db.execute(
         "INSERT INTO inbound_sms (message_sid, from_phone, body, volunteer_id, assignment_id,"
         " meaning, reply, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -699,10 +702,6 @@ def _volunteer_by_phone(db, phone):
 
 def _act(app, db, volunteer, reply, body):
     """Do what a reply asks; return (the answer's text, the offer it was about)."""
-    if volunteer is None:
-        # Not a volunteer: nobody to offer to or opt out; Twilio's own STOP still applies.
-        flows = flow_for(current_app.config["DEFAULT_LANGUAGE"]).sms
-        return (flows["help"] if reply.meaning == "help" else None), None
     if reply.meaning == "help":
         return _text(volunteer, "help"), None
     if reply.meaning == "stop":
@@ -738,6 +737,26 @@ def _act(app, db, volunteer, reply, body):
     else:
         outcome = decline(app, db, assignment["id"], actor=actor)
     return outcome_text(db, volunteer, outcome), assignment
+
+
+def _from_someone_else(db, reply, body, from_phone, message_sid):
+    """Answer an SMS from a number no volunteer has; a message is kept for a call back."""
+    config = current_app.config
+    sms = flow_for(config["DEFAULT_LANGUAGE"], {"sms": ("help", "callback")}).sms
+    if reply.meaning == "help":
+        return sms["help"]
+    if reply.meaning != "note" or not (body or "").strip():
+        return None  # Twilio itself honours STOP and START for numbers that are not ours
+    # A senior (or anyone) texting the line must not go unheard: a person calls back.
+    pipeline.call_back(
+        db,
+        channel="phone",
+        phone=from_phone or None,
+        language=config["DEFAULT_LANGUAGE"],
+        source_key=f"sms:{message_sid}",
+        reason=f"SMS: {body.strip()[:500]}",
+    )
+    return sms["callback"]
 
 
 def _offer_named(db, volunteer, code):

@@ -968,3 +968,24 @@ def test_the_console_form_sets_how_a_volunteer_gets_offers(app, db, scene):
 )
 def test_an_offer_names_the_street_not_the_door(address, street):
     assert dispatch.street_of(address) == street
+
+
+@pytest.mark.parametrize(
+    ("body", "answer", "requests"),
+    [
+        ("Please can someone help me with my shopping", "will call you back", 1),
+        ("help", "reply YES and the number", 0),
+        ("STOP", None, 0),
+        ("   ", None, 0),
+    ],
+)
+def test_an_sms_from_someone_not_a_volunteer(app, db, client, body, answer, requests):
+    sid = "SM" + "5" * 32
+    first = text(client, SENIOR, body, message_sid=sid)
+    assert first == answer or (answer is not None and answer in first)
+    assert text(client, SENIOR, body, message_sid=sid) == first  # a replay: the same, once
+    rows = list(db["requests"].rows)
+    assert len(rows) == requests
+    if requests:
+        assert rows[0]["phone"] == SENIOR and rows[0]["needs_review"] == 1
+        assert body in rows[0]["error"]
