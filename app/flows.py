@@ -1,7 +1,7 @@
 """Phone flows as data: each language's prompts and menus from ivr_flows/<language>.toml."""
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -77,6 +77,7 @@ class Flow:
     menus: dict
     prompts: dict
     status: dict
+    sms: dict = field(default_factory=dict)  # offers to volunteers, their answers and keywords
 
     def prompt(self, key, **values):
         """Return a prompt's words with its placeholders filled in."""
@@ -136,6 +137,7 @@ def parse_flow(data, source="<flow>"):
             menus=menus,
             prompts=dict(data["prompts"]),
             status=dict(data.get("status", {})),
+            sms=dict(data.get("sms", {})),
         )
     except (KeyError, TypeError) as exc:
         raise FlowError(f"{source}: missing or malformed {exc}") from None

@@ -415,3 +415,112 @@ def queue_order(db):
         " WHERE status NOT IN ('done', 'cancelled')"
     )
     db.execute(f"CREATE INDEX idx_requests_waiting ON requests({rank}, created_at, id)")
+
+
+@migrations(name="0009_assignments")
+def m0009_assignments(db):
+    """Create offers to volunteers, the outbox of SMS and calls, inbound SMS, and opt-outs."""
+    db["assignments"].create(
+        {
+            "id": int,
+            "request_id": int,
+            "volunteer_id": int,
+            "state": str,  # offered -> accepted, declined, expired or withdrawn
+            "code": str,  # short number the volunteer replies with: "YES 427"
+            "channel": str,  # sms or call
+            "wave": int,  # 1 for the coordinator's offer, +1 for each cascade to the next
+            "actor": str,  # who made the offer
+            "offered_at": str,
+            "answered_at": str,
+            "expires_at": str,
+            "visit_at": str,  # when the volunteer will come, told to the senior
+            "senior_answer": str,  # suits, another_time, person: the senior's key on the call
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("request_id", "requests", "id"), ("volunteer_id", "volunteers", "id")],
+        not_null={"request_id", "volunteer_id", "state", "code", "channel", "offered_at"},
+        defaults={"wave": 1},
+    )
+    # A code names one open offer; one volunteer has one open offer per request; and
+    # the database itself refuses a second accepted offer for a request.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_assignments_open_code ON assignments(code) WHERE state = 'offered'"
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX idx_assignments_open_pair ON assignments(request_id, volunteer_id)"
+        " WHERE state = 'offered'"
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX idx_assignments_accepted ON assignments(request_id)"
+        " WHERE state = 'accepted'"
+    )
+    db["assignments"].create_index(["request_id", "id"])
+    db["assignments"].create_index(["volunteer_id", "state"])
+    db["assignments"].create_index(["state", "expires_at"])
+    # A volunteer's load is part of matching's cached arrays: an accepted offer, or the end of
+    # a request one was accepted for, makes them stale. Other offers leave the load alone.
+    bump = "BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+    db.execute(
+        "CREATE TRIGGER assignments_version_insert AFTER INSERT ON assignments"
+        f" WHEN new.state = 'accepted' {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_update AFTER UPDATE OF state ON assignments"
+        f" WHEN (old.state = 'accepted') != (new.state = 'accepted') {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_delete AFTER DELETE ON assignments"
+        f" WHEN old.state = 'accepted' {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER requests_status_version AFTER UPDATE OF status ON requests"
+        " WHEN old.status IS NOT new.status AND EXISTS (SELECT 1 FROM assignments"
+        f" WHERE request_id = new.id AND state = 'accepted') {bump}"
+    )
+    db["outbox"].create(
+        {
+            "id": int,
+            "key": str,  # idempotency key: the same message is queued and sent once
+            "kind": str,  # sms or call
+            "to_phone": str,
+            "from_phone": str,
+            "body": str,  # the SMS text
+            "url": str,  # for a call: the TwiML path Twilio fetches
+            "request_id": int,
+            "assignment_id": int,
+            "state": str,  # waiting (no credentials), queued, sending, sent, failed
+            "twilio_sid": str,  # SMxxx or CAxxx once Twilio accepted it
+            "twilio_status": str,  # Twilio's own word, from the answer and status callbacks
+            "attempts": int,
+            "first_attempt_at": float,  # a retry looks for what Twilio got since then
+            "error": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"key", "kind", "to_phone", "state", "attempts", "created_at"},
+        defaults={"attempts": 0},
+    )
+    db["outbox"].create_index(["key"], unique=True)
+    db["outbox"].create_index(["twilio_sid"])
+    db["outbox"].create_index(["state", "id"])
+    db["inbound_sms"].create(
+        {
+            "message_sid": str,  # Twilio's MessageSid: a replayed webhook gets the same answer
+            "from_phone": str,
+            "body": str,
+            "volunteer_id": int,
+            "assignment_id": int,
+            "meaning": str,  # yes, no, help, stop, start or note
+            "reply": str,  # what we answered, repeated to a replay
+            "created_at": str,
+        },
+        pk="message_sid",
+        not_null={"created_at"},
+    )
+    db["inbound_sms"].create_index(["from_phone", "created_at"])
+    # Plain ALTER TABLE keeps the volunteers_version triggers (a table rebuild drops them).
+    db.execute("ALTER TABLE volunteers ADD COLUMN opted_out_at TEXT")  # STOP: never offered
+    db.execute("ALTER TABLE volunteers ADD COLUMN offer_channel TEXT NOT NULL DEFAULT 'sms'")

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -54,6 +54,7 @@ CSV_COLUMNS = (
     "active",
     "training_done",
     "notes",
+    "offer_channel",
 )
 REQUIRED_COLUMNS = CSV_COLUMNS[:9]
 VOLUNTEER_FIELDS = frozenset(CSV_COLUMNS)
@@ -73,6 +74,8 @@ PERSON_FIELDS = frozenset(
         "notes",
     }
 )
+# How a volunteer is offered a job: an SMS to answer YES/NO, or a call to answer 1/2.
+OFFER_CHANNELS = ("sms", "call")
 MAX_OPEN_LIMIT = 100
 MAX_TEXT = 2000
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
@@ -362,7 +365,16 @@ def check_volunteer(fields, rules):
         "active": _bool(fields, "active", True),
         "training_done": _bool(fields, "training_done", False),
         "notes": _text(fields, "notes"),
+        "offer_channel": _offer_channel(fields),
     }
+
+
+def _offer_channel(fields):
+    """Return how a volunteer wants offers: sms (the default) or call."""
+    value = (_text(fields, "offer_channel") or "sms").lower()
+    if value not in OFFER_CHANNELS:
+        raise BadField("offer_channel", f"{value!r} is not one of {', '.join(OFFER_CHANNELS)}")
+    return value
 
 
 def check_person(fields, rules):
@@ -693,12 +705,21 @@ def find_person_by_phone(db, phone):
 # ---- matching's view of the registry ----------------------------------------------------
 
 
-def workload(db):
-    """Return {volunteer id: (open, recent, total, rating, ratings)} from past assignments.
+def workload(db, *, window_days=30):
+    """Return {volunteer id: (open, recent, total, rating, ratings)} from accepted offers.
 
-    Assignments and ratings arrive with offers; until then every volunteer is free and new.
+    Open jobs are accepted offers whose request is not done or cancelled; recent ones were
+    accepted within window_days. Ratings arrive with the senior's rating call (a later issue).
     """
-    return {}
+    since = (datetime.now(UTC) - timedelta(days=window_days)).isoformat(timespec="seconds")
+    rows = db.execute(
+        "SELECT a.volunteer_id, SUM(r.status NOT IN ('done', 'cancelled')),"
+        " SUM(a.answered_at >= ?), COUNT(*) FROM assignments a"
+        " JOIN requests r ON r.id = a.request_id"
+        " WHERE a.state = 'accepted' GROUP BY a.volunteer_id",
+        [since],
+    ).fetchall()
+    return {vid: (int(o or 0), int(rc or 0), int(t), None, 0) for vid, o, rc, t in rows}
 
 
 def matching_volunteers(db, stats=None):
@@ -706,6 +727,8 @@ def matching_volunteers(db, stats=None):
     stats = workload(db) if stats is None else stats
     result = []
     for v in list_volunteers(db, active=True):
+        if v.get("opted_out_at"):
+            continue  # replied STOP: never offered again
         open_jobs, recent, total, rating, ratings = stats.get(v["id"], (0, 0, 0, None, 0))
         result.append(
             matching.Volunteer(
@@ -737,7 +760,8 @@ def matching_pool(app, db):
     cached = app.extensions.get("carecall.matching_pool")
     if cached is None or cached[0] != version:
         _, weights = rules_for(app)
-        pool = matching.Pool(matching_volunteers(db), default_level=weights.default_level)
+        stats = workload(db, window_days=weights.fairness_window_days)
+        pool = matching.Pool(matching_volunteers(db, stats), default_level=weights.default_level)
         cached = app.extensions["carecall.matching_pool"] = (version, pool)
     return cached[1]
 
@@ -803,8 +827,8 @@ def volunteers_import(file):
     """Import volunteers from a CSV, all or nothing: any bad row and none are imported.
 
     Columns: name,phone,languages,skills,region,lat,lon,availability,max_open and
-    optionally postcode,exceptions,active,training_done,notes. Lists are separated by
-    `;`: languages `en; ko`, skills `groceries:3; transport`, availability
+    optionally postcode,exceptions,active,training_done,notes,offer_channel (sms or call).
+    Lists are separated by `;`: languages `en; ko`, skills `groceries:3; transport`, availability
     `mon 09:00-12:00; wed 14:00-18:00`, exceptions `2026-12-24..2026-12-31`.
 
     Example: flask --app app volunteers import volunteers.csv

@@ -5,8 +5,9 @@
     transcript      -> category       understand(): classify() into need and urgency
     category        -> queue item     understand(): the request waits for a coordinator
     (any step dies) -> failed         fail(): a person listens and calls back, with the reason
-    queue item      -> match          (volunteer matching: a later issue)
-    match           -> dispatch       (offers by SMS and keypad: a later issue)
+    queue item      -> match          people.suggest(): volunteers ranked, with reasons
+    match           -> dispatch       dispatch.offer(): SMS or keypad; the first yes wins,
+                                      transition "assign", and the senior is called
     dispatch        -> check-in/out   (visit and hours: a later issue)
     check-in/out    -> rating         (the senior's rating by phone: a later issue)
 
@@ -58,6 +59,8 @@ TRANSITIONS = {
     "unconfirmed": Transition(
         "not confirmed", {"needs_review": 1}, {**UNCONFIRMED, "needs_review": (0, None)}
     ),
+    # A volunteer said yes first (dispatch.accept): only a request with nobody yet is assigned.
+    "assign": Transition("assigned", {"status": "assigned"}, {"status": ("new", "triaged")}),
 }
 # A coordinator may move a request from any other status to this one ("status:done").
 TRANSITIONS |= {

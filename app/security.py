@@ -11,7 +11,7 @@ csrf = CSRFProtect()
 
 # These blueprints authenticate each request themselves (Twilio signature, bearer token),
 # never by session cookie, so a cross-site form cannot act through them.
-CSRF_EXEMPT_BLUEPRINTS = ("telephony", "kiosk", "api")
+CSRF_EXEMPT_BLUEPRINTS = ("telephony", "telephony_sms", "kiosk", "api")
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

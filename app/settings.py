@@ -829,6 +829,38 @@ SETTINGS = (
         120,
         "Longest message a caller can leave.",
     ),
+    # Offers to volunteers
+    _s(
+        "offers",
+        "TWILIO_FROM_NUMBER",
+        PHONE,
+        None,
+        "The number offers and calls to seniors come from; without it they wait in the outbox."
+        " Also read from TWILIO_FROM_NUMBER.",
+        optional=True,
+        aliases=("TWILIO_FROM_NUMBER",),
+    ),
+    _s(
+        "offers",
+        "TWILIO_API_TIMEOUT",
+        Number(0.5, 120),
+        15.0,
+        "Longest wait for Twilio's REST API to take one SMS or call, in seconds.",
+    ),
+    _s(
+        "offers",
+        "OFFER_TIMEOUT",
+        Duration(1, 7 * 86400),
+        30 * 60.0,
+        "An offer nobody answers in this time expires: the next volunteer is asked.",
+    ),
+    _s(
+        "offers",
+        "OUTBOX_MAX_ATTEMPTS",
+        Number(1, 50, integer=True),
+        6,
+        "Tries to hand one SMS or call to Twilio before a coordinator is told.",
+    ),
     # Kiosk
     _s(
         "kiosk",

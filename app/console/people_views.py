@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
-from .. import people, queue
+from .. import dispatch, people, queue
 from ..db import get_db
 from .views import bp, require
 
@@ -24,6 +24,7 @@ FORM_FIELDS = (
     "max_open",
     "training_done",
     "notes",
+    "offer_channel",
 )
 
 
@@ -324,6 +325,8 @@ def matches(request_id):
             override=override,
             timezone=current_app.config["COORDINATOR_TIMEZONE"],
             phones={v["id"]: v["phone"] for v in people.list_volunteers(db, active=True)},
+            offers=dispatch.assignments(db, request_id=request_id),
+            names={v["id"]: v["name"] for v in people.list_volunteers(db)},
         ),
         400 if error else 200,
     )

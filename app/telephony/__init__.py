@@ -8,7 +8,7 @@ from flask.cli import AppGroup
 
 from .. import jobs
 from ..db import get_db
-from . import media  # registers the download and reconcile jobs
+from . import media, sms  # media registers the download and reconcile jobs
 from .views import bp
 
 __all__ = ["bp", "init_app"]
@@ -26,6 +26,7 @@ jobs.daily(media.RECONCILE, hour=3, payload={"days": 2}, enabled=_credentials)
 def init_app(app):
     """Register the phone line's webhooks and commands."""
     app.register_blueprint(bp)
+    app.register_blueprint(sms.bp)
     app.cli.add_command(twilio_cli)
 
 

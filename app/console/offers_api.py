@@ -1,0 +1,89 @@
+"""JSON API for offers: offer a request to volunteers, and read its assignments."""
+
+from flask import current_app, g, jsonify, request
+
+from .. import dispatch, people, queue
+from ..db import get_db
+from .api import ApiError, bp, require
+
+
+def _public(assignment):
+    """Return an assignment as the API shows it."""
+    return {
+        key: assignment[key]
+        for key in (
+            "id",
+            "request_id",
+            "volunteer_id",
+            "state",
+            "code",
+            "channel",
+            "wave",
+            "offered_at",
+            "answered_at",
+            "expires_at",
+            "visit_at",
+            "senior_answer",
+        )
+    }
+
+
+@bp.post("/requests/<int:request_id>/offers")
+@require("act")
+def offer(request_id):
+    """Offer a request to {"volunteer_ids": [...]} or to the {"top": N} of its ranking."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or len(set(body) & {"volunteer_ids", "top"}) != 1:
+        raise ApiError(400, 'send {"volunteer_ids": [...]} or {"top": 3}')
+    unknown = sorted(set(body) - {"volunteer_ids", "top"})
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]}")
+    ids = body.get("volunteer_ids")
+    if ids is not None and (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ):
+        raise ApiError(400, "volunteer_ids must be a list of volunteer ids")
+    db = get_db()
+    try:
+        made = dispatch.offer(
+            current_app,
+            db,
+            request_id,
+            volunteer_ids=ids,
+            top=body.get("top"),
+            actor=g.principal.actor,
+        )
+    except queue.RequestNotFound as exc:
+        raise ApiError(404, str(exc)) from exc
+    except dispatch.CannotOffer as exc:
+        raise ApiError(409, str(exc)) from exc
+    except (dispatch.BadVolunteer, people.PeopleError) as exc:
+        raise ApiError(400, str(exc)) from exc
+    except dispatch.DispatchError as exc:
+        raise ApiError(409, str(exc)) from exc
+    if not made:
+        raise ApiError(409, "no volunteer can be offered this request now")
+    return jsonify(offers=[_public(a) for a in made]), 201
+
+
+@bp.get("/assignments")
+@require("view")
+def list_assignments():
+    """List offers and assignments, oldest first, for ?request_id= or ?volunteer_id=."""
+    filters = {}
+    for name in ("request_id", "volunteer_id"):
+        value = request.args.get(name)
+        if value is not None:
+            try:
+                filters[name] = queue.row_id(value)
+            except ValueError as exc:
+                raise ApiError(400, f"{name} must be an id") from exc
+    state = request.args.get("state")
+    if state is not None and state not in dispatch.STATES:
+        raise ApiError(400, f"state must be one of {', '.join(dispatch.STATES)}")
+    if not filters:
+        raise ApiError(400, "give request_id or volunteer_id")
+    rows = dispatch.assignments(get_db(), state=state, **filters)
+    return jsonify([_public(a) for a in rows])

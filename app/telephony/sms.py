@@ -1,0 +1,204 @@
+"""Twilio's webhooks for offers: volunteers' SMS replies, outbox status callbacks, and the
+calls the outbox places (a job offered by keypad, a senior told who will come and when).
+
+Every webhook is signed like the voice webhooks; a replayed one changes nothing twice.
+"""
+
+import logging
+
+from flask import Blueprint, Response, abort, current_app, request, url_for
+from twilio.twiml.messaging_response import MessagingResponse
+from werkzeug.exceptions import HTTPException
+
+from .. import dispatch, outbox, people
+from ..db import get_db
+from ..flows import KEYS
+from . import speak
+from .signature import twilio_only
+from .views import _coordinator as coordinator_now
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("telephony_sms", __name__, url_prefix="/twilio")
+
+# The senior's keys on the visit call: the same meaning as everywhere (1 yes, 2 no).
+VISIT_ANSWERS = {"yes": "suits", "no": "another_time"}
+
+
+def _twiml(response):
+    """Return TwiML as a Flask response."""
+    return Response(str(response), mimetype="text/xml")
+
+
+@bp.post("/sms")
+@twilio_only
+def sms():
+    """Answer a volunteer's SMS: YES/NO with a code, HELP, STOP, START, or a note."""
+    form = request.form
+    message_sid = (form.get("MessageSid") or form.get("SmsSid") or "").strip()
+    if not message_sid:
+        abort(400, "MessageSid is required")  # it is what makes a replay harmless
+    reply = dispatch.answer_sms(
+        current_app,
+        get_db(),
+        message_sid=message_sid,
+        from_phone=form.get("From", ""),
+        body=form.get("Body", ""),
+    )
+    response = MessagingResponse()
+    if reply:
+        response.message(reply)
+    return _twiml(response)
+
+
+@bp.post("/sms-status")
+@bp.post("/outbox-status")
+@twilio_only
+def outbox_status():
+    """Keep the status Twilio reports for an SMS or call the outbox sent."""
+    form = request.form
+    sid = form.get("MessageSid") or form.get("CallSid") or ""
+    status = form.get("MessageStatus") or form.get("CallStatus") or ""
+    if sid and status:
+        row = outbox.record_status(get_db(), sid, status, form.get("ErrorCode"))
+        if (
+            row is not None
+            and row["kind"] == "call"
+            and row["key"].startswith("visit:")
+            and status in ("busy", "no-answer", "failed", "canceled")
+        ):
+            dispatch.senior_answer(get_db(), row["assignment_id"], "no_answer")
+    return "", 204
+
+
+def _speaker(flow):
+    # Seniors hear the visit slowly; the words are few and they may write them down.
+    return speak.Speaker(flow, "slow")
+
+
+def _menu(flow, texts, action):
+    """Ask a one-key question in the flow's voice, slowly."""
+    return _twiml(speak.menu(_speaker(flow), texts, action, timeout=flow.timing.gather_seconds))
+
+
+@bp.post("/visit/<int:assignment_id>")
+@twilio_only
+def visit(assignment_id):
+    """Tell the senior who will come, when, and for what; ask whether it suits them."""
+    flow, words = dispatch.visit_words(get_db(), assignment_id)
+    silences = request.args.get("silences", 0, type=int)
+    texts = [flow.prompt("visit", **words), flow.prompt("visit_menu")]
+    if not silences:
+        texts.insert(0, flow.prompt("visit_hello", category=words["category"]))
+    return _menu(
+        flow, texts, url_for(".visit_answer", assignment_id=assignment_id, silences=silences)
+    )
+
+
+@bp.post("/visit/<int:assignment_id>/answer")
+@twilio_only
+def visit_answer(assignment_id):
+    """Act on the senior's key: 1 suits, 2 another time, * again, 0 a person."""
+    db = get_db()
+    flow, words = dispatch.visit_words(db, assignment_id)
+    speaker = _speaker(flow)
+    meaning = KEYS.get(request.form.get("Digits", "")[:1])
+    if meaning is None:
+        silences = request.args.get("silences", 0, type=int) + 1
+        if silences >= flow.timing.silence_retries:
+            dispatch.senior_answer(db, assignment_id, "no_answer")
+            return _twiml(speak.goodbye(speaker, [flow.prompt("visit_no_answer")]))
+        before = flow.prompt("no_key_heard" if not request.form.get("Digits") else "unknown_key")
+        return _menu(
+            flow,
+            [before, flow.prompt("visit", **words), flow.prompt("visit_menu")],
+            url_for(".visit_answer", assignment_id=assignment_id, silences=silences),
+        )
+    if meaning == "repeat":
+        return _menu(
+            flow,
+            [flow.prompt("visit", **words), flow.prompt("visit_menu")],
+            url_for(".visit_answer", assignment_id=assignment_id),
+        )
+    if meaning == "person":
+        dispatch.senior_answer(db, assignment_id, "person")
+        number = coordinator_now(current_app.config)  # within coordinator hours only
+        if number:
+            return _twiml(
+                speak.connect(
+                    speaker, [flow.prompt("connecting")], number, url_for(".visit_dialed")
+                )
+            )
+        return _twiml(speak.goodbye(speaker, [flow.prompt("visit_another_time")]))
+    answer = VISIT_ANSWERS[meaning]
+    dispatch.senior_answer(db, assignment_id, answer)
+    prompt = "visit_suits" if answer == "suits" else "visit_another_time"
+    return _twiml(speak.goodbye(speaker, [flow.prompt(prompt, **words)]))
+
+
+@bp.post("/visit/dialed")
+@twilio_only
+def visit_dialed():
+    """After the coordinator was dialled from a visit call: the coordinator is already told."""
+    flow = dispatch.flow_for(current_app.config["DEFAULT_LANGUAGE"])
+    return _twiml(speak.goodbye(_speaker(flow), [flow.prompt("goodbye")]))
+
+
+@bp.post("/offer-call/<int:assignment_id>")
+@twilio_only
+def offer_call(assignment_id):
+    """Offer a job by phone to a volunteer who asked for calls: 1 takes it, 2 passes."""
+    flow, words = dispatch.offer_call_words(get_db(), assignment_id)
+    texts = [flow.prompt("offer_hello"), flow.prompt("offer", **words), flow.prompt("offer_menu")]
+    return _menu(flow, texts, url_for(".offer_call_answer", assignment_id=assignment_id))
+
+
+@bp.post("/offer-call/<int:assignment_id>/answer")
+@twilio_only
+def offer_call_answer(assignment_id):
+    """Act on the volunteer's key: 1 accept, 2 decline, * again, 0 a person."""
+    db = get_db()
+    flow, words = dispatch.offer_call_words(db, assignment_id)
+    speaker = speak.Speaker(flow)
+    meaning = KEYS.get(request.form.get("Digits", "")[:1])
+    action = url_for(".offer_call_answer", assignment_id=assignment_id)
+    if meaning in (None, "repeat"):
+        return _menu(flow, [flow.prompt("offer", **words), flow.prompt("offer_menu")], action)
+    assignment = dispatch.get(db, assignment_id)
+    volunteer_actor = f"volunteer:{assignment['volunteer_id']}"
+    if meaning == "person":
+        dispatch.flag(
+            db,
+            assignment["request_id"],
+            "the volunteer asked to speak to a person about an offer",
+            actor=volunteer_actor,
+            action="volunteer_note",
+        )
+        return _twiml(speak.goodbye(speaker, [flow.sms["answer_call"]]))
+    if meaning == "yes":
+        outcome = dispatch.accept(current_app, db, assignment_id, actor=volunteer_actor)
+    else:
+        outcome = dispatch.decline(current_app, db, assignment_id, actor=volunteer_actor)
+    volunteer = people.get_volunteer(db, assignment["volunteer_id"])
+    return _twiml(speak.goodbye(speaker, [dispatch.outcome_text(db, volunteer, outcome)]))
+
+
+@bp.errorhandler(Exception)
+def apologise(exc):
+    """Answer a broken step politely: an SMS says sorry, a call says sorry and ends."""
+    if isinstance(exc, HTTPException):
+        return exc
+    if isinstance(exc, dispatch.AssignmentNotFound):
+        # A call about an offer that is not ours (or was never made): say sorry, nothing broke.
+        log.warning("twilio offer step %s: %s", request.endpoint, exc)
+    else:
+        log.exception("twilio offer step %s failed", request.endpoint)
+    if request.endpoint in ("telephony_sms.sms",):
+        response = MessagingResponse()
+        flow = dispatch.flow_for(current_app.config["DEFAULT_LANGUAGE"])
+        response.message(flow.sms["answer_call"])
+        return _twiml(response)
+    if request.endpoint == "telephony_sms.outbox_status":
+        return "", 204  # Twilio does not retry status callbacks; the log has it
+    flow = dispatch.flow_for(current_app.config["DEFAULT_LANGUAGE"])
+    return _twiml(speak.goodbye(_speaker(flow), [flow.prompt("sorry")]))
