@@ -77,8 +77,19 @@ def create(
     } | fields
     try:
         with db.atomic():
+            # Caller ID ties the request to the person served who owns that number
+            # (a database from before 0008_people has no registry yet).
+            if phone and not row.get("person_id") and db["person_phones"].exists():
+                known = db.execute(
+                    "SELECT person_id FROM person_phones WHERE phone = ?", [phone]
+                ).fetchone()
+                if known:
+                    row["person_id"] = known[0]
             request_id = db["requests"].insert(row).last_pk
-            record_event(db, request_id, actor, "received", {"channel": channel})
+            detail = {"channel": channel}
+            if row.get("person_id"):
+                detail["person"] = row["person_id"]
+            record_event(db, request_id, actor, "received", detail)
     except sqlite3.IntegrityError:
         # Another delivery of the same webhook won the race: theirs is the request.
         if source_key is not None and (existing := find_by_source(db, source_key)):

@@ -288,3 +288,23 @@ def test_people_link_ties_a_request_to_its_person(runner, db, rules):
     assert event["detail"] == {"person_id": [None, 1]}
     missing = runner.invoke(args=["people", "link", str(item["id"]), "9"])
     assert missing.exit_code != 0 and "no person 9" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("channel", "phone", "linked"),
+    [
+        ("phone", "+15550000001", True),
+        ("voicemail", "+15550000001", True),
+        ("phone", "+15559999999", False),
+        ("kiosk", None, False),
+    ],
+)
+def test_caller_id_links_a_new_request_to_its_person(db, rules, channel, phone, linked):
+    """A request from a known number belongs to that person from the moment it arrives."""
+    person = people.add_person(
+        db, {"name": "May Chen", "phones": "+15550000001"}, rules, actor="test"
+    )
+    request, _ = queue.create(db, channel=channel, phone=phone)
+    assert request["person_id"] == (person["id"] if linked else None)
+    [received] = queue.events(db, request["id"])
+    assert received["detail"].get("person") == (person["id"] if linked else None)
