@@ -639,8 +639,67 @@ def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, 
     return {key: value / total for key, value in votes.items()} if total > 0 else {}
 
 
-def classify(text: str, categories: Categories) -> Classification:
-    """Classify a request's text into a category and urgency."""
+def classify(text: str, categories: Categories, model=None) -> Classification:
+    """Classify a request's text into a category and urgency, by rules and model together."""
+    rules = classify_rules(text, categories)
+    if model is None or not isinstance(text, str) or not text.strip():
+        return rules
+    return fuse(rules, model.probabilities(text), model.rule_weight, model.emergency_threshold)
+
+
+def fuse(
+    rules: Classification,
+    probabilities: Mapping[str, float],
+    rule_weight: float,
+    emergency_threshold: float,
+) -> Classification:
+    """Join the rules' verdict with a learned model's category probabilities.
+
+    Emergency is raised when either path raises it (the rules are the safety net); the
+    category among the rest is the weighted mix of both paths' scores.
+    """
+    rule_scores = {rules.category: rules.score, **dict(rules.alternatives)}
+    rule_scores.pop("emergency", None)
+    rule_total = sum(rule_scores.values())
+    p_emergency = probabilities.get("emergency", 0.0)
+    rest = max(1.0 - p_emergency, 1e-9)
+    fused = {}
+    for key in CATEGORY_KEYS:
+        if key == "emergency":
+            continue
+        from_rules = rule_scores.get(key, 0.0) / rule_total if rule_total else 0.0
+        from_model = probabilities.get(key, 0.0) / rest
+        fused[key] = rule_weight * from_rules + (1 - rule_weight) * from_model
+    ranked = sorted(fused, key=lambda k: (-fused[k], CATEGORY_KEYS.index(k)))
+    model_alarm = p_emergency >= emergency_threshold
+    emergency = rules.emergency or model_alarm
+    if emergency:
+        category = "emergency"
+        score = max(rules.score if rules.emergency else 0.0, p_emergency)
+    else:
+        category = ranked[0]
+        score = fused[category] * (1 - p_emergency)
+    # Alternatives a coordinator might weigh: the runners-up with a real share.
+    alternatives = tuple(
+        (k, round(fused[k] * (1 - p_emergency), 3))
+        for k in ranked
+        if k != category and fused[k] * (1 - p_emergency) >= 0.05
+    )
+    best = max(probabilities, key=probabilities.get)
+    matched = (*rules.matched, f"model: {best} {probabilities[best]:.2f}")
+    return dataclasses.replace(
+        rules,
+        category=category,
+        score=round(min(score, 1.0), 3),
+        alternatives=alternatives,
+        urgency="critical" if emergency else rules.urgency,
+        emergency=emergency,
+        matched=matched,
+    )
+
+
+def classify_rules(text: str, categories: Categories) -> Classification:
+    """Classify a request's text by the phrase lists and the nearest examples alone."""
     tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
     found = _find_matches(tokens, categories)
     # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of

@@ -39,6 +39,8 @@ DEFAULT_MANIFEST = DEFAULT_MODELS_DIR / "models.toml"
 RECORD = ".carecall-model.json"
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Speech engines transcribe; an embedding model turns text into vectors for classify.
+ENGINES = ("whisper", "vosk", "embedding")
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,10 @@ def _parse_model(name: str, table: dict) -> ModelSpec:
     """Turn one [models.<name>] table into a ModelSpec."""
     try:
         engine = table["engine"]
-        if engine not in ("whisper", "vosk"):
-            raise ManifestError(f"Model {name}: engine must be whisper or vosk, not {engine!r}.")
+        if engine not in ENGINES:
+            raise ManifestError(
+                f"Model {name}: engine must be one of {', '.join(ENGINES)}, not {engine!r}."
+            )
         kind = table["source"]
         if kind == "url":
             digest = table.get("sha256")
