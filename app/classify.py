@@ -77,6 +77,8 @@ class Classification:
     urgency: str
     emergency: bool
     matched: tuple[str, ...]
+    # Danger phrases the rules heard but set aside as negated or harmless ("I haven't fallen").
+    disarmed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """Return the classification as a JSON-ready dict."""
@@ -644,7 +646,13 @@ def classify(text: str, categories: Categories, model=None) -> Classification:
     rules = classify_rules(text, categories)
     if model is None or not isinstance(text, str) or not text.strip():
         return rules
-    return fuse(rules, model.probabilities(text), model.rule_weight, model.emergency_threshold)
+    return fuse(
+        rules,
+        model.probabilities(text),
+        model.rule_weight,
+        model.emergency_threshold,
+        model.disarmed_threshold,
+    )
 
 
 def fuse(
@@ -652,11 +660,13 @@ def fuse(
     probabilities: Mapping[str, float],
     rule_weight: float,
     emergency_threshold: float,
+    disarmed_threshold: float = 1.0,
 ) -> Classification:
     """Join the rules' verdict with a learned model's category probabilities.
 
     Emergency is raised when either path raises it (the rules are the safety net); the
-    category among the rest is the weighted mix of both paths' scores.
+    category among the rest is the weighted mix of both paths' scores. Where the rules heard
+    a danger phrase and set it aside ("I don't smell gas"), the model needs more certainty.
     """
     rule_scores = {rules.category: rules.score, **dict(rules.alternatives)}
     rule_scores.pop("emergency", None)
@@ -671,7 +681,8 @@ def fuse(
         from_model = probabilities.get(key, 0.0) / rest
         fused[key] = rule_weight * from_rules + (1 - rule_weight) * from_model
     ranked = sorted(fused, key=lambda k: (-fused[k], CATEGORY_KEYS.index(k)))
-    model_alarm = p_emergency >= emergency_threshold
+    threshold = max(emergency_threshold, disarmed_threshold if rules.disarmed else 0.0)
+    model_alarm = p_emergency >= threshold
     emergency = rules.emergency or model_alarm
     if emergency:
         category = "emergency"
@@ -715,6 +726,7 @@ def classify_rules(text: str, categories: Categories) -> Classification:
     evidence: dict[str, list[float]] = {key: [] for key in CATEGORY_KEYS}
     first_seen: dict[str, int] = {}
     matched: list[str] = []
+    disarmed: list[str] = []
     is_emergency = False
     # Words that neutral phrases use up, or that made an emergency phrase the guards
     # turned down, are kept from the examples too: "haven't fallen" is not "fallen".
@@ -733,6 +745,7 @@ def classify_rules(text: str, categories: Categories) -> Classification:
                 m, harmless, categories.guard_window, sentence_of
             ):
                 spent.update(m.positions)
+                disarmed.append(m.phrase.source)
                 continue
             else:
                 is_emergency = True
@@ -818,4 +831,5 @@ def classify_rules(text: str, categories: Categories) -> Classification:
         urgency=urgency,
         emergency=is_emergency,
         matched=tuple(dict.fromkeys(matched)),
+        disarmed=tuple(dict.fromkeys(disarmed)),
     )

@@ -534,6 +534,13 @@ SETTINGS = (
     _s("speech", "DEFAULT_LANGUAGE", LANGUAGE, "en", "Language when a caller has not chosen."),
     _s(
         "speech",
+        "TEXT_MODEL",
+        Text(0, r"[a-z0-9-]*", "a model name from speech_models/models.toml, or nothing"),
+        "e5-small",
+        "Sentence-embedding model joined with the rules to classify; empty: rules alone.",
+    ),
+    _s(
+        "speech",
         "MAX_AUDIO_SECONDS",
         Number(1, 3600, integer=True),
         600,

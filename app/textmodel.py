@@ -131,6 +131,7 @@ class Weights:
     temperature: float = 1.0
     rule_weight: float = 0.5  # share of the rules in the fused category scores
     emergency_threshold: float = 0.5  # model probability that alone raises an emergency
+    disarmed_threshold: float = 1.0  # the same where the rules set a danger phrase aside
     info: dict = field(default_factory=dict)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
@@ -146,6 +147,7 @@ class Weights:
             "temperature": self.temperature,
             "rule_weight": self.rule_weight,
             "emergency_threshold": self.emergency_threshold,
+            "disarmed_threshold": self.disarmed_threshold,
             "info": self.info,
         }
         with open(path, "wb") as fh:
@@ -175,6 +177,7 @@ def load_weights(path: Path) -> Weights:
                 temperature=float(meta["temperature"]),
                 rule_weight=float(meta["rule_weight"]),
                 emergency_threshold=float(meta["emergency_threshold"]),
+                disarmed_threshold=float(meta["disarmed_threshold"]),
                 info=meta.get("info", {}),
             )
     except FileNotFoundError as exc:
@@ -204,6 +207,11 @@ class TextClassifier:
     def emergency_threshold(self) -> float:
         """Return the model probability that alone raises an emergency."""
         return self.weights.emergency_threshold
+
+    @property
+    def disarmed_threshold(self) -> float:
+        """Return the model probability that raises an emergency the rules set aside."""
+        return self.weights.disarmed_threshold
 
     def probabilities(self, text: str) -> dict[str, float]:
         """Return the model's probability for each category of one text."""
@@ -316,10 +324,12 @@ class TextModels:
             self._classifiers[language] = found
         return found
 
-    def problems(self) -> dict[str, str]:
-        """Return what keeps the learned classifier out, by model or language."""
+    def problems(self, languages: Sequence[str] = ()) -> dict[str, str]:
+        """Return what keeps the learned classifier out, by model or language; loads them."""
         if not self.name:
             return {}
+        for language in languages:
+            self.classifier(language)
         self.embedder()
         return dict(self._problems)
 

@@ -123,7 +123,13 @@ def verdicts(scored: Sequence[Scored], mode: str, weights: Weights | None) -> li
             for s in scored
         ]
     return [
-        fuse(s.rules, s.probabilities, weights.rule_weight, weights.emergency_threshold)
+        fuse(
+            s.rules,
+            s.probabilities,
+            weights.rule_weight,
+            weights.emergency_threshold,
+            weights.disarmed_threshold,
+        )
         for s in scored
     ]
 
@@ -173,25 +179,20 @@ def tune(scored: Sequence[Scored], weights: Weights) -> Weights:
     """Choose temperature, emergency threshold and rules' share on out-of-fold rows."""
     temperature = _temperature(scored)
     scaled = [_rescale(s, temperature) for s in scored]
-    threshold = _threshold(scaled)
+    threshold, disarmed = _threshold(scaled)
     best = max(
         _RULE_WEIGHTS,
         key=lambda w: (
-            _accuracy(scaled, w, threshold),
+            _accuracy(scaled, w, threshold, disarmed),
             -abs(w - 0.5),  # ties go to the even mix
         ),
     )
-    return Weights(
-        labels=weights.labels,
-        mean=weights.mean,
-        scale=weights.scale,
-        coef=weights.coef,
-        bias=weights.bias,
-        embedder=weights.embedder,
+    return dataclasses.replace(
+        weights,
         temperature=temperature,
         rule_weight=best,
         emergency_threshold=threshold,
-        info=weights.info,
+        disarmed_threshold=disarmed,
     )
 
 
@@ -219,24 +220,35 @@ def _rescale(s: Scored, temperature: float) -> Scored:
     return Scored(s.text, s.category, s.emergency, s.rules, {k: v / total for k, v in exp.items()})
 
 
-def _threshold(scored: Sequence[Scored]) -> float:
-    """Return the highest threshold catching the most emergencies within the false-alarm cap."""
-    best = (-1.0, 0.0, _THRESHOLDS[-1])
+def _threshold(scored: Sequence[Scored]) -> tuple[float, float]:
+    """Return the thresholds catching the most emergencies within the false-alarm cap.
+
+    The first is for any request, the second (never lower) for one whose danger phrase
+    the rules set aside; among equals the highest thresholds, so the fewest false alarms.
+    """
+    best = (-1.0, -1.0, _THRESHOLDS[-1], 1.0)
     for t in _THRESHOLDS:
-        caught = [s.rules.emergency or s.probabilities["emergency"] >= t for s in scored]
-        emergencies = [c for c, s in zip(caught, scored, strict=True) if s.emergency]
-        calm = [c for c, s in zip(caught, scored, strict=True) if not s.emergency]
-        recall = sum(emergencies) / max(len(emergencies), 1)
-        alarms = sum(calm) / max(len(calm), 1)
-        if alarms <= MAX_FALSE_ALARMS and (recall, t) > (best[0], best[2]):
-            best = (recall, alarms, t)
-    return best[2]
+        for d in (*(x for x in _THRESHOLDS if x >= t), 1.0):
+            caught = [
+                s.rules.emergency or s.probabilities["emergency"] >= (d if s.rules.disarmed else t)
+                for s in scored
+            ]
+            emergencies = [c for c, s in zip(caught, scored, strict=True) if s.emergency]
+            calm = [c for c, s in zip(caught, scored, strict=True) if not s.emergency]
+            recall = sum(emergencies) / max(len(emergencies), 1)
+            alarms = sum(calm) / max(len(calm), 1)
+            key = (recall, -alarms, t, d)
+            if alarms <= MAX_FALSE_ALARMS and key > best:
+                best = key
+    return best[2], best[3]
 
 
-def _accuracy(scored: Sequence[Scored], rule_weight: float, threshold: float) -> float:
+def _accuracy(
+    scored: Sequence[Scored], rule_weight: float, threshold: float, disarmed: float
+) -> float:
     """Return the fused category accuracy for one choice of tuning."""
     hits = sum(
-        fuse(s.rules, s.probabilities, rule_weight, threshold).category == s.category
+        fuse(s.rules, s.probabilities, rule_weight, threshold, disarmed).category == s.category
         for s in scored
     )
     return hits / max(len(scored), 1)
