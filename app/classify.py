@@ -670,14 +670,14 @@ def fuse(
     """
     rule_scores = {rules.category: rules.score, **dict(rules.alternatives)}
     rule_scores.pop("emergency", None)
-    rule_total = sum(rule_scores.values())
     p_emergency = probabilities.get("emergency", 0.0)
     rest = max(1.0 - p_emergency, 1e-9)
     fused = {}
     for key in CATEGORY_KEYS:
         if key == "emergency":
             continue
-        from_rules = rule_scores.get(key, 0.0) / rule_total if rule_total else 0.0
+        # The rules' own confidence, not renormalised: a weak rule verdict stays weak.
+        from_rules = min(rule_scores.get(key, 0.0), 1.0)
         from_model = probabilities.get(key, 0.0) / rest
         fused[key] = rule_weight * from_rules + (1 - rule_weight) * from_model
     ranked = sorted(fused, key=lambda k: (-fused[k], CATEGORY_KEYS.index(k)))
