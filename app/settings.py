@@ -535,9 +535,9 @@ SETTINGS = (
     _s(
         "speech",
         "TEXT_MODEL",
-        Text(0, r"[a-z0-9-]*", "a model name from speech_models/models.toml, or nothing"),
+        Text(1, r"[a-z0-9-]+", "a model name from speech_models/models.toml, or none"),
         "e5-small",
-        "Sentence-embedding model joined with the rules to classify; empty: rules alone.",
+        "Sentence-embedding model joined with the rules to classify; none: the rules alone.",
     ),
     _s(
         "speech",

@@ -306,7 +306,7 @@ class TextModels:
     """The app's embedding model and per-language classifiers, each loaded once."""
 
     def __init__(self, name: str, models_dir: str | Path, flows_dir: str | Path):
-        self.name = name
+        self.name = "" if name == "none" else name
         self.models_dir = Path(models_dir)
         self.flows_dir = Path(flows_dir)
         self._embedder = None

@@ -702,3 +702,13 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     assert result.exit_code != 0
     assert "score lower on the held-out set" in result.output
     assert load_weights(flows / "model" / "en.npz").info == trained.info
+
+
+def test_text_model_none_classifies_by_rules_alone_without_a_warning(make_app):
+    app = make_app(TEXT_MODEL="none")
+    result = app.test_cli_runner().invoke(
+        args=["classify", "I need a lift to the doctor", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert not any(m.startswith("model: ") for m in json.loads(result.output)["matched"])
+    assert not [w for w in startup_warnings(app) if "TEXT_MODEL" in w]
