@@ -155,8 +155,13 @@ def train_command(language, force):
         ) from exc
     # The held-out set only measures: a correction that repeats one of its rows stays out.
     kept = {text for text, *_ in heldout}
-    rows = [row for row in [*rows, *corrections] if row[0] not in kept]
-    click.echo(f"training on {len(rows)} rows ({len(corrections)} corrections)", err=True)
+    every = [*rows, *corrections]
+    rows = [row for row in every if row[0] not in kept]
+    click.echo(
+        f"training on {len(rows)} rows ({len(corrections)} corrections; "
+        f"{len(every) - len(rows)} held-out rows left out)",
+        err=True,
+    )
     weights, _ = training.train(rows, embedder.embed([t for t, _ in rows]), categories, models.name)
     held = embedder.embed([t for t, *_ in heldout])
     path = textmodel.weights_path(flows, language)

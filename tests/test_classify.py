@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import queue
 from app.classify import (
     CATEGORY_KEYS,
     DEFAULT_PATH,
@@ -23,6 +24,8 @@ from app.classify import (
     load_categories,
     read_examples,
 )
+from app.console.actions import change
+from app.db import connect
 from app.health import startup_warnings
 from app.textmodel import TextClassifier, WeightsError, load_embedder, load_weights, weights_path
 from app.training import metrics, read_heldout, score, verdicts
@@ -684,12 +687,23 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     good = [row for rows in by_category.values() for row in rows[:6]]
     flows = _flows(tmp_path, good, heldout[::5])
     app = make_app(FLOWS_DIR=str(flows))
+    # A coordinator's correction teaches it; one repeating a held-out row stays out.
+    db = connect(app.config["DATABASE"])
+    for text in ("the boiler is banging and there's no hot water", heldout[0][0]):
+        item, _ = queue.create(
+            db, channel="phone", phone="+15550000001", transcript=text, category="other"
+        )
+        change(db, item["id"], {"category": "home_repair"}, actor="user:coordinator1")
+    db.close()
     result = app.test_cli_runner().invoke(args=["classify", "train"])
     assert result.exit_code == 0, result.output
+    assert f"training on {len(good) + 1} rows (2 corrections; 1 held-out rows left out)" in (
+        result.output
+    )
     assert "held-out before: rules accuracy" in result.output
     assert "held-out after:  fusion accuracy" in result.output
     trained = load_weights(flows / "model" / "en.npz")
-    assert trained.info["rows"] == len(good)
+    assert trained.info["rows"] == len(good) + 1
     # Labels shuffled among the examples make a worse model, which is not installed.
     labels = [c for _, c in good]
     worse = [(t, labels[(i * 7 + 3) % len(labels)]) for i, (t, _) in enumerate(good)]
