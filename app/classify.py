@@ -280,11 +280,106 @@ def load_categories(language: str = "en", path: Path | None = None) -> Categorie
     if language not in data or not isinstance(data[language], dict):
         known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
         raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
+    check_schema(data[language], language, path.name)
     categories = _build(language, data[language])
     examples = path.parent / EXAMPLES_DIR / f"{language}.tsv"
     if examples.is_file():
         categories = with_examples(categories, read_examples(examples))
     return categories
+
+
+# Every key a language table may hold, by table; a dict is a sub-table, None any value.
+_LIST_KEYS = ("decisive", "strong", "phrases", "weak", "hints")
+_CATEGORY_TABLE = {"label": None, **dict.fromkeys(_LIST_KEYS)}
+SCHEMA: dict = {
+    "name": None,
+    "tuning": dict.fromkeys(
+        (
+            "max_gap",
+            "fuzzy_min_length",
+            "fuzzy_two_edits_length",
+            "length_bonus",
+            "other_threshold",
+            "emergency_score",
+            "negation_window",
+            "guard_window",
+            "list_weights",
+            "evidence_decay",
+        )
+    ),
+    "text": {
+        **dict.fromkeys(
+            (
+                "fillers",
+                "contractions",
+                "suffixes",
+                "rewrites",
+                "optional",
+                "no_fuzzy",
+                "clause_words",
+            )
+        ),
+        "stemming": dict.fromkeys(("forms", "endings", "tidy", "keep", "min_stem")),
+    },
+    "categories": {key: _CATEGORY_TABLE for key in CATEGORY_KEYS},
+    "emergency": {
+        **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
+        "combos": [dict.fromkeys(("phrases", "with", "otherwise"))],
+    },
+    "neutral": {"phrases": None},
+    "urgency": dict.fromkeys(("high", "low", "neutral", "negations", "negation_window")),
+    "examples": dict.fromkeys(
+        (
+            "stop_words",
+            "k",
+            "power",
+            "weight",
+            "min_similarity",
+            "emergency_share",
+            "emergency_similarity",
+            "emergency_shared",
+            "guarded_emergency_share",
+            "veto_share",
+            "veto_below",
+        )
+    ),
+}
+
+
+def check_schema(table: dict, language: str, filename: str) -> None:
+    """Raise CategoryDataError naming the file and key of anything the loader would ignore."""
+    homes = _homes(SCHEMA, language)
+
+    def walk(value, schema, where: str) -> None:
+        if isinstance(schema, list):
+            if not isinstance(value, list):
+                raise CategoryDataError(f"{filename}: [[{where}]] must be an array of tables")
+            for item in value:
+                walk(item, schema[0], where)
+        elif isinstance(schema, dict):
+            if not isinstance(value, dict):
+                raise CategoryDataError(f"{filename}: [{where}] must be a table")
+            for key, item in value.items():
+                if key not in schema:
+                    home = [h for h in homes.get(key, ()) if h != f"{where}.{key}"]
+                    hint = f"; it belongs in [{home[0].rsplit('.', 1)[0]}]" if home else ""
+                    raise CategoryDataError(f"{filename}: unknown key {where}.{key}{hint}")
+                walk(item, schema[key], f"{where}.{key}")
+
+    walk(table, SCHEMA, language)
+
+
+def _homes(schema, where: str) -> dict[str, list[str]]:
+    """Return, for each key name, the dotted places the schema allows it."""
+    found: dict[str, list[str]] = defaultdict(list)
+    if isinstance(schema, list):
+        schema = schema[0]
+    if isinstance(schema, dict):
+        for key, sub in schema.items():
+            found[key].append(f"{where}.{key}")
+            for name, places in _homes(sub, f"{where}.{key}").items():
+                found[name].extend(places)
+    return found
 
 
 def read_examples(path: Path) -> list[tuple[str, str]]:

@@ -452,6 +452,47 @@ def test_new_language_is_just_data(tmp_path):
     assert (result.category, result.urgency) == ("meals", "high")
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # The setting that sat under the wrong table and was silently ignored.
+        (
+            '[zz.text.stemming]\nno_fuzzy = ["could"]',
+            "unknown key zz.text.stemming.no_fuzzy; it belongs in [zz.text]",
+        ),
+        ("[zz.tuning]\nmax_gapp = 3", "unknown key zz.tuning.max_gapp"),
+        (
+            '[zz.categories.meals]\nlabel = "x"\nstrongg = ["y"]',
+            "unknown key zz.categories.meals.strongg",
+        ),
+        ('[zz.urgency]\nhigh = ["pronto"]\ncritical = ["now"]', "unknown key zz.urgency.critical"),
+        ('[zz.emergencies]\nguards = ["a"]', "unknown key zz.emergencies"),
+        ('[zz]\nemergency = "fire"', "[zz.emergency] must be a table"),
+        (
+            '[[zz.emergency.combos]]\nphrases = ["a"]\nneeds = ["b"]',
+            "unknown key zz.emergency.combos.needs",
+        ),
+    ],
+)
+def test_rule_file_is_checked_against_its_schema(tmp_path, extra, message):
+    categories = "\n".join(
+        f'[zz.categories.{key}]\nlabel = "{key} label"\nphrases = ["{key} word"]'
+        for key in CATEGORY_KEYS
+        if not (key == "meals" and "categories.meals" in extra)
+    )
+    path = tmp_path / "categories.toml"
+    path.write_text(extra + "\n" + categories + "\n", encoding="utf-8")
+    with pytest.raises(CategoryDataError) as caught:
+        load_categories("zz", path)
+    assert str(caught.value).startswith("categories.toml: ")
+    assert message in str(caught.value)
+
+
+def test_shipped_rule_file_passes_its_schema():
+    for language in tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8")):
+        assert load_categories(language).language == language
+
+
 def _language_with_examples(tmp_path, examples):
     """Write a minimal zz language and its examples file; return the categories.toml path."""
     categories = "\n".join(
