@@ -486,12 +486,12 @@ def list_command() -> None:
     """
     manifest = load_manifest()
     models_dir = _models_dir()
-    click.echo(f"{'NAME':18} {'ENGINE':8} {'LANG':6} {'SOURCE':10} {'INSTALLED':10} SIZE")
+    click.echo(f"{'NAME':18} {'ENGINE':9} {'LANG':6} {'SOURCE':10} {'INSTALLED':10} SIZE")
     for spec in manifest.models:
         installed = verify(spec.name, models_dir, digests=False).ok
         size = _installed_size(models_dir / spec.name) if installed else spec.size
         click.echo(
-            f"{spec.name:18} {spec.engine:8} {','.join(spec.languages):6} "
+            f"{spec.name:18} {spec.engine:9} {','.join(spec.languages):6} "
             f"{spec.source.kind:10} {'yes' if installed else 'no':10} {_human(size)}"
         )
 
