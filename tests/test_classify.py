@@ -767,3 +767,28 @@ def test_text_model_none_classifies_by_rules_alone_without_a_warning(make_app):
     assert result.exit_code == 0, result.output
     assert not any(m.startswith("model: ") for m in json.loads(result.output)["matched"])
     assert not [w for w in startup_warnings(app) if "TEXT_MODEL" in w]
+
+
+def _phone_sentences():
+    """Return every phone prompt that reads a category label back, from ivr_flows/en.toml."""
+    flows = tomllib.loads((REPO / "ivr_flows" / "en.toml").read_text(encoding="utf-8"))
+    found = []
+
+    def walk(table):
+        for value in table.values():
+            if isinstance(value, dict):
+                walk(value)
+            elif isinstance(value, str) and "{category}" in value:
+                found.append(value)
+
+    walk(flows)
+    return found
+
+
+@pytest.mark.parametrize("template", _phone_sentences())
+def test_labels_read_back_as_a_listener_hears_them(en, template):
+    for key in CATEGORY_KEYS:
+        sentence = template.replace("{category}", en.label(key))
+        spoken = sentence.lower()
+        assert "help with help" not in spoken and "with help with" not in spoken, sentence
+        assert not any(mark in sentence for mark in ("..", "?.", ",.", " .")), sentence
