@@ -226,9 +226,10 @@ def _threshold(scored: Sequence[Scored]) -> tuple[float, float]:
     The first is for any request, the second (never lower) for one whose danger phrase
     the rules set aside; among equals the highest thresholds, so the fewest false alarms.
     """
-    best = (-1.0, -1.0, _THRESHOLDS[-1], 1.0)
+    best = (-1.0, -1.0, _THRESHOLDS[-1], _THRESHOLDS[-1])
     for t in _THRESHOLDS:
-        for d in (*(x for x in _THRESHOLDS if x >= t), 1.0):
+        # Never 1.0: a model sure enough still raises what the rules set aside.
+        for d in (x for x in _THRESHOLDS if x >= t):
             caught = [
                 s.rules.emergency or s.probabilities["emergency"] >= (d if s.rules.disarmed else t)
                 for s in scored
