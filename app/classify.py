@@ -747,6 +747,7 @@ def classify(text: str, categories: Categories, model=None) -> Classification:
         model.rule_weight,
         model.emergency_threshold,
         model.disarmed_threshold,
+        model.calibration,
     )
 
 
@@ -756,6 +757,7 @@ def fuse(
     rule_weight: float,
     emergency_threshold: float,
     disarmed_threshold: float = 1.0,
+    calibration: tuple[float, float] = (1.0, 0.0),
 ) -> Classification:
     """Join the rules' verdict with a learned model's category probabilities.
 
@@ -796,12 +798,21 @@ def fuse(
     return dataclasses.replace(
         rules,
         category=category,
-        score=round(min(score, 1.0), 3),
-        alternatives=alternatives,
+        score=round(calibrate(min(score, 1.0), calibration), 3),
+        alternatives=tuple((k, round(calibrate(s, calibration), 3)) for k, s in alternatives),
         urgency="critical" if emergency else rules.urgency,
         emergency=emergency,
         matched=matched,
     )
+
+
+def calibrate(score: float, calibration: tuple[float, float]) -> float:
+    """Map a fused score to the chance it is right, by a logistic fitted on held-back rows."""
+    slope, offset = calibration
+    if (slope, offset) == (1.0, 0.0):
+        return score
+    p = min(max(score, 1e-6), 1 - 1e-6)
+    return 1 / (1 + math.exp(-(slope * math.log(p / (1 - p)) + offset)))
 
 
 def classify_rules(text: str, categories: Categories) -> Classification:

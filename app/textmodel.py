@@ -153,6 +153,7 @@ class Weights:
     rule_weight: float = 0.5  # share of the rules in the fused category scores
     emergency_threshold: float = 0.5  # model probability that alone raises an emergency
     disarmed_threshold: float = 1.0  # the same where the rules set a danger phrase aside
+    calibration: tuple[float, float] = (1.0, 0.0)  # slope and offset on the fused score's logit
     info: dict = field(default_factory=dict)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
@@ -169,6 +170,7 @@ class Weights:
             "rule_weight": self.rule_weight,
             "emergency_threshold": self.emergency_threshold,
             "disarmed_threshold": self.disarmed_threshold,
+            "calibration": list(self.calibration),
             "info": self.info,
         }
         with open(path, "wb") as fh:
@@ -199,6 +201,7 @@ def load_weights(path: Path) -> Weights:
                 rule_weight=float(meta["rule_weight"]),
                 emergency_threshold=float(meta["emergency_threshold"]),
                 disarmed_threshold=float(meta["disarmed_threshold"]),
+                calibration=tuple(float(x) for x in meta.get("calibration", (1.0, 0.0))),
                 info=meta.get("info", {}),
             )
     except FileNotFoundError as exc:
@@ -233,6 +236,11 @@ class TextClassifier:
     def disarmed_threshold(self) -> float:
         """Return the model probability that raises an emergency the rules set aside."""
         return self.weights.disarmed_threshold
+
+    @property
+    def calibration(self) -> tuple[float, float]:
+        """Return the logistic map from fused score to the chance it is right."""
+        return self.weights.calibration
 
     def probabilities(self, text: str) -> dict[str, float]:
         """Return the model's probability for each category of one text."""

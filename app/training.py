@@ -129,6 +129,7 @@ def verdicts(scored: Sequence[Scored], mode: str, weights: Weights | None) -> li
             weights.rule_weight,
             weights.emergency_threshold,
             weights.disarmed_threshold,
+            weights.calibration,
         )
         for s in scored
     ]
@@ -151,6 +152,7 @@ def metrics(scored: Sequence[Scored], predicted: Sequence[Classification]) -> di
     calm = [p for s, p in zip(scored, predicted, strict=True) if not s.emergency]
     return {
         "n": n,
+        "calibration_error": calibration_error(scored, predicted),
         "accuracy": sum(s.category == p.category for s, p in zip(scored, predicted, strict=True))
         / max(n, 1),
         "per_category": per_category,
@@ -175,6 +177,16 @@ def metrics(scored: Sequence[Scored], predicted: Sequence[Classification]) -> di
     }
 
 
+def calibration_error(scored: Sequence[Scored], predicted: Sequence[Classification]) -> float:
+    """Return the expected calibration error: |score - accuracy| over ten score bins."""
+    bins: dict[int, list[tuple[float, bool]]] = {}
+    for s, p in zip(scored, predicted, strict=True):
+        bins.setdefault(min(int(p.score * 10), 9), []).append((p.score, s.category == p.category))
+    total = sum(len(b) for b in bins.values())
+    gap = sum(abs(sum(x for x, _ in b) - sum(ok for _, ok in b)) for b in bins.values())
+    return gap / max(total, 1)
+
+
 def tune(scored: Sequence[Scored], weights: Weights) -> Weights:
     """Choose temperature, emergency threshold and rules' share on out-of-fold rows."""
     temperature = _temperature(scored)
@@ -187,13 +199,31 @@ def tune(scored: Sequence[Scored], weights: Weights) -> Weights:
             -abs(w - 0.5),  # ties go to the even mix
         ),
     )
-    return dataclasses.replace(
+    tuned = dataclasses.replace(
         weights,
         temperature=temperature,
         rule_weight=best,
         emergency_threshold=threshold,
         disarmed_threshold=disarmed,
     )
+    fused = verdicts(scaled, "fusion", tuned)
+    right = [s.category == f.category for s, f in zip(scaled, fused, strict=True)]
+    return dataclasses.replace(tuned, calibration=_calibration([f.score for f in fused], right))
+
+
+def _calibration(scores: Sequence[float], right: Sequence[bool]) -> tuple[float, float]:
+    """Fit slope and offset of a logistic on the scores' logits to how often they were right."""
+    p = np.clip(np.array(scores, dtype=float), 1e-6, 1 - 1e-6)
+    x = np.log(p / (1 - p))
+    y = np.array(right, dtype=float)
+    best, loss = (1.0, 0.0), math.inf
+    for slope in np.linspace(0.25, 4.0, 16):
+        for offset in np.linspace(-2.0, 4.0, 25):
+            q = np.clip(1 / (1 + np.exp(-(slope * x + offset))), 1e-9, 1 - 1e-9)
+            nll = -np.sum(y * np.log(q) + (1 - y) * np.log(1 - q))
+            if nll < loss:
+                best, loss = (round(float(slope), 3), round(float(offset), 3)), nll
+    return best
 
 
 def _temperature(scored: Sequence[Scored]) -> float:

@@ -156,7 +156,10 @@ def report(result: dict, show_errors: bool = False) -> str:
 def compare_table(name: str, scored, weights) -> tuple[str, dict]:
     """Return rules / model / fusion lines for one set of scored rows, and fusion's metrics."""
     lines = [f"== {name} ({len(scored)} requests)"]
-    head = f"{'':8}{'accuracy':>9}{'emerg. recall':>15}{'missed':>8}{'false alarms':>14}"
+    head = (
+        f"{'':8}{'accuracy':>9}{'emerg. recall':>15}{'missed':>8}{'false alarms':>14}"
+        f"{'calibration error':>19}"
+    )
     lines.append(head)
     per = {}
     for mode in ("rules", "model", "fusion"):
@@ -164,7 +167,7 @@ def compare_table(name: str, scored, weights) -> tuple[str, dict]:
         per[mode] = m
         lines.append(
             f"{mode:8}{m['accuracy']:>9.3f}{m['emergency_recall']:>15.3f}"
-            f"{len(m['missed']):>8d}{m['false_alarms']:>14.3f}"
+            f"{len(m['missed']):>8d}{m['false_alarms']:>14.3f}{m['calibration_error']:>19.3f}"
         )
     lines.append("recall by category:  " + "  ".join(k[:8] for k in CATEGORY_KEYS))
     for mode in ("rules", "model", "fusion"):
