@@ -787,19 +787,23 @@ def fuse(
     else:
         category = ranked[0]
         score = fused[category] * (1 - p_emergency)
-    # Alternatives a coordinator might weigh: the runners-up with a real share.
+    confidence = calibrate(min(score, 1.0), calibration)
+    # Alternatives a coordinator might weigh: the chance the answer is wrong, shared among
+    # the runners-up by their fused scores; only those with a real share are offered.
+    others = [k for k in ranked if k != category]
+    spread = sum(fused[k] for k in others)
     alternatives = tuple(
-        (k, round(fused[k] * (1 - p_emergency), 3))
-        for k in ranked
-        if k != category and fused[k] * (1 - p_emergency) >= 0.05
+        (k, round((1 - confidence) * fused[k] / spread, 3))
+        for k in others
+        if spread and (1 - confidence) * fused[k] / spread >= 0.05
     )
     best = max(probabilities, key=probabilities.get)
     matched = (*rules.matched, f"model: {best} {probabilities[best]:.2f}")
     return dataclasses.replace(
         rules,
         category=category,
-        score=round(calibrate(min(score, 1.0), calibration), 3),
-        alternatives=tuple((k, round(calibrate(s, calibration), 3)) for k, s in alternatives),
+        score=round(confidence, 3),
+        alternatives=alternatives,
         urgency="critical" if emergency else rules.urgency,
         emergency=emergency,
         matched=matched,
