@@ -11,7 +11,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import jobs, pipeline, textmodel, training
+from . import jobs, pipeline, recordings, textmodel, training
 from .accounts import create_user, hasher_for
 from .classify import (
     CATEGORY_KEYS,
@@ -22,7 +22,7 @@ from .classify import (
     load_categories,
     read_examples,
 )
-from .db import connect, get_db, migrate
+from .db import DatabaseBusy, connect, get_db, migrate
 from .health import startup_warnings
 from .queue import CHANNELS
 from .speech import SpeechError, load_audio
@@ -207,7 +207,10 @@ def intake_command(file, phone, channel, language, as_json):
     """
     app = current_app._get_current_object()
     migrate(app.config["DATABASE"])
-    request = pipeline.intake(app, file, channel=channel, phone=phone, language=language)
+    try:
+        request = pipeline.intake(app, file, channel=channel, phone=phone, language=language)
+    except (recordings.StorageFull, DatabaseBusy) as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(request, ensure_ascii=False))
         return
@@ -231,6 +234,7 @@ def serve_command(host, port):
     # Said before serving: a broken model would otherwise surface only as failed requests.
     for line in startup_warnings(app):
         click.echo(line, err=True)
+    click.echo(sweep_data(app))
     worker = jobs.start_worker(app) if app.config["WORKER"] == "inprocess" else None
     for line in banner(app, f"http://{host}:{port}", first_admin(app), worker is not None):
         click.echo(line)
@@ -239,6 +243,12 @@ def serve_command(host, port):
     finally:
         if worker:
             worker.stop()
+
+
+def sweep_data(app):
+    """Tidy what a crash left in the data directory; return one line saying what was done."""
+    data_dir = app.config["DATA_DIR"]
+    return recordings.sweep(data_dir, get_db()).line(data_dir)
 
 
 def first_admin(app):
@@ -271,7 +281,8 @@ def banner(app, base, admin, in_process):
     ]
     if admin:
         lines.append(
-            f"  first login: user {admin[0]}, password {admin[1]}  (shown once; change it)"
+            f"  first login: user {admin[0]}, password {admin[1]}  (shown once; change it at"
+            f" {base}/console/password)"
         )
     else:
         lines.append(

@@ -1,20 +1,39 @@
-"""The SQLite database: one handle per request, schema through named migrations."""
+"""The SQLite database: one handle per request, schema through named migrations.
 
+Writers wait for each other instead of failing: every write transaction takes the write
+lock when it begins (``BEGIN IMMEDIATE``), so SQLite's busy timeout applies to it. A
+deferred transaction that reads first and then writes would get "database is locked" at
+once whenever another writer committed in between, whatever the busy timeout says.
+"""
+
+import contextlib
 import queue
+import random
+import secrets
 import sqlite3
+import time
 from pathlib import Path
 
 import click
-from flask import current_app, g
+from flask import current_app, g, has_app_context, jsonify, request
 from flask.cli import with_appcontext
 from sqlite_utils import Database
+from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.routing import IntegerConverter
 
+from . import settings
 from .migrations import migrations
 from .queue import MAX_ROW_ID
 
 # Idle connections kept per app: opening one costs more than most requests' work.
 POOL_SIZE = 16
+# Taking the write lock is tried this many times (each waiting the busy timeout) before
+# DatabaseBusy; a short random pause between tries keeps waiting writers from colliding.
+LOCK_ATTEMPTS = 3
+LOCK_PAUSE_SECONDS = (0.05, 0.25)
+# SQLite's words for "another connection holds the lock" and "this file cannot be written".
+BUSY_WORDS = ("database is locked", "database is busy", "database table is locked")
+UNWRITABLE_WORDS = ("readonly database", "unable to open database file", "disk i/o error")
 
 
 class RowIdConverter(IntegerConverter):
@@ -24,16 +43,152 @@ class RowIdConverter(IntegerConverter):
     regex = rf"[1-9]\d{{0,{len(str(MAX_ROW_ID)) - 1}}}"
 
 
-def connect(path):
-    """Open a sqlite-utils Database with CareCall's connection settings."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # Pooled connections move between request threads, one user at a time.
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return Database(conn)
+class DatabaseUnwritable(click.ClickException):
+    """The database file or its folder cannot be written."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"database {path} cannot be written: {reason}")
+        self.path = path
+
+
+class DatabaseBusy(sqlite3.OperationalError):
+    """Another writer held the database lock through every wait and retry."""
+
+
+def is_busy(exc):
+    """Return whether an SQLite error means another connection holds the lock."""
+    return isinstance(exc, sqlite3.OperationalError) and _says(exc, BUSY_WORDS)
+
+
+def is_unwritable(exc):
+    """Return whether an SQLite error means the file or its folder cannot be written."""
+    return isinstance(exc, sqlite3.OperationalError) and _says(exc, UNWRITABLE_WORDS)
+
+
+def _says(exc, words):
+    """Return whether an error's message contains one of words."""
+    message = str(exc).lower()
+    return any(word in message for word in words)
+
+
+def retry_busy(step):
+    """Run one locking step; when it stays busy, pause briefly and try again, a few times."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            if attempt == LOCK_ATTEMPTS:
+                raise DatabaseBusy(
+                    "The database stayed busy with other work, so this was not saved;"
+                    " try again in a moment."
+                ) from exc
+            time.sleep(random.uniform(*LOCK_PAUSE_SECONDS))
+
+
+class CareCallDatabase(Database):
+    """A sqlite-utils Database whose write transactions take the write lock up front."""
+
+    def __init__(self, conn):
+        super().__init__(conn)
+        # Undo steps for things done outside the database (a renamed file) during the
+        # current transaction, run if it rolls back.
+        self._undo = []
+
+    @contextlib.contextmanager
+    def atomic(self):
+        """Run a block in one write transaction, or in a savepoint when one is open."""
+        if self.conn.in_transaction:
+            savepoint = f"sqlite_utils_{secrets.token_hex(16)}"
+            self.conn.execute(f"SAVEPOINT {savepoint}")
+            undo_before = len(self._undo)
+            try:
+                yield self
+            except BaseException:
+                # An error can destroy the whole transaction, savepoints included.
+                if self.conn.in_transaction:
+                    self.conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                    self.conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+                self._run_undo(undo_before)
+                raise
+            else:
+                self.conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+            return
+        self._begin()
+        try:
+            yield self
+            self._commit()
+        except BaseException:
+            self._abandon()
+            raise
+        self._undo.clear()
+
+    def on_rollback(self, undo):
+        """Call undo() if the open transaction rolls back (to undo work outside the database)."""
+        if not self.conn.in_transaction:
+            raise RuntimeError("on_rollback needs an open transaction")
+        self._undo.append(undo)
+
+    def _begin(self):
+        """Take the write lock, waiting the busy timeout, a few times with a pause between."""
+        self._undo.clear()
+        retry_busy(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+
+    def _commit(self):
+        """Commit, retrying while busy: a failed COMMIT leaves the transaction open."""
+        retry_busy(lambda: self.conn.execute("COMMIT"))
+
+    def _abandon(self):
+        """Roll back, then undo what was done outside the database."""
+        self.rollback()
+        self._run_undo(0)
+
+    def _run_undo(self, start):
+        """Run the undo steps registered since position start, newest first, and forget them."""
+        undo, self._undo = self._undo[start:], self._undo[:start]
+        for step in reversed(undo):
+            step()
+
+
+def connect(path, *, busy_timeout=None):
+    """Open a CareCallDatabase with CareCall's connection settings.
+
+    busy_timeout (seconds) defaults to the app's DB_BUSY_TIMEOUT_SECONDS setting.
+    Raises DatabaseUnwritable when the file or its folder cannot be written.
+    """
+    if busy_timeout is None:
+        busy_timeout = (
+            current_app.config["DB_BUSY_TIMEOUT_SECONDS"]
+            if has_app_context()
+            else settings.BY_NAME["DB_BUSY_TIMEOUT_SECONDS"].default
+        )
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # timeout is SQLite's busy timeout. Autocommit: no hidden deferred BEGIN, so
+        # transactions are opened only by atomic(). Pooled connections move between
+        # request threads, one user at a time.
+        conn = sqlite3.connect(
+            str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except OSError as exc:
+        raise DatabaseUnwritable(path, exc.strerror or str(exc)) from exc
+    except sqlite3.OperationalError as exc:
+        if is_unwritable(exc):
+            raise DatabaseUnwritable(path, str(exc)) from exc
+        raise
+    try:
+        # Switching a new file to WAL needs it to itself; processes opening it together wait
+        # their turn, and the busy handler does not always do that for this pragma.
+        retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if is_unwritable(exc):
+            raise DatabaseUnwritable(path, str(exc)) from exc
+        raise
+    return CareCallDatabase(conn)
 
 
 def get_db():
@@ -65,14 +220,34 @@ def _pool():
 
 
 def migrate(path):
-    """Apply pending migrations to the database at path; return the names applied."""
+    """Apply pending migrations to the database at path; return the names applied.
+
+    Raises DatabaseUnwritable, naming the path, when the database cannot be written.
+    """
     db = connect(path)
     try:
-        pending = [m.name for m in migrations.pending(db)]
-        migrations.apply(db)
+        # Found out now, in one line, rather than by the first request that saves something.
+        check_writable(db, path)
+        # One transaction holds the write lock throughout: a second process starting at the
+        # same moment waits, then finds nothing pending, instead of applying them again.
+        with db.atomic():
+            pending = [m.name for m in migrations.pending(db)]
+            migrations.apply(db)
         return pending
     finally:
         db.close()
+
+
+def check_writable(db, path):
+    """Raise DatabaseUnwritable unless a write transaction can begin and be journalled."""
+    try:
+        with db.atomic():
+            db.execute("CREATE TABLE IF NOT EXISTS _carecall_write_check (x)")
+            db.execute("DROP TABLE _carecall_write_check")
+    except sqlite3.OperationalError as exc:
+        if is_unwritable(exc):
+            raise DatabaseUnwritable(path, str(exc)) from exc
+        raise
 
 
 @click.command("migrate")
@@ -88,10 +263,19 @@ def migrate_command():
     click.echo(f"database {current_app.config['DATABASE']} is up to date")
 
 
+def busy_error(error):
+    """Answer a database that stayed locked as 503, to be tried again, not as a crash."""
+    headers = {"Retry-After": "2"}
+    if request.path.startswith("/api/"):
+        return jsonify(error="busy", message=str(error)), 503, headers
+    return ServiceUnavailable(str(error)).get_response(), headers
+
+
 def init_app(app):
-    """Register database teardown, the migrate command and row ids in URLs."""
+    """Register database teardown, the migrate command, row ids in URLs and the busy answer."""
     # Every <int:...> in a route names a row, so out-of-range ids are a 404, never a crash.
     app.url_map.converters["int"] = RowIdConverter
     app.extensions["carecall.db_pool"] = queue.Queue(maxsize=POOL_SIZE)
     app.teardown_appcontext(close_db)
+    app.register_error_handler(DatabaseBusy, busy_error)
     app.cli.add_command(migrate_command)

@@ -24,7 +24,7 @@ ACTIONS = frozenset(
 )
 PACES = ("normal", "slow")
 # Files in ivr_flows/ that are not phone flows.
-NOT_FLOWS = frozenset({"categories", "matching", "places"})
+NOT_FLOWS = frozenset({"categories", "matching", "places", "queue"})
 
 
 class FlowError(ValueError):

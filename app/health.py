@@ -67,6 +67,18 @@ def worker_problems(app, db, now=None):
     return [f"{settings.PREFIX}WORKER=inprocess: {silent}; is `flask --app app serve` running?"]
 
 
+def dead_job_problems(db):
+    """Return a line if jobs wait in the dead letter: work nobody will retry on its own."""
+    dead = dict(db.execute("SELECT kind, count(*) FROM jobs WHERE state = 'dead' GROUP BY kind"))
+    if not dead:
+        return []
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(dead.items()))
+    return [
+        f"{sum(dead.values())} dead job(s) ({kinds}): see flask --app app jobs list --state dead,"
+        " retry with flask --app app jobs retry ID"
+    ]
+
+
 def startup_warnings(app, *, worker=False):
     """Return the one-line warnings `serve` (or `worker`) prints before it starts."""
     from .db import connect

@@ -18,6 +18,7 @@ import click
 from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
+from . import recordings
 from .db import connect, get_db, migrate
 
 log = logging.getLogger(__name__)
@@ -469,6 +470,8 @@ def worker_command(burst):
     app = current_app._get_current_object()
     # The worker registers itself in the workers table, which an older database lacks.
     migrate(app.config["DATABASE"])
+    data_dir = app.config["DATA_DIR"]
+    click.echo(recordings.sweep(data_dir, get_db()).line(data_dir))
     from .health import startup_warnings
 
     for line in startup_warnings(app, worker=True):
@@ -476,13 +479,17 @@ def worker_command(burst):
     if burst:
         click.echo(f"ran {drain(app)} job(s)")
         return
-    worker = start_worker(app, "worker")
     # A service manager stops us with SIGTERM: finish the job in hand and sign off cleanly.
-    signal.signal(signal.SIGTERM, lambda signum, frame: worker.stop(timeout=0))
+    # The handler is in place before the worker registers, so even an early SIGTERM is clean.
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.set())
+    worker = start_worker(app, "worker")
     click.echo(f"worker {worker.worker} running; Ctrl-C to stop")
     try:
         while worker.is_alive():
-            worker.join(1)
+            if terminated.wait(1):
+                worker.stop(timeout=0)
+                worker.join()
     except KeyboardInterrupt:
         worker.stop()
 

@@ -13,6 +13,7 @@
 Every step that can be slow or fail runs as a durable job, so a crash loses nothing.
 """
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +34,68 @@ from .speech import (
 TRANSCRIBE = "transcribe"
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A change of a request and the only state it may be made from."""
+
+    event: str  # the audit event's action
+    changes: dict  # column -> new value; NOW is the moment it applies
+    when: dict  # column -> the values it may have; None means "not set yet"
+
+
+NOW = object()
+OPEN = ("new", "triaged", "assigned", "in_progress")
+UNCONFIRMED = {"status": OPEN, "confirmed_at": (None,)}
+
+# Every change a caller, a kiosk or a webhook may make to a request, and from which state.
+# A replayed or late webhook meets a state its change was not meant for and changes nothing.
+TRANSITIONS = {
+    # The senior heard the readback and said it is right (or the emergency confirmed it).
+    "confirm": Transition("confirmed", {"confirmed_at": NOW}, UNCONFIRMED),
+    # The senior said it again: the first telling is cancelled, its recording kept.
+    "withdraw": Transition("withdrawn", {"status": "cancelled"}, UNCONFIRMED),
+    # Nobody heard the senior confirm: a person reads it before acting on it.
+    "unconfirmed": Transition(
+        "not confirmed", {"needs_review": 1}, {**UNCONFIRMED, "needs_review": (0, None)}
+    ),
+}
+# A coordinator may move a request from any other status to this one ("status:done").
+TRANSITIONS |= {
+    f"status:{status}": Transition(
+        "status", {"status": status}, {"status": tuple(s for s in queue.STATUSES if s != status)}
+    )
+    for status in queue.STATUSES
+}
+
+
+def transition(db, request_id, action, *, actor, detail=None):
+    """Apply a TRANSITIONS change only from the state it was meant for; return whether it did."""
+    rule = TRANSITIONS[action]
+    stamp = queue.now()
+    changes = {k: stamp if v is NOW else v for k, v in rule.changes.items()}
+    conditions, params = ["id = ?"], [request_id]
+    for column, allowed in rule.when.items():
+        values = [v for v in allowed if v is not None]
+        parts = [f"{column} IN ({', '.join('?' * len(values))})"] if values else []
+        if None in allowed:
+            parts.append(f"{column} IS NULL")
+        conditions.append(f"({' OR '.join(parts)})")
+        params.extend(values)
+    assignments = ", ".join(f"{column} = ?" for column in [*changes, "updated_at"])
+    with db.atomic():
+        before = queue.get(db, request_id)  # raises RequestNotFound for an unknown id
+        # One conditional UPDATE: two deliveries racing cannot both apply it.
+        cursor = db.execute(
+            f"UPDATE requests SET {assignments} WHERE {' AND '.join(conditions)}",
+            [*changes.values(), stamp, *params],
+        )
+        if cursor.rowcount != 1:
+            return False
+        diff = {k: [before[k], v] for k, v in changes.items()}
+        queue.record_event(db, request_id, actor, rule.event, {**diff, **(detail or {})})
+    return True
+
+
 def receive(
     db,
     audio,
@@ -45,33 +108,60 @@ def receive(
     suffix=".wav",
     actor="system",
 ):
-    """Keep a recording safe on disk and in the queue, and ask for its transcription."""
+    """Keep a recording safe on disk and in the queue, and ask for its transcription.
+
+    The file takes its final name in the transaction that saves the request, so a failed
+    save leaves no file behind. Raises recordings.StorageFull when the disk is full.
+    """
     config = current_app.config
     if source_key is not None and (existing := queue.find_by_source(db, source_key)):
         return existing
-    relative = recordings.save(config["DATA_DIR"], audio, suffix)
+    staged = recordings.stage(config["DATA_DIR"], audio, suffix)
     field = "video_path" if channel == "video" else "audio_path"
-    with db.atomic():
-        request, created = queue.create(
-            db,
-            channel=channel,
-            phone=phone,
-            language=language or config["DEFAULT_LANGUAGE"],
-            region=region,
-            source_key=source_key,
-            actor=actor,
-            **{field: relative},
-        )
-        if created:
-            jobs.enqueue(
+    try:
+        with db.atomic():
+            request, created = queue.create(
                 db,
-                TRANSCRIBE,
-                {"request_id": request["id"]},
-                key=f"{TRANSCRIBE}:{request['id']}",
-                priority=10,
+                channel=channel,
+                phone=phone,
+                language=language or config["DEFAULT_LANGUAGE"],
+                region=region,
+                source_key=source_key,
+                actor=actor,
+                **{field: staged.relative},
             )
+            if created:
+                jobs.enqueue(
+                    db,
+                    TRANSCRIBE,
+                    {"request_id": request["id"]},
+                    key=f"{TRANSCRIBE}:{request['id']}",
+                    priority=10,
+                )
+                staged.publish()
+                # A caller's transaction around this one may still roll back.
+                db.on_rollback(staged.discard)
+    except BaseException:
+        staged.discard()
+        raise
     if not created:
-        Path(config["DATA_DIR"], relative).unlink(missing_ok=True)
+        staged.discard()  # another delivery of the same recording was saved first
+    return request
+
+
+def call_back(db, *, channel, phone, language, source_key, reason, urgency="normal"):
+    """Queue a 'call back' item for a senior we could not hear; once per source; return it."""
+    request, _ = queue.create(
+        db,
+        channel=channel,
+        phone=phone,
+        language=language,
+        source_key=source_key,
+        category="other",
+        urgency=urgency,
+        needs_review=1,
+        error=reason,
+    )
     return request
 
 
@@ -156,19 +246,14 @@ def fail(db, request_id, reason, *, action="failed"):
 
 def confirm(db, request_id, *, actor="caller"):
     """Record that the senior heard the readback and said it is right."""
-    request = queue.get(db, request_id)
-    if request["confirmed_at"]:
-        return request
-    return queue.update(
-        db, request_id, {"confirmed_at": queue.now()}, actor=actor, action="confirmed"
-    )
+    transition(db, request_id, "confirm", actor=actor)
+    return queue.get(db, request_id)
 
 
 def withdraw(db, request_id, *, actor="caller", reason="said it again"):
     """Cancel a request the senior replaced by saying it again; its recording is kept."""
-    return queue.update(
-        db, request_id, {"status": "cancelled", "error": reason}, actor=actor, action="withdrawn"
-    )
+    transition(db, request_id, "withdraw", actor=actor, detail={"reason": reason})
+    return queue.get(db, request_id)
 
 
 def transcription_died(db, payload, reason):

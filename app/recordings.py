@@ -1,44 +1,164 @@
-"""Recordings on disk: written whole and synced before anyone is told they are safe."""
+"""Recordings on disk: written whole and synced before anyone is told they are safe.
 
+A recording is first written under a temporary ``.part`` name (stage), and takes its
+final name only inside the transaction that saves its request (publish), so a failed save
+leaves no file and a crash leaves at most a ``.part`` that the start-up sweep removes.
+"""
+
+import contextlib
 import errno
+import logging
 import os
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PART = ".part"
+# A .part this old belongs to a process that died: uploads and saves take seconds.
+PART_MAX_AGE_SECONDS = 3600
+# Unclaimed recordings are moved here, never deleted: one may be a senior's only message.
+ORPHANS = "orphans"
 
 
 class StorageFull(OSError):
     """The data directory has no room (or no quota) left for a recording."""
+
+    def __str__(self):
+        """Say what happened in words a person can be shown, without the errno."""
+        return self.strerror or super().__str__()
 
 
 # A write that fails with these means the disk, not the recording, is the problem.
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def save(data_dir, data, suffix):
-    """Write a recording under data_dir atomically and durably; return its relative path."""
+@contextlib.contextmanager
+def naming_full_disk():
+    """Turn a write that fails for lack of room into StorageFull."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except OSError as exc:
+        if exc.errno not in FULL_ERRNOS:
+            raise
+        log.error("storage full: %s", exc)
+        raise StorageFull(
+            exc.errno, "There is no room left to save recordings, so this one was not saved."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A recording written in full under a temporary name, waiting for its request."""
+
+    data_dir: Path
+    relative: str
+
+    @property
+    def final(self):
+        """Return the path the recording takes once published."""
+        return Path(self.data_dir) / self.relative
+
+    @property
+    def partial(self):
+        """Return the temporary path it is written to."""
+        return self.final.with_name(self.final.name + PART)
+
+    def publish(self):
+        """Give the recording its final name, durably; return its relative path."""
+        os.replace(self.partial, self.final)
+        _fsync_dir(self.final.parent)
+        return self.relative
+
+    def discard(self):
+        """Delete the recording under either name: its request was never saved."""
+        self.partial.unlink(missing_ok=True)
+        self.final.unlink(missing_ok=True)
+
+
+def stage(data_dir, data, suffix):
+    """Write a recording (bytes or a file's path) in full under a temporary name; return it.
+
+    Raises StorageFull, leaving nothing behind, when the disk or quota is full.
+    """
     day = datetime.now(UTC).strftime("%Y/%m/%d")
-    relative = Path("recordings") / day / f"{uuid.uuid4().hex}{suffix}"
-    target = Path(data_dir) / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    with open(partial, "wb") as out:
-        if isinstance(data, bytes | bytearray):
-            out.write(data)
-        else:
-            with open(data, "rb") as source:
-                while chunk := source.read(1 << 20):
-                    out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, target)
-    _fsync_dir(target.parent)
-    return str(relative)
+    staged = Staged(Path(data_dir), str(Path("recordings") / day / f"{uuid.uuid4().hex}{suffix}"))
+    try:
+        with naming_full_disk():
+            staged.final.parent.mkdir(parents=True, exist_ok=True)
+            with open(staged.partial, "wb") as out:
+                if isinstance(data, bytes | bytearray):
+                    out.write(data)
+                else:
+                    with open(data, "rb") as source:
+                        while chunk := source.read(1 << 20):
+                            out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+    except BaseException:
+        staged.partial.unlink(missing_ok=True)
+        raise
+    return staged
 
 
 def path_of(data_dir, relative):
     """Return the absolute path of a stored recording."""
     return Path(data_dir) / relative
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What a sweep of the data directory did."""
+
+    parts_removed: int
+    orphans_moved: int
+
+    def line(self, data_dir):
+        """Describe the sweep in one line for a person starting the service."""
+        return (
+            f"swept {data_dir}: {self.parts_removed} unfinished file(s) removed,"
+            f" {self.orphans_moved} unclaimed recording(s) moved to {Path(data_dir) / ORPHANS}"
+        )
+
+
+def sweep(data_dir, db, *, max_age=PART_MAX_AGE_SECONDS, now=None):
+    """Remove old .part files and move recordings no request names into orphans/."""
+    data_dir = Path(data_dir)
+    # Younger files may belong to a save still in progress in another process.
+    cutoff = (time.time() if now is None else now) - max_age
+    claimed = {
+        path
+        for row in db.execute("SELECT audio_path, video_path FROM requests")
+        for path in row
+        if path
+    }
+    parts = orphans = 0
+    candidates = [
+        *sorted((data_dir / "recordings").rglob("*")),
+        *sorted((data_dir / "incoming").glob(f"upload-*{PART}")),
+    ]
+    for path in candidates:
+        relative = path.relative_to(data_dir)
+        try:
+            if not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if path.name.endswith(PART):
+                path.unlink()
+                parts += 1
+            elif str(relative) not in claimed:
+                target = data_dir / ORPHANS / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                log.warning("recording %s has no request; moved to %s", relative, target)
+                orphans += 1
+        except FileNotFoundError:
+            continue  # a server and a worker starting together sweep the same files
+    return Swept(parts, orphans)
 
 
 def _fsync_dir(path):

@@ -44,6 +44,10 @@ class Text:
     pattern: str | None = None
     what: str = "text"
 
+    def __post_init__(self):
+        if self.what == "text" and self.min_length:
+            object.__setattr__(self, "what", f"text of at least {self.min_length} characters")
+
     def parse(self, raw):
         """Return the string as written."""
         return raw
@@ -136,6 +140,10 @@ class Flag:
         except KeyError:
             raise _Bad(f"expected {self.what}") from None
 
+    def show(self, value):
+        """Write the switch the way it is entered."""
+        return "true" if value else "false"
+
     def check(self, value):
         """Return value if it is a boolean."""
         if not isinstance(value, bool):
@@ -163,6 +171,16 @@ class Size:
             raise _Bad(f"expected {self.what}")
         number, unit = match.groups()
         return int(float(number) * _SIZE_UNITS[(unit or "b").lower()])
+
+    def show(self, value):
+        """Write bytes the way they are entered: 50MB, 1MiB, or plain bytes."""
+        for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if value >= factor and value % factor == 0:
+                return f"{value // factor}{unit}"
+        for unit, factor in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+            if value >= factor and value % factor == 0:
+                return f"{value // factor}{unit}"
+        return str(value)
 
     def check(self, value):
         """Return value if it is a whole number of bytes within range."""
@@ -195,6 +213,13 @@ class Duration:
         if not match:
             raise _Bad(f"expected {self.what}")
         return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+    def show(self, value):
+        """Write seconds the way they are entered: 8h, 15m, 90s or 0.5s."""
+        for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
+            if value >= factor and value % factor == 0:
+                return f"{int(value // factor)}{unit}"
+        return f"{_fmt(value)}s"
 
     def check(self, value):
         """Return value in seconds if it is within range."""
@@ -285,6 +310,10 @@ class HourRange:
             raise _Bad(f"expected {self.what}")
         return [int(parts[1]), int(parts[2])]
 
+    def show(self, value):
+        """Write hours the way they are entered: 9-17."""
+        return f"{value[0]}-{value[1]}"
+
     def check(self, value):
         """Return (start, end) if 0 <= start < end <= 24."""
         if not isinstance(value, list | tuple) or len(value) != 2:
@@ -330,6 +359,22 @@ class Weekdays:
             return int(word)
         raise _Bad(f"{word!r} is not a day; expected {self.what}")
 
+    def show(self, value):
+        """Write days the way they are entered: mon-fri, or sat,sun."""
+        runs = []
+        for day in sorted(value):
+            if runs and day == runs[-1][-1] + 1:
+                runs[-1].append(day)
+            else:
+                runs.append([day])
+        parts = []
+        for run in runs:
+            if len(run) >= 3:
+                parts.append(f"{DAY_NAMES[run[0]]}-{DAY_NAMES[run[-1]]}")
+            else:
+                parts.extend(DAY_NAMES[d] for d in run)
+        return ",".join(parts)
+
     def check(self, value):
         """Return the days as a sorted tuple of numbers."""
         if not isinstance(value, list | tuple) or not value:
@@ -374,6 +419,10 @@ class Engines:
         if not pairs or any(len(p) != 2 for p in pairs):
             raise _Bad(f"expected {self.what}")
         return {lang.strip(): spec.strip() for lang, spec in pairs}
+
+    def show(self, value):
+        """Write the engines the way they are entered: en=whisper:NAME,ko=vosk:NAME."""
+        return ",".join(f"{language}={spec}" for language, spec in value.items())
 
     def check(self, value):
         """Return the mapping if every language names a known engine and a model."""
@@ -528,7 +577,9 @@ SETTINGS = (
         "speech",
         "SPEECH_ENGINES",
         Engines(),
-        {"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"},
+        # Only what ./scripts/run installs, so a fresh install is ready; add ko=vosk:vosk-ko
+        # after `flask --app app models install vosk-ko`.
+        {"en": "whisper:whisper-tiny-en"},
         "Engine and model per language, from speech_models/models.toml.",
     ),
     _s("speech", "DEFAULT_LANGUAGE", LANGUAGE, "en", "Language when a caller has not chosen."),
@@ -810,6 +861,13 @@ SETTINGS = (
     ),
     _s(
         "kiosk",
+        "KIOSK_PHONE_REGION",
+        Text(pattern=r"[A-Z]{2}", what="a two-letter country code like US"),
+        "US",
+        "Country of a call-back number typed on a kiosk's keypad without + and country code.",
+    ),
+    _s(
+        "kiosk",
         "KIOSK_RESET_SECONDS",
         Number(3, 3600),
         30.0,
@@ -922,6 +980,13 @@ def _check_together(values):
             f"{PREFIX}DEFAULT_LANGUAGE={values['DEFAULT_LANGUAGE']!r}: no speech engine for it"
             f" in {PREFIX}SPEECH_ENGINES ({', '.join(values['SPEECH_ENGINES'])})"
         )
+    # Recordings are fetched with the SID and token together: a token alone signs webhooks
+    # but every download would then fail with 401 while callers are told "we have it".
+    if values["TWILIO_AUTH_TOKEN"] and not values["TWILIO_ACCOUNT_SID"]:
+        raise SettingsError(
+            f"{PREFIX}TWILIO_ACCOUNT_SID is unset but {PREFIX}TWILIO_AUTH_TOKEN is set:"
+            " recordings are downloaded with both; set the account SID (AC + 32 hex digits)"
+        )
     if values["LOCKOUT_BASE_SECONDS"] > values["LOCKOUT_MAX_SECONDS"]:
         raise SettingsError(
             f"{PREFIX}LOCKOUT_BASE_SECONDS must not exceed {PREFIX}LOCKOUT_MAX_SECONDS"
@@ -943,6 +1008,8 @@ def shown(setting, value):
         return "(unset)"
     if setting.secret:
         return MASK
+    if show := getattr(setting.kind, "show", None):
+        return show(value)
     if isinstance(value, tuple | list):
         return ",".join(str(v) for v in value)
     if isinstance(value, dict):

@@ -1,5 +1,7 @@
 """Time the coordinator console on 1,000,000 requests: queue page, API list and FTS search.
 
+The queue's work order (most urgent, then longest waiting) is the default of every case.
+
 Seeds a throw-away database in a temp dir (bulk executemany, indexes and FTS built after
 the load), then times real requests through the Flask test client, logged in as a
 coordinator and with a bearer token, plus the bare queries underneath. Target: <= 100 ms.
@@ -157,6 +159,9 @@ CASES = [
     ("q=lift doctor", {"q": "lift doctor", "status": "all"}),
     ("q=boiler + open", {"q": "boiler"}),
     ("q=zebra (no hits)", {"q": "zebra", "status": "all"}),
+    ("sort=newest (open)", {"sort": "newest"}),
+    ("sort=newest (all)", {"sort": "newest", "status": "all"}),
+    ("high, newest (all)", {"sort": "newest", "urgency": "high", "status": "all"}),
 ]
 
 

@@ -8,10 +8,10 @@ media endpoint (HTTP basic auth with AccountSid:AuthToken), <Redirect> is follow
 <Say>/<Play> are printed. Tests and bench/ivr.py drive calls through the same classes.
 
 Example:
-    TWILIO_AUTH_TOKEN=secret CARECALL_TWILIO_RECORDING_HOSTS='["127.0.0.1"]' \\
-        .venv/bin/flask --app app serve --port 5000 &
+    export TWILIO_ACCOUNT_SID=AC00000000000000000000000000000000 TWILIO_AUTH_TOKEN=test-token-1
+    CARECALL_TWILIO_RECORDING_HOSTS=127.0.0.1 .venv/bin/flask --app app serve --port 5000 &
     .venv/bin/python scripts/simulate_call.py --url http://127.0.0.1:5000 \\
-        --auth-token secret --from +15551234567 1 request.wav 1
+        --from +15551234567 1 request.wav 1
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ def make_app(tmp_path):
                 "DATA_DIR": str(tmp_path / "data"),
                 "OUTBOX_DIR": str(tmp_path / "outbox"),
                 "WORKER": "none",
+                # The tests install Korean too (scripts/test), and cover it beside English.
+                "SPEECH_ENGINES": {"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"},
                 "JOB_BACKOFF_SECONDS": 0.0,
                 **overrides,
             }

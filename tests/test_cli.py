@@ -105,6 +105,7 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path, models_dir):
         "CARECALL_PASSWORD_HASH_MEMORY_KIB": "8192",
         # Korean configured but not installed: serve says so before it serves.
         "CARECALL_MODELS_DIR": models_dir({"whisper-tiny-en": "installed", "vosk-ko": "missing"}),
+        "CARECALL_SPEECH_ENGINES": "en=whisper:whisper-tiny-en,ko=vosk:vosk-ko",
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "serve", "--port", str(port)],
@@ -130,5 +131,11 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path, models_dir):
     assert health == {"status": "ok"}
     warning = "warning: CARECALL_SPEECH_ENGINES: ko=vosk:vosk-ko: speech model vosk-ko unavailable"
     assert warning in output
-    for where in ("/console/", "/kiosk", "/twilio/voice", "first login: user admin, password"):
+    for where in (
+        "/console/",
+        "/kiosk",
+        "/twilio/voice",
+        "first login: user admin, password",
+        "swept ",
+    ):
         assert where in output

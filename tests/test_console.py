@@ -510,7 +510,7 @@ def test_kiosk_page_permission_boundaries(app, db, role, method, path, expected)
     else:
         token = csrf_token(client, "/console/login")
         data = {"name": "Harbour Centre", "region": "harbour", "csrf_token": token}
-        response = client.post(path, data=data)
+        response = client.post(path, data={**data, "confirm": "yes"})
     assert response.status_code == expected
     if response.status_code == 302:
         assert response.headers["Location"].startswith("/console/login?next=")
@@ -552,11 +552,15 @@ def test_revoked_kiosk_is_refused_and_both_steps_are_audited(app, db, client):
     bearer = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/v1/kiosk", headers=bearer).status_code == 200
     path = f"/console/kiosks/{kiosk.id}/revoke"
-    response = post_form(admin, path, {}, page="/console/kiosks")
+    # Unconfirmed, the revoke only asks.
+    asked = post_form(admin, path, {}, page="/console/kiosks")
+    assert asked.status_code == 200 and "Yes, revoke kiosk" in asked.get_data(True)
+    assert client.get("/api/v1/kiosk", headers=bearer).status_code == 200
+    response = post_form(admin, path, {"confirm": "yes"}, page="/console/kiosks")
     assert response.status_code == 303
     assert "Revoked kiosk Riverside Centre" in admin.get("/console/kiosks").get_data(True)
     assert client.get("/api/v1/kiosk", headers=bearer).status_code == 401
-    assert post_form(admin, path, {}, page="/console/kiosks").status_code == 303
+    assert post_form(admin, path, {"confirm": "yes"}, page="/console/kiosks").status_code == 303
     audit = [
         (e["actor"], e["action"], json.loads(e["detail"]))
         for e in db["events"].rows_where("request_id IS NULL AND action LIKE 'kiosk_%'")

@@ -65,6 +65,19 @@ def test_staff_see_the_details_of_health(app, client, db, how, role):
     assert any("CARECALL_WORKER=none" in line for line in body["problems"])
 
 
+def test_dead_jobs_are_a_problem_staff_see_but_not_unreadiness(app, client, db):
+    """A job in the dead letter waits for a person; /healthz says so, /readyz stays ready."""
+    app.config.update(FAST)
+    dead = jobs.enqueue(db, "twilio.reconcile", {})
+    db["jobs"].update(dead, {"state": "dead", "last_error": "URLError: no route"})
+    token, _ = accounts.create_token(db, "monitor", "coordinator")
+    body = client.get("/healthz", headers={"Authorization": f"Bearer {token}"}).get_json()
+    [line] = [p for p in body["problems"] if "dead job" in p]
+    assert line.startswith("1 dead job(s) (1 twilio.reconcile)")
+    assert "jobs list --state dead" in line
+    assert not any("dead job" in r for r in client.get("/readyz").get_json()["reasons"])
+
+
 def test_a_wrong_token_sees_only_ok(client, db):
     body = client.get("/healthz", headers={"Authorization": "Bearer cc_nonsense"}).get_json()
     assert body == {"status": "ok"}

@@ -401,6 +401,24 @@ def test_confirm_answers(client, db, auth, speech_webm, answer, status, confirme
     assert request["status"] == request_status
 
 
+@pytest.mark.parametrize(
+    ("answers", "confirmed", "request_status"),
+    [(["yes", "again"], True, "new"), (["again", "yes"], False, "cancelled")],
+)
+def test_a_late_second_answer_does_not_undo_the_first(
+    client, db, auth, speech_webm, answers, confirmed, request_status
+):
+    request_id = post(client, auth, data=speech_webm).json["id"]
+    for answer in answers:
+        response = client.post(
+            f"/api/v1/voicemail/{request_id}/confirm", json={"answer": answer}, headers=auth
+        )
+        assert response.status_code == 200
+    request = queue.get(db, request_id)
+    assert bool(request["confirmed_at"]) is confirmed and request["status"] == request_status
+    assert response.json["status"] == request_status
+
+
 @pytest.mark.slow
 def test_readback_after_real_transcription(app, client, auth, speech_webm):
     request_id = post(client, auth, data=speech_webm).json["id"]

@@ -136,6 +136,13 @@ def screen(page, name, timeout=30_000):
     page.wait_for_selector(f"body[data-screen={name}]", timeout=timeout)
 
 
+def no_phone(page):
+    """Answer the call-back question with "No phone", and wait for the thank-you."""
+    screen(page, "phone")
+    page.get_by_role("button", name="No phone: a staff member will help").click()
+    screen(page, "done")
+
+
 def request_count(app):
     """Count the requests in the app's database."""
     db = connect(app.config["DATABASE"])
@@ -177,17 +184,33 @@ def test_voice_request_from_press_to_queue(browser, kiosk_app):
         assert "groceries" in page.locator("#rb-heard").inner_text().lower()
         assert_accessible(page, "kiosk-3-readback")
         page.get_by_role("button", name="Yes, send it").click()
+        # The call-back number: asked aloud and on screen, typed on the big keypad.
+        screen(page, "phone")
+        assert page.get_by_role("heading", level=1).inner_text() == (
+            "What number can we call you back on?"
+        )
+        assert_accessible(page, "kiosk-3c-call-back-keypad")
+        for key in "5551234568":
+            page.get_by_role("button", name=key, exact=True).click()
+        page.get_by_role("button", name="Delete the last number").click()
+        page.get_by_role("button", name="7", exact=True).click()
+        assert page.locator("#phone-display").inner_text() == "555 123 4567"
+        page.get_by_role("button", name="Send this number").click()
         screen(page, "done")
         number = int(page.locator("#done-number").inner_text())
+        assert page.locator("#done-phone-number").inner_text() == "5551234567"
         assert_accessible(page, "kiosk-4-thank-you")
         said = page.evaluate("window.carecallKiosk.spoken")
         assert "This is about shopping and errands." in said[0]["text"]
         assert "Yes, send it" in said[0]["text"]
+        assert said[1]["text"].startswith("What number can we call you back on?")
         digits = " ".join(str(number))
-        assert said[1]["text"].startswith(f"Thank you. Your request number is {digits}")
+        assert said[2]["text"].startswith("Thank you. We will call you back on 5 5 5 1 2 3")
+        assert f"Your request number is {digits}" in said[2]["text"]
         # Headless Chromium has no voices, so the server's espeak-ng rendering was played.
         assert all(s["via"] == "browser" or s["played"] for s in said), said
         request = request_in_db(kiosk_app, number)
+        assert request["phone"] == "+15551234567"
         assert request["channel"] == "kiosk" and request["region"] == "riverside"
         assert request["category"] == "groceries" and request["confirmed_at"]
         assert request["source_key"].startswith("kiosk:1:")
@@ -218,6 +241,12 @@ def test_keyboard_only_say_it_again_then_send(browser, kiosk_app):
                 first = page.evaluate("performance.getEntriesByName('kiosk-readback').length")
             else:
                 page.keyboard.press("Enter")
+                # The keypad takes a keyboard's digits too; Tab reaches "Send this number".
+                screen(page, "phone")
+                page.keyboard.type("5550001111")
+                assert page.locator("#phone-display").inner_text() == "555 000 1111"
+                page.get_by_role("button", name="Send this number").focus()
+                page.keyboard.press("Enter")
                 screen(page, "done")
         number = int(page.locator("#done-number").inner_text())
         assert first == 1
@@ -229,6 +258,7 @@ def test_keyboard_only_say_it_again_then_send(browser, kiosk_app):
         ("new", True),
     ]
     assert rows[1]["id"] == number and rows[1]["category"] == "groceries"
+    assert rows[1]["phone"] == "+15550001111"
 
 
 def test_video_message(browser, kiosk_app):
@@ -246,7 +276,7 @@ def test_video_message(browser, kiosk_app):
         assert page.locator("#rb-about").inner_text() == "shopping and errands"
         assert_accessible(page, "kiosk-video-2-readback")
         page.get_by_role("button", name="Yes, send it").click()
-        screen(page, "done")
+        no_phone(page)
         number = int(page.locator("#done-number").inner_text())
     request = request_in_db(kiosk_app, number)
     assert request["channel"] == "video" and request["category"] == "groceries"
@@ -292,7 +322,7 @@ def test_server_down_during_upload_then_back(browser, kiosk_app):
             screen(page, "readback")
             assert page.evaluate("window.carecallKiosk.store.all().then(i => i.length)") == 0
             page.get_by_role("button", name="Yes, send it").click()
-            screen(page, "done")
+            no_phone(page)
             number = int(page.locator("#done-number").inner_text())
     finally:
         server.stop()
@@ -347,8 +377,30 @@ def test_emergency_readback_tells_to_call_the_emergency_number(tmp_path, browser
         first = page.evaluate("window.carecallKiosk.spoken[0].text")
         assert first.startswith(warning.inner_text())
         assert_accessible(page, "kiosk-3b-readback-emergency")
+        # A phone and a tablet: the whole emergency advice and both answers in view.
+        for name, width, height in [
+            ("phone", 390, 664),
+            ("tablet", 768, 1024),
+            ("tablet-landscape", 1024, 768),
+        ]:
+            page.set_viewport_size({"width": width, "height": height})
+            page.evaluate("window.scrollTo(0, 0)")
+            screenshot(page, f"kiosk-3b-readback-emergency-{name}")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            for element in ("#rb-emergency", "#yes", "#again"):
+                box = page.locator(element).bounding_box()
+                assert box["y"] >= 0 and box["y"] + box["height"] <= height, (name, element)
         page.get_by_role("button", name="Yes, send it").click()
+        screen(page, "phone")
+        page.set_viewport_size({"width": 390, "height": 664})
+        screenshot(page, "kiosk-3c-call-back-keypad-phone")
+        for element in ("#phone-display", "#phone-send", "#phone-none"):
+            box = page.locator(element).bounding_box()
+            assert box["y"] + box["height"] <= 664, element
+        page.get_by_role("button", name="No phone: a staff member will help").click()
         screen(page, "done")
         number = int(page.locator("#done-number").inner_text())
+        assert page.locator("#done-no-phone").is_visible()
     request = request_in_db(kiosk_app, number)
     assert request["emergency"] and request["urgency"] == "critical"
+    assert request["phone"] is None

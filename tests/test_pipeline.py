@@ -258,17 +258,42 @@ def test_job_survives_worker_killed_mid_transcription(app, db):
     assert done["stage"] == "transcribed" and done["category"] == "paperwork"
 
 
-def test_confirm_and_withdraw_are_audited(app, db):
+@pytest.mark.parametrize(
+    ("steps", "applied", "status", "confirmed"),
+    [
+        (["confirm", "confirm"], [True, False], "new", True),
+        (["withdraw", "withdraw"], [True, False], "cancelled", False),
+        # A replayed "say it again" after the senior confirmed must not cancel the request.
+        (["confirm", "withdraw"], [True, False], "new", True),
+        (["withdraw", "confirm"], [True, False], "cancelled", False),
+        (["unconfirmed", "unconfirmed", "confirm"], [True, False, True], "new", True),
+        (["confirm", "unconfirmed"], [True, False], "new", True),
+    ],
+)
+def test_a_transition_applies_once_and_only_from_its_state(
+    app, db, steps, applied, status, confirmed
+):
     request, _ = queue.create(db, channel="phone", phone="+15550104")
     with app.app_context():
         from app.db import get_db
 
-        pipeline.confirm(get_db(), request["id"])
-        pipeline.confirm(get_db(), request["id"])
-        pipeline.withdraw(get_db(), request["id"])
-    actions = [e["action"] for e in queue.events(db, request["id"])]
-    assert actions == ["received", "confirmed", "withdrawn"]
-    assert queue.get(db, request["id"])["status"] == "cancelled"
+        results = [
+            pipeline.transition(get_db(), request["id"], step, actor="caller") for step in steps
+        ]
+    assert results == applied
+    after = queue.get(db, request["id"])
+    assert after["status"] == status and bool(after["confirmed_at"]) is confirmed
+    events = [e["action"] for e in queue.events(db, request["id"])]
+    expected = [pipeline.TRANSITIONS[s].event for s, ok in zip(steps, applied, strict=True) if ok]
+    assert events == ["received", *expected]
+
+
+def test_a_transition_of_an_unknown_request_is_not_found(app):
+    with app.app_context():
+        from app.db import get_db
+
+        with pytest.raises(queue.RequestNotFound):
+            pipeline.transition(get_db(), 424242, "confirm", actor="caller")
 
 
 def test_requests_left_behind_a_dead_job_before_the_upgrade_are_failed_by_it(tmp_path):
@@ -295,3 +320,34 @@ def test_requests_left_behind_a_dead_job_before_the_upgrade_are_failed_by_it(tmp
     assert [e["action"] for e in queue.events(db, stuck["id"])] == ["received", "failed"]
     assert untouched["stage"] == "received" and not untouched["needs_review"]
     db.close()
+
+
+def test_racing_transitions_apply_exactly_one(app, db):
+    """A 'yes' and a 'say it again' arriving together: one wins, the other changes nothing."""
+    import threading
+
+    from app.db import connect
+
+    results = []
+    for _ in range(20):
+        request, _ = queue.create(db, channel="phone", phone="+15550110")
+        start = threading.Barrier(2)
+
+        def answer(action, request_id=request["id"], start=start):
+            handle = connect(app.config["DATABASE"])
+            start.wait()
+            try:
+                results.append(pipeline.transition(handle, request_id, action, actor="caller"))
+            finally:
+                handle.close()
+
+        threads = [threading.Thread(target=answer, args=(a,)) for a in ("confirm", "withdraw")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        after = queue.get(db, request["id"])
+        # Exactly one of confirmed or cancelled, never both, and one event for it.
+        assert bool(after["confirmed_at"]) != (after["status"] == "cancelled")
+        assert len(queue.events(db, request["id"])) == 2
+    assert results.count(True) == 20 and results.count(False) == 20

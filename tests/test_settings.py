@@ -9,6 +9,7 @@ import pytest
 
 from app import REPO_ROOT, create_app
 from app.settings import BY_NAME, SETTINGS, SettingsError, load, markdown_table
+from app.settings import shown as settings_shown
 
 INSTANCE = Path("/srv/instance")
 
@@ -173,3 +174,45 @@ def test_a_wrong_environment_value_stops_the_command_line_cleanly(tmp_path):
     assert done.returncode != 0
     assert "CARECALL_KIOSK_MAX_AUDIO_BYTES='50 parsecs'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_default_engines_use_only_models_that_scripts_run_installs():
+    """A fresh install from the README is ready: ./scripts/run installs every default model."""
+    run = (REPO_ROOT / "scripts" / "run").read_text()
+    installed = set(re.search(r"scripts/setup ([^\n]*)", run).group(1).split())
+    wanted = {spec.split(":", 1)[1] for spec in BY_NAME["SPEECH_ENGINES"].default.values()}
+    assert wanted <= installed, wanted - installed
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "shown"),
+    [
+        ("COORDINATOR_HOURS", "9-17", "9-17"),
+        ("COORDINATOR_DAYS", "mon-fri", "mon-fri"),
+        ("COORDINATOR_DAYS", "sat,sun,wed", "wed,sat,sun"),
+        ("COORDINATOR_DAYS", "0,1,2,4", "mon-wed,fri"),
+        ("KIOSK_MAX_AUDIO_BYTES", "50MB", "50MB"),
+        ("MAX_CONTENT_LENGTH", "1MiB", "1MiB"),
+        ("KIOSK_MAX_AUDIO_BYTES", "1234", "1234"),
+        ("SESSION_LIFETIME", "8h", "8h"),
+        ("SESSION_LIFETIME", "90", "90s"),
+        ("TRUST_FORWARDED_HEADERS", "False", "false"),
+        ("SPEECH_ENGINES", "en=whisper:whisper-tiny-en", "en=whisper:whisper-tiny-en"),
+    ],
+)
+def test_settings_are_shown_the_way_they_are_entered(name, raw, shown):
+    """`flask settings` writes a value in the form a person types, so it reads back the same."""
+    setting = BY_NAME[name]
+    value = loaded(**{name: raw})[name]
+    assert settings_shown(setting, value) == shown
+    assert loaded(**{name: settings_shown(setting, value)})[name] == value
+
+
+def test_an_auth_token_without_its_account_sid_is_refused_at_start_up():
+    """Downloads need both; a token alone would tell callers "we have it" and lose the audio."""
+    with pytest.raises(SettingsError, match="CARECALL_TWILIO_ACCOUNT_SID is unset"):
+        loaded(TWILIO_AUTH_TOKEN="long-enough-token")
+
+
+def test_a_minimum_length_is_in_the_settings_table():
+    assert BY_NAME["TWILIO_AUTH_TOKEN"].kind.what == "text of at least 8 characters"

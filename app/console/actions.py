@@ -4,12 +4,13 @@ Pure core over a sqlite-utils Database: no Flask. Every change writes an events 
 through app.queue, and multi-row changes happen in one transaction.
 """
 
+import contextlib
 import json
 from datetime import datetime, timedelta
 
 from rapidfuzz import fuzz, utils
 
-from .. import queue
+from .. import pipeline, queue
 from ..classify import CATEGORY_KEYS
 from .search import LIST_COLUMNS, row_dict
 
@@ -33,6 +34,20 @@ class BadChange(ActionError):
 
 class MergeRefused(ActionError):
     """Two requests cannot be merged."""
+
+
+class NeedsConfirmation(ActionError):
+    """A status change would move a request backwards: a person must confirm it."""
+
+
+BULK_ACTIONS = ("triage", "close", "merge")
+# A request only moves forward through these by itself; done and cancelled are both ends.
+FORWARD = {status: i for i, status in enumerate(queue.STATUSES)}
+
+
+def backwards(before, after):
+    """Return whether moving a request from status before to after undoes work."""
+    return FORWARD[after] < FORWARD[before]
 
 
 def _clean_text(value, what):
@@ -63,13 +78,22 @@ def validate_changes(changes):
     return out
 
 
-def change(db, request_id, changes, *, actor):
-    """Apply corrections and a status change; store each correction as labelled data."""
+def change(db, request_id, changes, *, actor, confirmed=True):
+    """Apply corrections and a status change; store each correction as labelled data.
+
+    Unless confirmed, a status change that would move the request backwards (assigned to
+    triaged, done to new) is refused with NeedsConfirmation and nothing changes.
+    """
     changes = validate_changes(changes)
     with db.atomic():
         before = queue.get(db, request_id)
-        corrected = {k: v for k, v in changes.items() if k in EDITABLE and before.get(k) != v}
         status = changes.get("status")
+        if status and not confirmed and backwards(before["status"], status):
+            raise NeedsConfirmation(
+                f"request {request_id} is {before['status'].replace('_', ' ')}: moving it back"
+                f" to {status.replace('_', ' ')} needs confirming"
+            )
+        corrected = {k: v for k, v in changes.items() if k in EDITABLE and before.get(k) != v}
         result = before
         if corrected:
             transcript = corrected.get("transcript", before.get("transcript"))
@@ -90,14 +114,49 @@ def change(db, request_id, changes, *, actor):
             result = queue.update(
                 db, request_id, {**corrected, "needs_review": 0}, actor=actor, action="corrected"
             )
-        if status and status != before["status"]:
-            result = queue.update(db, request_id, {"status": status}, actor=actor, action="status")
+        if status and pipeline.transition(db, request_id, f"status:{status}", actor=actor):
+            result = queue.get(db, request_id)
     return result
 
 
-def set_status(db, request_id, status, *, actor):
-    """Move a request to another status, audited."""
-    return change(db, request_id, {"status": status}, actor=actor)
+def set_status(db, request_id, status, *, actor, confirmed=False):
+    """Move a request to another status, audited; going backwards needs confirmed=True."""
+    return change(db, request_id, {"status": status}, actor=actor, confirmed=confirmed)
+
+
+def bulk(db, action, request_ids, *, actor):
+    """Triage, close or merge several requests at once; return (changed ids, skipped reasons).
+
+    Triage and close only move requests forward: one that would go backwards is skipped and
+    said why, never changed. Merge folds every other request into the one received first.
+    All of it happens in one transaction.
+    """
+    if action not in BULK_ACTIONS:
+        raise BadChange(f"action must be one of {', '.join(BULK_ACTIONS)}")
+    ids = sorted(set(request_ids))
+    if not ids:
+        raise BadChange("select at least one request")
+    if action == "merge" and len(ids) < 2:
+        raise MergeRefused("select at least two requests to merge")
+    changed, skipped = [], []
+    with db.atomic():
+        items = [queue.get(db, request_id) for request_id in ids]
+        if action == "merge":
+            survivor, *others = sorted(items, key=lambda r: (r["created_at"], r["id"]))
+            for other in others:
+                merge(db, survivor["id"], other["id"], actor=actor)
+                changed.append(other["id"])
+            return [survivor["id"], *changed], skipped
+        target = "triaged" if action == "triage" else "done"
+        for item in items:
+            if item["status"] == target:
+                skipped.append(f"#{item['id']} is already {target}")
+            elif backwards(item["status"], target) or item["status"] == "cancelled":
+                skipped.append(f"#{item['id']} is {item['status'].replace('_', ' ')}")
+            else:
+                change(db, item["id"], {"status": target}, actor=actor)
+                changed.append(item["id"])
+    return changed, skipped
 
 
 def _touch(db, request_id):
@@ -230,16 +289,96 @@ def marked_words(words, threshold):
     return out
 
 
-def describe(detail):
-    """Return an audit event's detail as short readable text."""
+# Request fields in plain words; None: too technical for the trail (kept in the API's events).
+FIELD_WORDS = {
+    "status": "status",
+    "category": "category",
+    "urgency": "urgency",
+    "transcript": "transcript",
+    "needs_review": "needs review",
+    "transcript_confidence": "recogniser confidence",
+    "category_score": "category score",
+    "matched": "words that decided it",
+    "emergency": "emergency",
+    "stage": "stage",
+    "error": "problem",
+    "confirmed_at": "confirmed",
+    "merged_into": "merged into",
+    "called_again": "called again",
+    "phone": "call-back number",
+    "person_id": "person",
+    "duration_s": "length",
+    "channel": "channel",
+    "reason": "reason",
+    "outcome": "outcome",
+    "note": "note",
+    "body": "note",
+    "duplicate": "duplicate",
+    "kind": "kind",
+    "kiosk": "kiosk",
+    "transcript_words": None,
+    "alternatives": None,
+    "engine": None,
+    "model": None,
+    "note_id": None,
+    "callback_id": None,
+    "kiosk_id": None,
+}
+FLAGS = ("needs_review", "emergency")
+SCORES = ("transcript_confidence", "category_score")
+LONG_TEXT = 80
+
+
+def _words(key, value, label):
+    """Say one value of a request field plainly: no JSON, no None."""
+    if key in queue.JSON_FIELDS and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    if value is None or value == "" or value == []:
+        return "nothing"
+    if key in FLAGS:
+        return "yes" if value else "no"
+    if key in SCORES and isinstance(value, int | float):
+        return f"{value * 100:.0f}%"
+    if key == "category":
+        return label(value)
+    if key == "duration_s" and isinstance(value, int | float):
+        return f"{value:.1f} s"
+    if key in ("merged_into", "duplicate", "person_id") and isinstance(value, int):
+        return f"#{value}"
+    if key == "outcome":
+        return CALLBACK_OUTCOMES.get(value, str(value)).lower()
+    if isinstance(value, list):
+        return ", ".join(_words(key, v, label) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {_words(k, v, label)}" for k, v in value.items())
+    text = str(value).replace("_", " ") if key in ("status", "stage", "channel") else str(value)
+    if key in ("transcript", "note", "body", "error", "reason"):
+        short = text if len(text) <= LONG_TEXT else text[: LONG_TEXT - 1] + "…"
+        return f"“{short}”"
+    if key == "confirmed_at":
+        return text[:16].replace("T", " ")
+    return text
+
+
+def describe(action, detail, label=str):
+    """Return an audit event's detail as a short sentence a coordinator can read."""
     if not isinstance(detail, dict):
-        return json.dumps(detail, ensure_ascii=False)
+        return _words("", detail, label)
     parts = []
     for key, value in detail.items():
-        if isinstance(value, list) and len(value) == 2:
-            parts.append(f"{key}: {value[0]!s} → {value[1]!s}")
+        name = FIELD_WORDS.get(key, key.replace("_", " "))
+        if name is None:
+            continue
+        # Changes made through queue.update are [before, after]; alerts list words instead.
+        if isinstance(value, list) and len(value) == 2 and action != "alert":
+            before, after = value
+            if before is None or before == "":
+                parts.append(f"{name} set to {_words(key, after, label)}")
+            else:
+                parts.append(f"{name} {_words(key, before, label)} → {_words(key, after, label)}")
         else:
-            parts.append(f"{key}: {value}")
+            parts.append(f"{name} {_words(key, value, label)}")
     return "; ".join(parts)
 
 

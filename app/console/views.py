@@ -5,6 +5,7 @@ import math
 import mimetypes
 from pathlib import Path
 
+import segno
 from flask import (
     Blueprint,
     abort,
@@ -18,12 +19,13 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 
 from .. import accounts, queue
 from ..classify import CATEGORY_KEYS, load_categories
 from ..db import get_db
 from ..kiosk import devices
-from . import actions, search
+from . import actions, search, waiting
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 
@@ -225,11 +227,15 @@ def _queue_view(template):
         rows, next_cursor = search.list_requests(db, filters, limit=limit, exclude_pinned=True)
     else:
         error = None
+    pinned = search.pinned(db, filters)
+    stamp = queue.now()
     html = render_template(
         template,
         filters=filters,
-        rows=rows,
-        pinned=search.pinned(db),
+        rows=_with_waiting(rows, stamp),
+        pinned=_with_waiting(pinned, stamp),
+        total=search.count_requests(db, filters, exclude_pinned=True),
+        count_cap=search.count_cap(filters),
         next_cursor=next_cursor,
         filter_error=error,
         poll_ms=int(current_app.config["CONSOLE_POLL_SECONDS"] * 1000),
@@ -237,10 +243,23 @@ def _queue_view(template):
     return html, 400 if error else 200
 
 
+def _with_waiting(rows, stamp):
+    """Add how long each request has waited since received, and whether that is overdue."""
+    targets = waiting.load_targets()
+    for row in rows:
+        minutes = waiting.minutes_between(row["created_at"], stamp)
+        row["waited"] = waiting.words(minutes)
+        # Only open work can be late; a closed request waits for nobody.
+        row["overdue"] = row["status"] not in ("done", "cancelled") and targets.overdue(
+            row["urgency"], minutes
+        )
+    return rows
+
+
 @bp.get("/", endpoint="queue")
 @require("view")
 def queue_page():
-    """Show the live queue: critical requests pinned on top, newest activity first."""
+    """Show the live queue: critical requests pinned on top, then most urgent, longest waiting."""
     return _queue_view("console/queue.html")
 
 
@@ -272,7 +291,7 @@ def detail(request_id):
         )
     events = queue.events(db, request_id)
     for event in events:
-        event["text"] = actions.describe(event["detail"])
+        event["text"] = actions.describe(event["action"], event["detail"], _label)
     return render_template(
         "console/request.html",
         item=item,
@@ -284,7 +303,16 @@ def detail(request_id):
         duplicates=suggestions,
         merged=actions.merged_into(db, request_id),
         events=list(reversed(events)),
+        kiosk=devices.kiosk_of(db, item),
+        confirm_status=_backwards_asked(item, request.args.get("confirm")),
     )
+
+
+def _backwards_asked(item, status):
+    """Return the status a coordinator must confirm moving back to, if the link asks."""
+    if status in queue.STATUSES and actions.backwards(item["status"], status):
+        return status
+    return None
 
 
 def _media(request_id, column):
@@ -350,13 +378,75 @@ def correct(request_id):
 @bp.post("/requests/<int:request_id>/status")
 @require("act")
 def status(request_id):
-    """Move a request to another status."""
+    """Move a request to another status; moving it backwards needs confirm=yes.
+
+    The queue's keys ask for JSON: they get 409 for a step back, which they never take.
+    """
     value = request.form.get("status", "")
-    return _act(
-        request_id,
-        lambda db: actions.set_status(db, request_id, value, actor=g.principal.actor),
-        f"Status is now {value.replace('_', ' ')}.",
-    )
+    confirmed = request.form.get("confirm") == "yes"
+    if request.accept_mimetypes.best == "application/json":
+        return _status_json(request_id, value, confirmed)
+    db = get_db()
+    try:
+        actions.set_status(db, request_id, value, actor=g.principal.actor, confirmed=confirmed)
+    except queue.RequestNotFound:
+        abort(404)
+    except actions.NeedsConfirmation as exc:
+        flash(f"{str(exc).capitalize()}: confirm below.", "error")
+        return redirect(url_for("console.detail", request_id=request_id, confirm=value), code=303)
+    except (actions.ActionError, queue.BadRequestField) as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.detail", request_id=request_id), code=303)
+    flash(f"Status is now {value.replace('_', ' ')}.", "ok")
+    target = request.form.get("next") or url_for("console.detail", request_id=request_id)
+    return redirect(_safe_next(target), code=303)
+
+
+def _status_json(request_id, value, confirmed):
+    """Answer a status change from the queue's keys as JSON: 200, 404, 409 or 400."""
+    try:
+        item = actions.set_status(
+            get_db(), request_id, value, actor=g.principal.actor, confirmed=confirmed
+        )
+    except queue.RequestNotFound:
+        return {"error": f"no request {request_id}"}, 404
+    except actions.NeedsConfirmation as exc:
+        return {"error": f"{str(exc).capitalize()}: open it to do that."}, 409
+    except (actions.ActionError, queue.BadRequestField) as exc:
+        return {"error": str(exc)}, 400
+    return {"id": item["id"], "status": item["status"]}
+
+
+@bp.post("/bulk")
+@require("act")
+def bulk():
+    """Triage, close or merge the requests selected in the queue."""
+    action = request.form.get("action", "")
+    target = _safe_next(request.form.get("next"))
+    try:
+        ids = [queue.row_id(v) for v in request.form.getlist("ids")]
+    except ValueError:
+        abort(400)
+    try:
+        changed, skipped = actions.bulk(get_db(), action, ids, actor=g.principal.actor)
+    except queue.RequestNotFound as exc:
+        flash(f"Nothing changed: {exc}.", "error")
+        return redirect(target, code=303)
+    except actions.ActionError as exc:
+        flash(f"Nothing changed: {exc}.", "error")
+        return redirect(target, code=303)
+    listed = ", ".join(f"#{i}" for i in changed)
+    done = {
+        "triage": f"Triaged {listed or 'nothing'}.",
+        "close": f"Closed {listed or 'nothing'}.",
+        "merge": f"Merged {', '.join(f'#{i}' for i in changed[1:])} into #{changed[0]}."
+        if changed
+        else "",
+    }[action]
+    flash(done, "ok")
+    if skipped:
+        flash(f"Left as they were: {'; '.join(skipped)}.", "error")
+    return redirect(target, code=303)
 
 
 @bp.post("/requests/<int:request_id>/notes")
@@ -569,13 +659,20 @@ def add_kiosk():
         get_db(), form["name"], region=form["region"], actor=g.principal.actor
     )
     url = url_for("kiosk.page", token=token, _external=True)
-    return _kiosks_page(added=(kiosk, token, url))
+    return _kiosks_page(added=(kiosk, token, url, _qr_svg(url)))
 
 
-@bp.post("/kiosks/<int:kiosk_id>/revoke")
+def _qr_svg(text):
+    """Return text as a QR code in inline SVG, drawn here: no script, no outside service."""
+    # Medium error correction still reads from a screen photographed at an angle.
+    code = segno.make(text, error="m")
+    return Markup(code.svg_inline(scale=4, border=4, title="QR code of the kiosk address"))
+
+
+@bp.route("/kiosks/<int:kiosk_id>/revoke", methods=["GET", "POST"])
 @require("manage_kiosks")
 def revoke_kiosk(kiosk_id):
-    """Revoke a kiosk's token so the tablet can no longer send requests."""
+    """Ask before revoking a kiosk's token; revoke it once the administrator confirms."""
     db = get_db()
     try:
         kiosk = devices.get(db, kiosk_id)
@@ -583,9 +680,11 @@ def revoke_kiosk(kiosk_id):
         abort(404)
     if kiosk.revoked_at:
         flash(f"Kiosk {kiosk.name} was already revoked.", "error")
-    else:
-        devices.revoke(db, kiosk_id, actor=g.principal.actor)
-        flash(f"Revoked kiosk {kiosk.name}: its tablet can no longer send requests.", "ok")
+        return redirect(url_for("console.kiosks"), code=303)
+    if request.method == "GET" or request.form.get("confirm") != "yes":
+        return render_template("console/revoke_kiosk.html", kiosk=kiosk)
+    devices.revoke(db, kiosk_id, actor=g.principal.actor)
+    flash(f"Revoked kiosk {kiosk.name}: its tablet can no longer send requests.", "ok")
     return redirect(url_for("console.kiosks"), code=303)
 
 

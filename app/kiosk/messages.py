@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import phonenumbers
 
-from .. import jobs, pipeline, queue
+from .. import jobs, people, pipeline, queue
 from ..speech import EmptyAudio, NotAudio, load_audio
 
 # PyAV names a container family by all its members; we store under one plain suffix.
@@ -141,6 +142,43 @@ def answer(db, kiosk, request_id, reply):
     return pipeline.withdraw(db, request_id, actor=kiosk.actor, reason="said it again at the kiosk")
 
 
+def give_phone(db, kiosk, request_id, digits, *, region):
+    """Store the call-back number typed after the readback, or note that there is none.
+
+    digits: what the keypad sent (a local number, or + and a country code); None when the
+    person has no phone and a member of staff at the kiosk will help instead.
+    """
+    request = request_for(db, kiosk, request_id)
+    if digits is None:
+        detail = {"kiosk": kiosk.name}
+        queue.record_event(db, request_id, kiosk.actor, "no_call_back_number", detail)
+        return request
+    phone = call_back_number(digits, region)
+    with db.atomic():
+        request = queue.update(
+            db, request_id, {"phone": phone}, actor=kiosk.actor, action="call_back_number"
+        )
+        # A number a person served is known by ties the request to them, as caller ID does.
+        if not request.get("person_id") and (person := people.find_person_by_phone(db, phone)):
+            request = people.link_request(db, request_id, person["id"], actor=kiosk.actor)
+    return request
+
+
+def call_back_number(digits, region):
+    """Return a keypad's number in E.164 form, or raise BadPhone."""
+    text = digits.strip() if isinstance(digits, str) else ""
+    if not PHONE.match(text):
+        raise BadPhone("phone must be digits, with an optional + and country code")
+    try:
+        number = phonenumbers.parse(text, region)
+        # The registry's own rule decides what a callable number is.
+        return people.parse_phone(
+            phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        )
+    except (phonenumbers.NumberParseException, people.BadField) as exc:
+        raise BadPhone(f"{text!r} is not a phone number with the right number of digits") from exc
+
+
 def state_of(request):
     """Return where a request is for the page: transcribing, ready or failed."""
     return {"received": "transcribing", "transcribed": "ready"}.get(request["stage"], "failed")
@@ -155,6 +193,7 @@ def status(request, prompts, label, *, emergency_number, review_confidence):
         "status": request["status"],
         "confirmed": bool(request["confirmed_at"]),
         "channel": request["channel"],
+        "phone": request["phone"],
     }
     if state == "transcribing":
         return body

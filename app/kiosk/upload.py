@@ -2,8 +2,10 @@
 
 The recording goes straight from the socket to a file in small chunks, so a 1 GB upload
 costs at most one chunk of memory and stops at the limit of its field ("audio" or "video").
+A full disk raises recordings.StorageFull and leaves no partial file.
 """
 
+import contextlib
 import os
 import re
 import tempfile
@@ -13,6 +15,8 @@ from pathlib import Path
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, File, MultipartDecoder
+
+from ..recordings import naming_full_disk
 
 CHUNK_BYTES = 64 * 1024
 # Boundaries, headers and the small text fields of a form never come near this.
@@ -71,14 +75,16 @@ def read_upload(stream, content_type, limits, dest_dir, *, content_length=None):
     if content_length is not None and content_length > ceiling:
         # Refused from the header alone: not one byte of the body is read.
         raise UploadTooLarge(f"the upload is {_mb(content_length)}; the limit is {_mb(ceiling)}")
-    Path(dest_dir).mkdir(parents=True, exist_ok=True)
     reader = _FormReader(limits, dest_dir)
     try:
-        reader.run(stream, boundary)
+        # A full disk shows only when a buffered write reaches it: at write, flush or close.
+        with naming_full_disk():
+            Path(dest_dir).mkdir(parents=True, exist_ok=True)
+            reader.run(stream, boundary)
+            return reader.result()
     except BaseException:
         reader.discard()
         raise
-    return reader.result()
 
 
 class _FormReader:
@@ -175,8 +181,10 @@ class _FormReader:
 
     def discard(self):
         """Close and delete a partly written file."""
-        if self.out is not None and not self.out.closed:
-            self.out.close()
+        # On a full disk closing fails too (its last bytes find no room): delete it anyway.
+        with contextlib.suppress(OSError):
+            if self.out is not None and not self.out.closed:
+                self.out.close()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 

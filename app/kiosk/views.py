@@ -17,7 +17,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import pipeline, queue
 from ..classify import UnknownLanguage
-from ..db import get_db
+from ..db import DatabaseBusy, get_db
+from ..recordings import StorageFull
 from ..speech import AudioTooLong, CorruptAudio, EmptyAudio, NotAudio, SilentAudio
 from . import devices, messages, voice, wording
 from .upload import (
@@ -51,6 +52,9 @@ API_ERRORS = (
     (messages.BadPhone, 400, "bad_field"),
     (queue.RequestNotFound, 404, "not_found"),
     (voice.VoiceUnavailable, 503, "no_voice"),
+    # The tablet keeps the recording and sends it again: 5xx answers are retried.
+    (StorageFull, 507, "storage_full"),
+    (DatabaseBusy, 503, "busy"),
     (messages.NotThisKiosks, 404, "not_found"),
 )
 
@@ -152,6 +156,20 @@ def confirm(request_id):
     return jsonify(_status(messages.answer(db, kiosk, request_id, reply)))
 
 
+@bp.post("/api/v1/voicemail/<int:request_id>/phone")
+def phone(request_id):
+    """Store the call-back number typed on the keypad; {"phone": null} means none."""
+    db = get_db()
+    kiosk = devices.authenticate(db, _bearer())
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "phone" not in body:
+        raise messages.BadPhone('send {"phone": "digits"}, or {"phone": null} for no phone')
+    req = messages.give_phone(
+        db, kiosk, request_id, body["phone"], region=current_app.config["KIOSK_PHONE_REGION"]
+    )
+    return jsonify(_status(req))
+
+
 @bp.get("/kiosk/speech/<language>/<section>/<key>.wav")
 def prompt_speech(language, section, key):
     """Say one of the kiosk's fixed sentences aloud, for tablets with no voice of their own."""
@@ -172,8 +190,12 @@ def request_speech(request_id, what):
     words = _wording(req["language"] or current_app.config["DEFAULT_LANGUAGE"])
     if what == "readback" and messages.state_of(req) != "transcribing":
         text = f"{_status(req)['readback']['speech']} {words.speech['readback_suffix']}"
-    elif what in ("done", "sent_without_readback"):
+    elif what in ("done", "sent_without_readback", "done_no_phone"):
         text = words.speech[what].format(number=voice.spell_number(request_id))
+    elif what == "done_phone" and req["phone"]:
+        text = words.speech[what].format(
+            number=voice.spell_number(request_id), phone=voice.spell_number(req["phone"])
+        )
     else:
         abort(404)
     return _speech(words, text, max_age=0)

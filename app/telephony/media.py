@@ -1,8 +1,13 @@
 """Twilio recordings: downloaded only from allowed hosts, stored before Twilio hears 2xx."""
 
 import base64
+import contextlib
+import http.client
 import ipaddress
 import logging
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -11,7 +16,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app
 
-from .. import jobs, pipeline, queue
+from .. import jobs, pipeline, queue, recordings
 from ..db import get_db
 from . import store
 
@@ -20,6 +25,8 @@ log = logging.getLogger(__name__)
 FETCH = "twilio.fetch_recording"
 RECONCILE = "twilio.reconcile"
 LOOPBACK_NAMES = {"localhost"}
+# How a recording's error starts when our disk, not Twilio, kept it from being stored.
+DISK_FULL = "disk full"
 
 
 class RecordingError(Exception):
@@ -34,9 +41,19 @@ class DownloadFailed(RecordingError):
     """Twilio's media server did not hand over the recording this time."""
 
 
+def _split(url):
+    """Split a URL, refusing one that cannot be parsed (``http://[::1``) like a foreign host."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise HostNotAllowed(f"recording URL {url!r} cannot be parsed: {exc}") from exc
+    return parts
+
+
 def media_url(recording_url):
     """Return the URL of a recording's WAV: Twilio's RecordingUrl has no extension."""
-    parts = urlsplit(recording_url)
+    parts = _split(recording_url)
     if PurePosixPath(parts.path).suffix:
         return recording_url
     return parts._replace(path=parts.path + ".wav").geturl()
@@ -44,7 +61,7 @@ def media_url(recording_url):
 
 def check_host(url, allowed_hosts):
     """Refuse any URL that is not on an allowed host (no SSRF); plain http only on loopback."""
-    parts = urlsplit(url)
+    parts = _split(url)
     host = (parts.hostname or "").lower()
     allowed = {h.lower() for h in allowed_hosts}
     if host not in allowed and parts.netloc.lower() not in allowed:
@@ -79,15 +96,78 @@ class _AllowedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """Cut every connection of one download when its whole time is up, however it trickles."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.expired = False
+        self.timers = []
+
+    def connect(self, *args, **kwargs):
+        """Open a connection whose socket is shut down at the deadline, TLS handshake included."""
+        sock = socket.create_connection(*args, **kwargs)
+        timer = threading.Timer(max(0.0, self.ends - time.monotonic()), self._cut, [sock])
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
+        return sock
+
+    def _cut(self, sock):
+        self.expired = True
+        # Already closed means the download finished just as time ran out.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self):
+        """Stop watching: the download is over."""
+        for timer in self.timers:
+            timer.cancel()
+
+
+def _watched(connection_class, deadline):
+    """Return a connection class whose sockets the deadline watches."""
+
+    class Watched(connection_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._create_connection = deadline.connect
+
+    return Watched
+
+
+class _DeadlineHTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(_watched(http.client.HTTPConnection, self.deadline), req)
+
+
+class _DeadlineHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(
+            _watched(http.client.HTTPSConnection, self.deadline), req, context=self._context
+        )
+
+
 def download(url, *, account_sid, auth_token, allowed_hosts, timeout, max_bytes):
-    """Fetch a recording's audio with the account's credentials; return its bytes."""
+    """Fetch a recording's audio within timeout seconds in all; return its bytes."""
     url = media_url(url)
     check_host(url, allowed_hosts)
     request = urllib.request.Request(url, headers={"Accept": "audio/wav, audio/*"})
     token = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
     # Unredirected: the account's credentials are sent to Twilio's host and nowhere else.
     request.add_unredirected_header("Authorization", f"Basic {token}")
-    handlers = [_AllowedRedirects(allowed_hosts)]
+    # A socket timeout bounds each read only; Twilio gives a webhook 15 s in all.
+    deadline = _Deadline(timeout)
+    handlers = [_AllowedRedirects(allowed_hosts), _DeadlineHTTP(deadline), _DeadlineHTTPS(deadline)]
     if _is_loopback((urlsplit(url).hostname or "").lower()):
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
@@ -96,8 +176,14 @@ def download(url, *, account_sid, auth_token, allowed_hosts, timeout, max_bytes)
             data = response.read(max_bytes + 1)
     except HostNotAllowed:
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        if deadline.expired:
+            raise DownloadFailed(f"download of {url} took longer than {timeout} s") from exc
         raise DownloadFailed(f"download of {url} failed: {exc}") from exc
+    finally:
+        deadline.cancel()
+    if deadline.expired:
+        raise DownloadFailed(f"download of {url} took longer than {timeout} s")
     if len(data) > max_bytes:
         raise DownloadFailed(f"recording at {url} is larger than {max_bytes} bytes")
     if not data:
@@ -129,34 +215,67 @@ def note(db, *, recording_sid, call_sid, url, purpose, phone, language, duration
     return recording(db, recording_sid)
 
 
+def recordings_of_call(db, call_sid):
+    """Return the recordings noted for a call, oldest first."""
+    return list(db["twilio_recordings"].rows_where("call_sid = ?", [call_sid], order_by="rowid"))
+
+
 def recording(db, recording_sid):
     """Return a noted recording, or None."""
     return next(db["twilio_recordings"].rows_where("recording_sid = ?", [recording_sid]), None)
 
 
 def accept(db, **meta):
-    """Store a recording and queue it for transcription, or a retried download; return request."""
-    config = current_app.config
+    """Store a recording and queue it for transcription, or a retried download; return request.
+
+    Raises recordings.StorageFull when the disk is full: the recording stays pending and a
+    download job is queued, so the audio is fetched again once there is room.
+    """
     row = note(db, **meta)
     if row["request_id"]:
         return queue.get(db, row["request_id"])  # Twilio's retry: stored already
     try:
-        audio = _download_for(config, row["url"])
+        audio = _download_for(current_app.config, row["url"])
     except HostNotAllowed as exc:
         _refuse(db, row, exc)
         return None
     except DownloadFailed as exc:
         _failed_attempt(db, row, exc)
-        jobs.enqueue(
-            db,
-            FETCH,
-            {"recording_sid": row["recording_sid"]},
-            key=f"{FETCH}:{row['recording_sid']}",
-            priority=20,
-            max_attempts=config["TWILIO_FETCH_ATTEMPTS"] + 1,
-        )
+        _queue_fetch(db, row["recording_sid"], priority=20)
         return None
-    return _store(db, row, audio)
+    try:
+        return _store(db, row, audio)
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        _out_of_room(db, row, exc)
+        _queue_fetch(db, row["recording_sid"], priority=20)
+        raise recordings.StorageFull(exc.errno, f"no room to store {row['recording_sid']}") from exc
+
+
+def _queue_fetch(db, recording_sid, *, priority, key=None):
+    """Queue a download of a pending recording; one job per key."""
+    return jobs.enqueue(
+        db,
+        FETCH,
+        {"recording_sid": recording_sid},
+        key=key or f"{FETCH}:{recording_sid}",
+        priority=priority,
+        max_attempts=current_app.config["TWILIO_FETCH_ATTEMPTS"] + 1,
+    )
+
+
+def _disk_full(exc):
+    """Tell whether a failed save was our disk having no room, not the recording."""
+    return isinstance(exc, recordings.StorageFull) or exc.errno in recordings.FULL_ERRNOS
+
+
+def _out_of_room(db, row, exc):
+    """Note why a downloaded recording is still pending: our disk, not Twilio, failed."""
+    log.error("recording %s could not be stored: %s", row["recording_sid"], exc)
+    db["twilio_recordings"].update(
+        row["recording_sid"], {"error": f"{DISK_FULL}: {exc}", "updated_at": queue.now()}
+    )
 
 
 def _store(db, row, audio):
@@ -198,16 +317,14 @@ def _refuse(db, row, exc):
 
 def _callback_request(db, row, reason):
     """Queue a 'call back' item for a recording nobody could fetch; return it."""
-    request, _ = queue.create(
+    request = pipeline.call_back(
         db,
         channel="voicemail" if row["purpose"] == "voicemail" else "phone",
         phone=row["phone"],
         language=row["language"] or current_app.config["DEFAULT_LANGUAGE"],
         source_key=row["recording_sid"],
-        category="other",
+        reason=f"call back: {reason}",
         urgency="high",
-        needs_review=1,
-        error=f"call back: {reason}",
     )
     db["twilio_recordings"].update(
         row["recording_sid"], {"request_id": request["id"], "updated_at": queue.now()}
@@ -219,6 +336,19 @@ def fetch_died(db, payload, reason):
     """When the download job is buried, a person calls back: the caller was told we have it."""
     row = recording(db, payload["recording_sid"])
     if row is None or row["state"] != "pending":
+        return
+    if (row["error"] or "").startswith(DISK_FULL):
+        # Our disk, not Twilio, failed: a person calls back now, and the recording stays
+        # pending so the nightly reconcile fetches its audio once there is room.
+        pipeline.call_back(
+            db,
+            channel="voicemail" if row["purpose"] == "voicemail" else "phone",
+            phone=row["phone"],
+            language=row["language"] or current_app.config["DEFAULT_LANGUAGE"],
+            source_key=f"callback:{row['recording_sid']}",
+            reason=f"call back: recording not stored yet, {row['error']}",
+            urgency="high",
+        )
         return
     db["twilio_recordings"].update(
         row["recording_sid"], {"state": "dead", "error": reason, "updated_at": queue.now()}
@@ -248,7 +378,14 @@ def fetch_job(payload):
             _callback_request(db, row, f"recording could not be downloaded: {exc}")
             return
         raise
-    _store(db, row, audio)
+    try:
+        _store(db, row, audio)
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        # Not Twilio's fault: the recording stays pending and this job tries again later.
+        _out_of_room(db, row, exc)
+        raise
 
 
 def twilio_client(config):
@@ -261,8 +398,8 @@ def twilio_client(config):
 
 
 def reconcile(db, client, *, api_base_url, since, default_language):
-    """Note and fetch every account recording since a date that we never stored; return them."""
-    found = []
+    """Fetch every account recording since a date that we never stored; return their SIDs."""
+    found = requeue_pending(db)
     for item in client.recordings.list(date_created_after=since):
         if item.status not in (None, "completed") or recording(db, item.sid):
             continue
@@ -280,16 +417,25 @@ def reconcile(db, client, *, api_base_url, since, default_language):
             language=call["language"] if call else default_language,
             duration_s=float(item.duration) if item.duration else None,
         )
-        jobs.enqueue(
-            db,
-            FETCH,
-            {"recording_sid": item.sid},
-            key=f"{FETCH}:{item.sid}",
-            priority=5,
-            max_attempts=current_app.config["TWILIO_FETCH_ATTEMPTS"] + 1,
-        )
+        _queue_fetch(db, item.sid, priority=5)
         found.append(item.sid)
     return found
+
+
+def requeue_pending(db, today=None):
+    """Queue one more download of each noted recording still without a request; return SIDs."""
+    day = (today or datetime.now(UTC).date()).isoformat()
+    # Its own job may have died while the disk was full: a new key per night tries again.
+    sids = [
+        sid
+        for (sid,) in db.execute(
+            "SELECT recording_sid FROM twilio_recordings"
+            " WHERE state = 'pending' AND request_id IS NULL ORDER BY created_at"
+        ).fetchall()
+    ]
+    for sid in sids:
+        _queue_fetch(db, sid, priority=5, key=f"{FETCH}:{sid}:{day}")
+    return sids
 
 
 @jobs.handler(RECONCILE)

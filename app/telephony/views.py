@@ -1,13 +1,14 @@
 """Twilio's voice webhooks: each turns a signed form post into one step of the call, as TwiML."""
 
 import logging
+import math
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, abort, current_app, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from .. import pipeline, queue
+from .. import pipeline, queue, recordings
 from ..classify import UnknownLanguage
 from ..db import get_db
 from ..flows import KEYS, available_languages, load_flow
@@ -40,6 +41,28 @@ def _flow(language):
     return load_flow(config["FLOWS_DIR"], language)
 
 
+def _call_sid():
+    """Return this webhook's CallSid; without one it belongs to no call, so refuse it (400)."""
+    call_sid = request.form.get("CallSid", "").strip()
+    if not call_sid:
+        abort(400, "CallSid is required")
+    return call_sid
+
+
+def _seconds(value):
+    """Return a duration Twilio sent, in seconds, or None when it is missing or not a number."""
+    try:
+        seconds = float(value or 0)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _duration(form):
+    """Return a recording's RecordingDuration in seconds, or None."""
+    return _seconds(form.get("RecordingDuration"))
+
+
 def _call():
     """Return this webhook's call, starting it if Twilio's first webhook never reached us."""
     return _start_call()[0]
@@ -50,7 +73,7 @@ def _start_call():
     config = _config()
     return store.start_call(
         get_db(),
-        request.form.get("CallSid", ""),
+        _call_sid(),
         request.form.get("From"),
         default_language=config["DEFAULT_LANGUAGE"],
         languages=available_languages(config["FLOWS_DIR"]),
@@ -159,6 +182,9 @@ def menu(name):
     call = _call()
     flow = _flow(call["language"])
     current = flow.menu(name)
+    if call["menu"] != name:
+        # A replayed or late press of a menu the call has left: it changes nothing.
+        return _resume(call)
     digit = request.form.get("Digits", "")[:1]
     if not digit:
         silences = call["silences"] + 1
@@ -183,6 +209,38 @@ def menu(name):
     if action is None:
         return _ask(call, name, before=[flow.prompt("unknown_key")])
     return _do(call, action)
+
+
+def _resume(call):
+    """Answer a stale webhook with the step the call is at now, changing nothing."""
+    menus = _flow(call["language"]).menus
+    if call["menu"] in menus:
+        return _ask(call, call["menu"])
+    if call["menu"] == "record":
+        return _record(call)
+    if call["menu"] == "voicemail":
+        return _voicemail(call)
+    if call["menu"] == "waiting":
+        return _hold(call, [_flow(call["language"]).prompt("holding")])
+    if call["menu"] == "person":
+        return _person(call)  # Twilio's retry of the press that dialled: dial again
+    if call["outcome"] == "request" and call["request_id"]:
+        # Twilio's retry of the confirming press: the caller hears their number again.
+        return _confirmed(call, queue.get(get_db(), call["request_id"]))
+    return _goodbye(call)
+
+
+def _hold(call, texts, polls=0):
+    """Keep the caller on the line while their message is understood."""
+    speaker = _speaker(call)
+    return twiml(
+        speak.hold(
+            speaker,
+            texts,
+            url_for(".wait", n=polls),
+            pause_seconds=speaker.flow.timing.poll_seconds,
+        )
+    )
 
 
 def _switch_language(call, digit):
@@ -215,7 +273,8 @@ def _voicemail(call, before=()):
 
 def _listen(call, purpose, prompt, before):
     """Play a prompt, then record the caller with a generous silence allowance."""
-    call = store.update_call(get_db(), call["call_sid"], menu=prompt)
+    if call["menu"] != prompt:
+        call = store.update_call(get_db(), call["call_sid"], menu=prompt)
     speaker = _speaker(call)
     return twiml(
         speak.record(
@@ -232,8 +291,17 @@ def _listen(call, purpose, prompt, before):
 
 def _confirm(call):
     db = get_db()
+    if not call["request_id"]:
+        return _resume(call)
     request_ = pipeline.confirm(db, call["request_id"], actor="caller")
-    store.update_call(db, call["call_sid"], outcome="request", menu="done")
+    if request_["status"] == "cancelled":
+        return _resume(call)  # withdrawn already: there is nothing left to confirm
+    call = store.update_call(db, call["call_sid"], outcome="request", menu="done")
+    return _confirmed(call, request_)
+
+
+def _confirmed(call, request_):
+    """Give the caller their request number twice, and say goodbye."""
     speaker = _speaker(call)
     number = words.digits(request_["id"])
     return twiml(
@@ -249,8 +317,10 @@ def _confirm(call):
 
 def _rerecord(call):
     db = get_db()
-    if call["request_id"]:
-        pipeline.withdraw(db, call["request_id"], actor="caller", reason="said it again")
+    if call["request_id"] and not pipeline.transition(
+        db, call["request_id"], "withdraw", actor="caller", detail={"reason": "said it again"}
+    ):
+        return _resume(call)  # confirmed or withdrawn already: a replay changes nothing
     call = store.update_call(
         db, call["call_sid"], request_id=None, recording_sid=None, outcome=None
     )
@@ -280,10 +350,12 @@ def _goodbye(call):
 def _person(call):
     config = _config()
     speaker = _speaker(call)
-    number = _duty_coordinator(config) if call["menu"] == "emergency" else _coordinator(config)
+    emergency = call["menu"] == "emergency" or call["outcome"] == "emergency"
+    number = _duty_coordinator(config) if emergency else _coordinator(config)
     if number is None:
         return _voicemail(call, before=[speaker.flow.prompt("person_unavailable")])
-    store.update_call(get_db(), call["call_sid"], menu="person")
+    if call["menu"] != "person":
+        store.update_call(get_db(), call["call_sid"], menu="person")
     return twiml(
         speak.connect(speaker, [speaker.flow.prompt("connecting")], number, url_for(".dialed"))
     )
@@ -312,13 +384,15 @@ def no_message(purpose):
 def _no_message(purpose):
     db = get_db()
     call = _call()
+    if call["menu"] == "done" or (purpose == "request" and call["menu"] != "record"):
+        return _resume(call)  # a replay after the call moved on changes nothing
     flow = _flow(call["language"])
     silences = call["silences"] + 1
     call = store.update_call(db, call["call_sid"], silences=silences, pace="slow")
     if purpose == "voicemail" or silences >= flow.timing.silence_retries:
         if purpose == "voicemail":
             _callback(db, call, "missed call: no message left")
-            store.update_call(db, call["call_sid"], outcome="voicemail")
+            store.update_call(db, call["call_sid"], outcome="voicemail", menu="done")
             return twiml(speak.goodbye(_speaker(call), [flow.prompt("voicemail_silent")]))
         return _voicemail(call)
     return _record(call, before=[flow.prompt("no_message_heard")])
@@ -329,20 +403,31 @@ def _no_message(purpose):
 def recorded(purpose):
     """Keep the caller's message safe, then hold while it is transcribed."""
     form = request.form
+    duration_s = _duration(form)
     if not form.get("RecordingSid") or form.get("RecordingDuration", "1") == "0":
         return _no_message(purpose)
     db = get_db()
     call = _call()
-    stored = media.accept(
-        db,
-        recording_sid=form["RecordingSid"],
-        call_sid=call["call_sid"],
-        url=form.get("RecordingUrl", ""),
-        purpose=purpose,
-        phone=call["phone"],
-        language=call["language"],
-        duration_s=float(form.get("RecordingDuration") or 0) or None,
-    )
+    if purpose == "request" and call["menu"] != "record":
+        # A replay of a message the call has moved past: it changes nothing.
+        return _resume(call)
+    try:
+        stored = media.accept(
+            db,
+            recording_sid=form["RecordingSid"],
+            call_sid=call["call_sid"],
+            url=form.get("RecordingUrl", ""),
+            purpose=purpose,
+            phone=call["phone"],
+            language=call["language"],
+            duration_s=duration_s,
+        )
+    except recordings.StorageFull:
+        # Twilio keeps the audio and a job fetches it once there is room: no message is lost.
+        log.error("no room for recording %s; its download is queued", form["RecordingSid"])
+        store.update_call(db, call["call_sid"], recording_sid=form["RecordingSid"])
+        return _sorry(call, purpose)
+    row = media.recording(db, form["RecordingSid"])
     call = store.update_call(
         db,
         call["call_sid"],
@@ -350,19 +435,30 @@ def recorded(purpose):
         recording_sid=form["RecordingSid"],
         request_id=stored["id"] if stored else None,
         outcome="voicemail" if purpose == "voicemail" else "request",
-        menu="waiting" if purpose == "request" else "done",
+        menu="done" if purpose == "voicemail" or row["state"] == "refused" else "waiting",
     )
     speaker = _speaker(call)
+    if row["state"] == "refused":
+        return _sorry_goodbye(call)  # nobody can fetch this message: a person calls back
     if purpose == "voicemail":
         return twiml(speak.goodbye(speaker, [speaker.flow.prompt("voicemail_thanks")]))
-    return twiml(
-        speak.hold(
-            speaker,
-            [speaker.flow.prompt("holding")],
-            url_for(".wait", n=0),
-            pause_seconds=speaker.flow.timing.poll_seconds,
-        )
-    )
+    return _hold(call, [speaker.flow.prompt("holding")])
+
+
+def _sorry(call, purpose):
+    """Apologise: ask for a voicemail, or after a voicemail say a person will call back."""
+    if purpose == "voicemail":
+        return _sorry_goodbye(call)
+    return _voicemail(call, before=[_flow(call["language"]).prompt("sorry")])
+
+
+def _sorry_goodbye(call):
+    """Say a person will call back, with the danger advice, since we cannot hear the message."""
+    speaker = _speaker(call)
+    flow = speaker.flow
+    number = _spoken_number(_config()["EMERGENCY_NUMBER"])
+    texts = [flow.prompt("sorry"), flow.prompt("in_danger", emergency_number=number)]
+    return twiml(speak.goodbye(speaker, texts))
 
 
 @bp.post("/wait")
@@ -374,6 +470,8 @@ def wait():
     speaker = _speaker(call)
     flow = speaker.flow
     polls = request.args.get("n", 0, type=int)
+    if call["menu"] != "waiting":
+        return _resume(call)  # read back or finished already: a late poll changes nothing
     request_ = _request_of(db, call)
     if request_ is not None and request_["stage"] == "failed":
         return _not_understood(call)
@@ -381,8 +479,12 @@ def wait():
         return _readback(call, request_)
     if polls >= flow.timing.poll_limit:
         if request_ is not None:
-            queue.update(
-                db, request_["id"], {"needs_review": 1}, actor="system", action="readback timed out"
+            pipeline.transition(
+                db,
+                request_["id"],
+                "unconfirmed",
+                actor="system",
+                detail={"reason": "readback timed out"},
             )
         store.update_call(db, call["call_sid"], menu="done")
         return twiml(
@@ -390,11 +492,7 @@ def wait():
         )
     # A few words every few polls, so the caller knows the line is still open.
     texts = [flow.prompt("still_holding")] if polls and polls % 5 == 0 else []
-    return twiml(
-        speak.hold(
-            speaker, texts, url_for(".wait", n=polls + 1), pause_seconds=flow.timing.poll_seconds
-        )
-    )
+    return _hold(call, texts, polls + 1)
 
 
 def _not_understood(call):
@@ -436,17 +534,10 @@ def _readback(call, request_):
 
 
 def _emergency(call, request_):
-    """Tell the caller to dial the emergency number now; put their request first, with an alert."""
+    """Tell the caller to dial the emergency number now; the pipeline already alerted."""
     db = get_db()
-    with db.atomic():
-        if request_["urgency"] != "critical":
-            queue.update(
-                db, request_["id"], {"urgency": "critical"}, actor="system", action="emergency"
-            )
-        alerted = any(e["action"] == "alert" for e in queue.events(db, request_["id"]))
-        if not alerted:
-            queue.record_event(db, request_["id"], "system", "alert", {"reason": "emergency"})
-    pipeline.confirm(db, request_["id"], actor="system")
+    # No readback in an emergency: the request stands as it is, first in the queue.
+    pipeline.transition(db, request_["id"], "confirm", actor="system")
     call = store.update_call(db, call["call_sid"], outcome="emergency")
     if _duty_coordinator(_config()):
         return _ask(call, "emergency")
@@ -469,8 +560,12 @@ def dialed():
     if call["outcome"] == "emergency":
         # Nobody on duty answered: the emergency number is still the caller's best help.
         return _emergency_goodbye(call)
+    if call["menu"] != "person":
+        return _resume(call)  # this dial was answered for already: a replay changes nothing
     if request.form.get("DialCallStatus") == "completed":
-        store.update_call(get_db(), call["call_sid"], outcome=call["outcome"] or "person")
+        store.update_call(
+            get_db(), call["call_sid"], outcome=call["outcome"] or "person", menu="done"
+        )
         return _goodbye(call)
     flow = _flow(call["language"])
     return _voicemail(call, before=[flow.prompt("person_unavailable")])
@@ -481,20 +576,25 @@ def dialed():
 def recording_status(purpose):
     """Store a finished recording Twilio tells us about, before acknowledging it."""
     form = request.form
+    call_sid = _call_sid()
     if form.get("RecordingStatus") != "completed" or not form.get("RecordingSid"):
         return "", 204
     db = get_db()
-    call = store.get_call(db, form.get("CallSid", "")) or {}
-    media.accept(
-        db,
-        recording_sid=form["RecordingSid"],
-        call_sid=form.get("CallSid"),
-        url=form.get("RecordingUrl", ""),
-        purpose=purpose,
-        phone=call.get("phone"),
-        language=call.get("language") or _config()["DEFAULT_LANGUAGE"],
-        duration_s=float(form.get("RecordingDuration") or 0) or None,
-    )
+    call = store.get_call(db, call_sid) or {}
+    try:
+        media.accept(
+            db,
+            recording_sid=form["RecordingSid"],
+            call_sid=call_sid,
+            url=form.get("RecordingUrl", ""),
+            purpose=purpose,
+            phone=call.get("phone"),
+            language=call.get("language") or _config()["DEFAULT_LANGUAGE"],
+            duration_s=_duration(form),
+        )
+    except recordings.StorageFull:
+        # Noted as pending with a download job: acknowledged, and fetched once there is room.
+        log.error("no room for recording %s; its download is queued", form["RecordingSid"])
     return "", 204
 
 
@@ -503,56 +603,57 @@ def recording_status(purpose):
 def call_status():
     """At the end of a call, queue a 'call back' item if the caller left with nothing done."""
     form = request.form
+    call_sid = _call_sid()
     status = form.get("CallStatus", "")
     db = get_db()
-    call = store.get_call(db, form.get("CallSid", ""))
-    if call is not None:
-        call = store.update_call(
-            db,
-            call["call_sid"],
-            call_status=status,
-            duration_s=float(form.get("CallDuration") or 0),
-        )
-    if status not in TERMINAL:
-        return "", 204
-    if call is None:
-        call = {
-            "call_sid": form.get("CallSid", ""),
-            "phone": form.get("From"),
-            "language": _config()["DEFAULT_LANGUAGE"],
-            "outcome": None,
-            "request_id": None,
-            "recording_sid": None,
-        }
-    if call["request_id"]:
-        request_ = queue.get(db, call["request_id"])
-        if not request_["confirmed_at"] and request_["status"] != "cancelled":
-            queue.update(
-                db,
-                request_["id"],
-                {"needs_review": 1},
-                actor="system",
-                action="caller hung up before confirming",
+    # The call's end and what it leads to commit together, so a replay can tell it was handled.
+    with db.atomic():
+        call = store.get_call(db, call_sid)
+        if call is not None and call["call_status"] in TERMINAL:
+            return "", 204  # a replay: the call's end was handled once already
+        if call is not None:
+            call = store.update_call(
+                db, call_sid, call_status=status, duration_s=_seconds(form.get("CallDuration"))
             )
-    elif call["outcome"] is None and not call["recording_sid"]:
-        _callback(db, call, "missed call — call back")
+        if status not in TERMINAL:
+            return "", 204
+        if call is None:
+            call = {
+                "call_sid": call_sid,
+                "phone": form.get("From"),
+                "language": _config()["DEFAULT_LANGUAGE"],
+                "outcome": None,
+                "request_id": None,
+                "recording_sid": None,
+            }
+        if call["request_id"]:
+            pipeline.transition(
+                db,
+                call["request_id"],
+                "unconfirmed",
+                actor="system",
+                detail={"reason": "caller hung up before confirming"},
+            )
+        elif (
+            call["outcome"] is None
+            and not call["recording_sid"]
+            # A recording Twilio told us about is a message, even if the call never heard so.
+            and not media.recordings_of_call(db, call_sid)
+        ):
+            _callback(db, call, "missed call — call back")
     return "", 204
 
 
 def _callback(db, call, reason):
     """Queue a 'call back' item for a caller who left without a request; once per call."""
-    request_, _ = queue.create(
+    return pipeline.call_back(
         db,
         channel="phone",
         phone=call["phone"],
         language=call["language"],
         source_key=f"callback:{call['call_sid']}",
-        category="other",
-        urgency="normal",
-        needs_review=1,
-        error=reason,
+        reason=reason,
     )
-    return request_
 
 
 @bp.errorhandler(Exception)

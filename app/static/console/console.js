@@ -19,9 +19,28 @@
       method: "POST",
       body: body,
       credentials: "same-origin",
-      headers: { "X-CSRFToken": csrf ? csrf.content : "" },
+      headers: { "X-CSRFToken": csrf ? csrf.content : "", Accept: "application/json" },
     });
   }
+
+  // ---- Every page: copy buttons, and forms that ask before they act -------
+  document.querySelectorAll("button[data-copy]").forEach((button) => {
+    button.hidden = false;
+    button.addEventListener("click", () => {
+      const done = document.getElementById(button.dataset.copyStatus);
+      const code = button.previousElementSibling;
+      navigator.clipboard.writeText(button.dataset.copy)
+        .then(() => { if (done) done.textContent = "Copied."; })
+        .catch(() => {
+          // No clipboard (a page not served over HTTPS): select it for a person to copy.
+          const range = document.createRange();
+          range.selectNodeContents(code);
+          window.getSelection().removeAllRanges();
+          window.getSelection().addRange(range);
+          if (done) done.textContent = "Selected: press Ctrl+C to copy.";
+        });
+    });
+  });
 
   // ---- The queue ----------------------------------------------------------
   function queuePage() {
@@ -104,8 +123,14 @@
         .then((html) => {
           if (html === null) return;
           const hadFocus = live.contains(document.activeElement);
+          const picked = new Set(Array.from(live.querySelectorAll("input.bulk-pick:checked"))
+            .map((box) => box.value));
           const doc = new DOMParser().parseFromString(html, "text/html");
           live.replaceChildren(...Array.from(doc.body.childNodes));
+          // Keep what the coordinator ticked for a bulk action.
+          live.querySelectorAll("input.bulk-pick").forEach((box) => {
+            box.checked = picked.has(box.value);
+          });
           // Keep the coordinator's place: same selected request, same focus.
           if (selectedId) {
             const row = live.querySelector(`tr[data-id="${selectedId}"]`);
@@ -132,19 +157,25 @@
     function setStatus(value) {
       if (!selectedId || !root.dataset.canAct) return;
       const id = selectedId;
-      // next: the cheapest page to be redirected to; the queue refreshes itself afterwards.
-      const next = root.dataset.rowsUrl;
-      post(`${root.dataset.rowsUrl.replace(/rows$/, "")}requests/${id}/status`, { status: value, next })
-        .then((response) => {
+      post(`${root.dataset.rowsUrl.replace(/rows$/, "")}requests/${id}/status`, { status: value })
+        .then((response) => response.json().catch(() => ({})).then((body) => [response, body]))
+        .then(([response, body]) => {
           // Confirmations go where flashed messages go, so the next poll does not erase them.
+          // A step back (409) is never taken from the queue: it is done on the request's page.
           const note = document.createElement("p");
           note.className = response.ok ? "flash flash-ok" : "flash flash-error";
           note.textContent = response.ok
             ? `Request #${id} is now ${value}.`
-            : `Could not change request #${id}.`;
+            : (body.error || `Could not change request #${id}.`);
           document.querySelector(".flashes").replaceChildren(note);
           return refresh();
         });
+    }
+
+    function toggleSelected() {
+      const row = selectedId && live.querySelector(`tr[data-id="${selectedId}"]`);
+      const box = row && row.querySelector("input.bulk-pick");
+      if (box) box.checked = !box.checked;
     }
 
     live.addEventListener("focusin", (event) => {
@@ -160,6 +191,7 @@
         "/": () => document.getElementById("q").focus(),
         t: () => setStatus("triaged"),
         a: () => setStatus("assigned"),
+        x: () => toggleSelected(),
         r: () => refresh(),
       };
       const act = actions[event.key];
@@ -167,6 +199,14 @@
     });
 
     window.setInterval(refresh, pollMs);
+
+    // Straight to work: the first request has the focus (after login too), unless the
+    // coordinator came for the search box or a link into the page.
+    if (!window.location.hash && document.activeElement === document.body) {
+      const first = links()[0];
+      if (first) select(first, true);
+      else live.focus();
+    }
   }
 
   // ---- One request --------------------------------------------------------
@@ -181,6 +221,7 @@
       });
     });
 
+    // The server asks before a step back (assigned to triaged): the form posts as ever.
     function setStatus(value) {
       const form = document.getElementById("status-form");
       if (!form) return;

@@ -36,6 +36,7 @@ const FOCUS = {
   talk: "talk",
   working: "working-heading",
   readback: "yes",
+  phone: "phone-heading",
   done: "done-finish",
   saved: "saved-finish",
   problem: "problem-retry",
@@ -300,9 +301,14 @@ function readback(body) {
   after(settings.readbackSeconds, welcome);
 }
 
-function thank(requestId, key) {
+function thank(requestId, key, phone) {
   $("done-number").textContent = String(requestId);
-  const text = words.speech[key].replace("{number}", String(requestId).split("").join(" "));
+  $("done-phone").hidden = key !== "done_phone";
+  $("done-phone-number").textContent = phone || "";
+  $("done-no-phone").hidden = key !== "done_no_phone";
+  const text = words.speech[key]
+    .replace("{number}", String(requestId).split("").join(" "))
+    .replace("{phone}", String(phone || "").split("").join(" "));
   show("done", { announce: text });
   say(text, { url: `${settings.uploadUrl}/${requestId}/speech/${key}.wav`, auth: true });
   after(settings.resetSeconds, welcome);
@@ -312,7 +318,7 @@ async function answer(reply, attempt = 0) {
   const requestId = current && current.requestId;
   if (!requestId) return welcome();
   if (attempt === 0) {
-    if (reply === "yes") thank(requestId, "done");
+    if (reply === "yes") askPhone();
     else {
       welcome();
       $("talk-text").textContent = words.speech.again;
@@ -330,6 +336,70 @@ async function answer(reply, attempt = 0) {
     if ((error.status || 500) >= 500 && attempt < 8) {
       setTimeout(() => answer(reply, attempt + 1), Math.min(30000, 1000 * 2 ** attempt));
     }
+  }
+}
+
+// --- the call-back number: a big keypad after "Yes, send it" ----------------------------
+
+const MAX_DIGITS = 16; // E.164: + and at most 15 digits
+let typed = "";
+
+function showTyped() {
+  const display = $("phone-display");
+  // Grouped in threes and fours, as people read numbers out.
+  display.textContent = typed ? typed.replace(/(\d{3})(?=\d{4})/g, "$1 ") : display.dataset.empty;
+  display.classList.toggle("empty", !typed);
+}
+
+function askPhone() {
+  typed = "";
+  showTyped();
+  $("phone-problem").hidden = true;
+  show("phone", { announce: words.speech.phone_ask });
+  say(words.speech.phone_ask, { url: promptUrl("speech", "phone_ask") });
+  after(settings.readbackSeconds, welcome);
+}
+
+function press(key) {
+  after(settings.readbackSeconds, welcome); // still there: keep the keypad open
+  $("phone-problem").hidden = true;
+  if (key === "+" && typed) return; // a + only starts a number
+  if (typed.length < MAX_DIGITS) typed += key;
+  showTyped();
+}
+
+function unpress() {
+  after(settings.readbackSeconds, welcome);
+  typed = typed.slice(0, -1);
+  showTyped();
+}
+
+async function sendPhone(phone, attempt = 0) {
+  const requestId = current && current.requestId;
+  if (!requestId) return welcome();
+  try {
+    await api(`${settings.uploadUrl}/${requestId}/phone`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ phone }),
+    });
+  } catch (error) {
+    if (error.status === 400 && attempt === 0) {
+      // The number is not complete: say so on the keypad and let them fix it.
+      const text = words.problems.phone;
+      $("phone-problem").textContent = text;
+      $("phone-problem").hidden = false;
+      say(text, { url: promptUrl("problems", "phone") });
+      return;
+    }
+    // The request itself is already safe; keep trying to store the number for a while.
+    if ((error.status || 500) >= 500 && attempt < 8) {
+      setTimeout(() => sendPhone(phone, attempt + 1), Math.min(30000, 1000 * 2 ** attempt));
+    }
+  }
+  if (attempt === 0) {
+    if (phone) thank(requestId, "done_phone", phone);
+    else thank(requestId, "done_no_phone");
   }
 }
 
@@ -351,6 +421,27 @@ $("talk").addEventListener("click", () => {
 });
 $("yes").addEventListener("click", () => answer("yes"));
 $("again").addEventListener("click", () => answer("again"));
+for (const key of document.querySelectorAll(".keypad .key[data-key]")) {
+  key.addEventListener("click", () => press(key.dataset.key));
+}
+$("phone-delete").addEventListener("click", unpress);
+// A keyboard works too: digits type, Backspace deletes, Enter on no button sends.
+document.addEventListener("keydown", (event) => {
+  if (screen !== "phone" || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (/^[0-9+]$/.test(event.key)) press(event.key);
+  else if (event.key === "Backspace") unpress();
+  else return;
+  event.preventDefault();
+});
+$("phone-send").addEventListener("click", () => {
+  if (typed.replace("+", "").length) sendPhone(typed);
+  else {
+    $("phone-problem").textContent = words.problems.phone;
+    $("phone-problem").hidden = false;
+    say(words.problems.phone, { url: promptUrl("problems", "phone") });
+  }
+});
+$("phone-none").addEventListener("click", () => sendPhone(null));
 $("done-finish").addEventListener("click", welcome);
 $("saved-finish").addEventListener("click", welcome);
 $("problem-retry").addEventListener("click", welcome);

@@ -1,0 +1,635 @@
+"""Storage that waits and retries: concurrent writers, unwritable databases, recordings on disk."""
+
+import contextlib
+import io
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from app import pipeline, queue, recordings
+from app.accounts import create_user, password_hasher
+from app.db import connect, get_db, migrate
+from app.kiosk import devices
+from tests import speechgen
+from tests.twilio_fake import ACCOUNT_SID, twilio_for
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+
+def hammer(path, tag, rounds):
+    """Create and then update requests, each update reading before it writes; return errors."""
+    db = connect(path)
+    errors = []
+    try:
+        for n in range(rounds):
+            try:
+                request, _ = queue.create(db, channel="kiosk", source_key=f"{tag}:{n}")
+                # queue.update reads the row, then writes it and an event: a deferred
+                # transaction that must upgrade from reader to writer.
+                queue.update(db, request["id"], {"urgency": "high"}, actor="t", action="bump")
+            except Exception as exc:  # every error is counted, none may happen
+                errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        db.close()
+    return errors
+
+
+HAMMER_SCRIPT = (
+    "import sys; from tests.test_storage import hammer;"
+    " errors = hammer(sys.argv[1], sys.argv[2], int(sys.argv[3]));"
+    " print(len(errors)); print(*errors[:3], sep='\\n')"
+)
+
+
+@pytest.mark.parametrize(("threads", "processes", "rounds"), [(6, 0, 40), (4, 2, 30)])
+def test_concurrent_writers_wait_instead_of_failing(tmp_path, threads, processes, rounds):
+    path = tmp_path / "busy.db"
+    migrate(path)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER_SCRIPT, str(path), f"p{i}", str(rounds)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    results = [None] * threads
+
+    def run(i):
+        results[i] = hammer(path, f"t{i}", rounds)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    outputs = [child.communicate(timeout=120)[0] for child in children]
+    assert [e for errors in results for e in errors] == []
+    assert [out.splitlines()[0] for out in outputs] == ["0"] * processes, outputs
+    db = connect(path)
+    assert db["requests"].count == (threads + processes) * rounds
+    assert db["events"].count == 2 * (threads + processes) * rounds
+
+
+def test_processes_starting_together_migrate_once(tmp_path):
+    path, go = tmp_path / "fresh.db", tmp_path / "go"
+    # Each process waits for the same signal, so they all migrate at the same moment.
+    script = (
+        "import sys, time, pathlib; from app.db import migrate\n"
+        "while not pathlib.Path(sys.argv[2]).exists(): time.sleep(0.005)\n"
+        "print(len(migrate(sys.argv[1])))"
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path), str(go)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(2)  # time to import the app
+    go.touch()
+    done = [(child.wait(timeout=120), *child.communicate()) for child in children]
+    assert [code for code, *_ in done] == [0] * 4, [err for *_, err in done]
+    # Exactly one process applied the migrations; the others found nothing pending.
+    applied = sorted(int(out) for _, out, _ in done)
+    assert applied[:3] == [0, 0, 0] and applied[3] > 0
+
+
+@contextlib.contextmanager
+def served(tmp_path):
+    """Run `flask serve` (threaded, no in-process worker) in a subprocess; yield its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = carecall_env(tmp_path, tmp_path / "served.db") | {
+        "CARECALL_WORKER": "none",
+        "CARECALL_PASSWORD_HASH_MEMORY_KIB": "8192",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz").close()
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def post_upload(base, token, data, client_id):
+    """Send one kiosk upload over HTTP; return the status code."""
+    boundary = "carecallboundary"
+    body = b"".join(
+        [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="client_id"\r\n\r\n'
+            f"{client_id}\r\n".encode(),
+            f'--{boundary}\r\nContent-Disposition: form-data; name="audio";'
+            f' filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'.encode(),
+            data,
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+    request = urllib.request.Request(
+        f"{base}/api/v1/voicemail",
+        data=body,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def log_in(base, name, password):
+    """Log in to the console as a browser would; return the status of the answer."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with opener.open(f"{base}/console/login", timeout=60) as page:
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.read().decode())[1]
+    form = {"name": name, "password": password, "csrf_token": csrf}
+    try:
+        with opener.open(f"{base}/console/login", urlencode(form).encode(), timeout=60) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_real_server_under_parallel_uploads_logins_and_another_writer(tmp_path, recording):
+    with served(tmp_path) as base:
+        database = tmp_path / "served.db"
+        db = connect(database)
+        token = devices.add(db, "Riverside", region="r")[1]
+        hasher = password_hasher(1, 8192, 1)
+        for n in range(4):
+            create_user(db, f"coordinator{n}", "coordinator", PASSWORD, hasher=hasher)
+        # Another process writes all the while, as a worker or a second server would.
+        other = subprocess.Popen(
+            [sys.executable, "-c", HAMMER_SCRIPT, str(database), "other", "60"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            uploads = [
+                pool.submit(post_upload, base, token, recording, f"upload-{n:04d}")
+                for n in range(40)
+            ]
+            # Right and wrong passwords: both write (last login, failure counts).
+            logins = [
+                pool.submit(log_in, base, f"coordinator{n % 4}", PASSWORD if n % 2 else "wrong")
+                for n in range(16)
+            ]
+            statuses = [f.result() for f in uploads]
+            login_statuses = sorted({f.result() for f in logins})
+        assert other.communicate(timeout=120)[0].splitlines()[0] == "0"
+    assert sorted(set(statuses)) == [202]
+    assert login_statuses == [200, 401]  # 200: the console, after the login's redirect
+    kiosk_requests = list(db["requests"].rows_where("channel = 'kiosk' AND audio_path IS NOT NULL"))
+    assert len(kiosk_requests) == 40
+    data = tmp_path / "data"
+    assert files_under(data / "recordings") == sorted(
+        str(Path(r["audio_path"]).relative_to("recordings")) for r in kiosk_requests
+    )
+    assert files_under(data / "incoming") == []
+
+
+# --- a database that cannot be written ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """Make a file or folder read-only, even for root (a read-only bind mount)."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    done = subprocess.run(["mount", "--bind", path, path], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount as root: {done.stderr!r}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", path, path], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", path], check=True)
+
+
+def unwritable_database(tmp_path, what):
+    """Return (database path, the path made read-only) for one kind of unwritable database."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    database = folder / "carecall.db"
+    if what == "file":
+        migrate(database)
+        # Folded back into one file, as a copied or restored database would be.
+        connect(database).execute("PRAGMA journal_mode=DELETE")
+        return database, database
+    if what == "migrated folder":
+        migrate(database)
+        return database, folder
+    return database, folder  # "empty folder": no database yet
+
+
+def carecall_env(tmp_path, database):
+    """Return an environment that points a CareCall process at database."""
+    return {
+        **os.environ,
+        "CARECALL_DATABASE": str(database),
+        "CARECALL_DATA_DIR": str(tmp_path / "data"),
+        "CARECALL_SECRET_KEY": "test-secret-key-0123456789",
+    }
+
+
+@pytest.mark.parametrize("what", ["file", "migrated folder", "empty folder"])
+@pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", "0"]])
+def test_unwritable_database_is_one_clear_line(tmp_path, what, command):
+    database, frozen = unwritable_database(tmp_path, what)
+    with read_only(frozen):
+        done = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *command],
+            cwd=REPO,
+            env=carecall_env(tmp_path, database),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    lines = done.stderr.strip().splitlines()
+    assert (done.returncode, len(lines)) == (1, 1), done.stderr
+    assert lines[0].startswith(f"Error: database {database} cannot be written: ")
+
+
+# --- recordings: written under a temporary name, published with their request ------------
+
+
+@pytest.fixture(scope="module")
+def recording():
+    """Return a real spoken recording as WAV bytes."""
+    return speechgen.render("Could somebody help me with my shopping this week?").read_bytes()
+
+
+@pytest.fixture
+def kiosk_token(app):
+    """Register a kiosk and return its Authorization header."""
+    with app.app_context():
+        return {"Authorization": f"Bearer {devices.add(get_db(), 'Riverside', region='r')[1]}"}
+
+
+def upload(client, headers, data, client_id="rec-00001"):
+    """Post a recording the way the kiosk page does."""
+    form = {"audio": (io.BytesIO(data), "audio.wav"), "client_id": client_id}
+    return client.post(
+        "/api/v1/voicemail", data=form, headers=headers, content_type="multipart/form-data"
+    )
+
+
+def files_under(folder):
+    """Return every file under folder, relative to it."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+# A trigger makes the database refuse one row, the way a real constraint or I/O error would.
+REFUSE = (
+    "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.action = '{}'"
+    " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+)
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        "received",  # inside receive(), before the file is published
+        "uploaded",  # after receive() published it, in the kiosk's own transaction
+    ],
+)
+def test_a_failed_save_leaves_no_recording(app, db, client, kiosk_token, recording, refused):
+    db.execute(REFUSE.format(refused))
+    with pytest.raises(sqlite3.IntegrityError, match="refused by test"):
+        upload(client, kiosk_token, recording)
+    assert db["requests"].count == 0
+    assert files_under(app.config["DATA_DIR"]) == []
+    db.execute("DROP TRIGGER refuse")
+    response = upload(client, kiosk_token, recording)
+    assert response.status_code == 202, response.json
+    stored = queue.get(db, response.json["id"])["audio_path"]
+    assert files_under(app.config["DATA_DIR"]) == [stored]
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(folder, size):
+    """Mount a real filesystem of size bytes at folder (a tmpfs; needs root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr!r}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", folder], check=True)
+
+
+# Room on the data disk, as a share of the recording's size.
+ROOM = [
+    pytest.param(0.5, id="the upload itself does not fit"),
+    pytest.param(1.5, id="the upload fits, its saved copy does not"),
+]
+
+
+@pytest.mark.parametrize("room", ROOM)
+def test_full_disk_is_507_json_for_the_kiosk_and_leaves_nothing(
+    make_app, tmp_path, recording, room
+):
+    data = tmp_path / "small"
+    with small_disk(data, int(len(recording) * room)):
+        app = make_app(DATA_DIR=str(data))
+        with app.app_context():
+            token = devices.add(get_db(), "Riverside", region="r")[1]
+        response = upload(app.test_client(), {"Authorization": f"Bearer {token}"}, recording)
+        assert response.status_code == 507
+        assert response.json["error"] == "storage_full"
+        assert "no room" in response.json["message"] and "Errno" not in response.json["message"]
+        assert files_under(data) == []
+        assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+@pytest.mark.parametrize("audio", ["bytes", "file"])
+def test_receive_on_a_full_disk_raises_storage_full_and_saves_nothing(
+    make_app, tmp_path, recording, audio
+):
+    source = tmp_path / "call.wav"
+    source.write_bytes(recording)
+    data = tmp_path / "small"
+    with small_disk(data, len(recording) // 2):
+        app = make_app(DATA_DIR=str(data))
+        with app.app_context(), pytest.raises(recordings.StorageFull):
+            given = recording if audio == "bytes" else str(source)
+            pipeline.receive(get_db(), given, channel="voicemail", source_key="RE1")
+        assert files_under(data) == []
+        assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+# --- the start-up sweep ---------------------------------------------------------------------
+
+HOUR = 3600
+# (file under DATA_DIR, age in seconds, named by a request?) -> where it is after the sweep.
+LEFTOVERS = [
+    ("recordings/2026/01/02/crashed.wav.part", 2 * HOUR, False, None),
+    (
+        "recordings/2026/01/02/saving-now.wav.part",
+        60,
+        False,
+        "recordings/2026/01/02/saving-now.wav.part",
+    ),
+    ("incoming/upload-killed.part", 2 * HOUR, False, None),
+    ("incoming/upload-arriving.part", 60, False, "incoming/upload-arriving.part"),
+    (
+        "recordings/2026/01/02/unclaimed.wav",
+        2 * HOUR,
+        False,
+        "orphans/recordings/2026/01/02/unclaimed.wav",
+    ),
+    ("recordings/2026/01/02/publishing.wav", 60, False, "recordings/2026/01/02/publishing.wav"),
+    ("recordings/2026/01/02/kept.wav", 2 * HOUR, True, "recordings/2026/01/02/kept.wav"),
+    ("kiosk-speech/prompt.wav", 2 * HOUR, False, "kiosk-speech/prompt.wav"),
+]
+
+
+def leave(app, db):
+    """Leave the files of LEFTOVERS in the app's data directory, with their ages."""
+    data = Path(app.config["DATA_DIR"])
+    for name, age, claimed, _ in LEFTOVERS:
+        path = data / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"RIFF" + name.encode())
+        os.utime(path, (time.time() - age, time.time() - age))
+        if claimed:
+            queue.create(db, channel="kiosk", audio_path=name)
+
+
+def test_sweep_removes_old_parts_and_moves_unclaimed_recordings(app, db):
+    leave(app, db)
+    data = Path(app.config["DATA_DIR"])
+    swept = recordings.sweep(data, db)
+    assert (swept.parts_removed, swept.orphans_moved) == (2, 1)
+    assert files_under(data) == sorted(where for *_, where in LEFTOVERS if where)
+    moved = data / "orphans/recordings/2026/01/02/unclaimed.wav"
+    assert moved.read_bytes() == b"RIFFrecordings/2026/01/02/unclaimed.wav"
+
+
+def test_worker_start_up_sweeps_and_says_so(app, db, runner):
+    leave(app, db)
+    result = runner.invoke(args=["worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    data = app.config["DATA_DIR"]
+    assert (
+        f"swept {data}: 2 unfinished file(s) removed, 1 unclaimed recording(s) moved to"
+        f" {Path(data) / 'orphans'}"
+    ) in result.output
+
+
+# --- a lock that outlasts the busy timeout ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("held", "status"),
+    [
+        (1.0, 202),  # longer than one wait of 0.5 s: the retry after a pause gets the lock
+        (None, 503),  # never let go: a clear "busy" answer the tablet retries, nothing kept
+    ],
+)
+def test_a_long_held_lock_is_retried_then_answered_busy(make_app, recording, held, status):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.5)
+    with app.app_context():
+        token = devices.add(get_db(), "Riverside", region="r")[1]
+    holder = connect(app.config["DATABASE"])
+    holder.execute("BEGIN IMMEDIATE")
+    if held is not None:
+        release = threading.Timer(held, holder.conn.rollback)
+        release.start()
+    try:
+        started = time.monotonic()
+        response = upload(app.test_client(), {"Authorization": f"Bearer {token}"}, recording)
+        waited = time.monotonic() - started
+    finally:
+        if held is None:
+            holder.conn.rollback()
+        else:
+            release.join()
+    assert response.status_code == status, response.json
+    db = connect(app.config["DATABASE"])
+    if status == 503:
+        assert response.json["error"] == "busy" and "try again" in response.json["message"]
+        assert db["requests"].count == 0
+        assert files_under(app.config["DATA_DIR"]) == []
+        assert 1.5 <= waited < 15  # three waits of 0.5 s and two short pauses, not 30 s
+    else:
+        assert db["requests"].count == 1
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0, 45.0])
+def test_busy_timeout_comes_from_the_setting(make_app, seconds):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=seconds)
+    with app.app_context():
+        assert get_db().execute("PRAGMA busy_timeout").fetchone()[0] == seconds * 1000
+
+
+@pytest.mark.parametrize(
+    ("fail_inner", "fail_outer", "undone"),
+    [
+        (False, False, []),
+        (True, False, ["inner"]),  # the savepoint rolled back, the transaction committed
+        (False, True, ["inner", "outer"]),
+        (True, True, ["inner", "outer"]),
+    ],
+)
+def test_work_outside_the_database_is_undone_with_its_transaction(
+    tmp_path, fail_inner, fail_outer, undone
+):
+    db = connect(tmp_path / "undo.db")
+    done = []
+    with contextlib.suppress(RuntimeError), db.atomic():
+        db.on_rollback(lambda: done.append("outer"))
+        with contextlib.suppress(RuntimeError), db.atomic():
+            db.on_rollback(lambda: done.append("inner"))
+            if fail_inner:
+                raise RuntimeError("inner")
+        if fail_outer:
+            raise RuntimeError("outer")
+    assert sorted(done) == undone
+
+
+def test_intake_on_a_full_disk_is_one_clear_line(make_app, tmp_path, recording):
+    source = tmp_path / "message.wav"
+    source.write_bytes(recording)
+    data = tmp_path / "small"
+    with small_disk(data, len(recording) // 2):
+        app = make_app(DATA_DIR=str(data))
+        result = app.test_cli_runner().invoke(args=["intake", str(source)])
+        assert files_under(data) == []
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: There is no room left to save recordings, so this one was not saved."
+    ]
+
+
+# --- Twilio's race: the recording's action and its status callback at the same moment -------
+
+
+def test_twilio_recorded_and_status_racing_store_one_request_each(app, db, media, recording):
+    callers = [twilio_for(app, media), twilio_for(app, media)]  # one test client each
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answer as in production: the apology
+    answers = []
+    for n in range(20):
+        call_sid, phone = f"CA{n:032d}", f"+1555010{n:04d}"
+        recording_sid, url = media.add(recording, call_sid)
+        params = {
+            "AccountSid": ACCOUNT_SID,
+            "CallSid": call_sid,
+            "From": phone,
+            "RecordingSid": recording_sid,
+            "RecordingUrl": url,
+            "RecordingDuration": "3",
+        }
+        start = threading.Barrier(2)
+
+        def send(twilio, path, extra, start=start, params=params):
+            start.wait()
+            return twilio.post(path, {**params, **extra})
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            recorded = pool.submit(send, callers[0], "/twilio/recorded/voicemail", {"Digits": "#"})
+            status = pool.submit(
+                send,
+                callers[1],
+                "/twilio/recording-status/voicemail",
+                {"RecordingStatus": "completed"},
+            )
+            answers.append((recorded.result(), status.result()))
+    heard = [body for (_, body), _ in answers]
+    assert [s for (s, _), _ in answers] == [200] * 20
+    assert [s for _, (s, _) in answers] == [204] * 20
+    assert all("We have your message" in body and "Sorry" not in body for body in heard)
+    rows = list(db["requests"].rows)
+    assert len(rows) == 20 and len({r["source_key"] for r in rows}) == 20
+    assert files_under(Path(app.config["DATA_DIR"]) / "recordings") == sorted(
+        str(Path(r["audio_path"]).relative_to("recordings")) for r in rows
+    )
+
+
+def test_sweeps_starting_together_share_the_work(app, db):
+    leave(app, db)
+    data = Path(app.config["DATA_DIR"])
+    start = threading.Barrier(4)
+
+    def sweep():
+        start.wait()
+        return recordings.sweep(data, connect(app.config["DATABASE"]))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: sweep(), range(4)))
+    assert sum(r.parts_removed for r in results) == 2
+    assert sum(r.orphans_moved for r in results) == 1
+    assert files_under(data) == sorted(where for *_, where in LEFTOVERS if where)
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "wrong password"])
+def test_a_login_behind_a_held_lock_is_503_to_try_again(make_app, password):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.2)
+    create_user(connect(app.config["DATABASE"]), "alice", "coordinator", PASSWORD)
+    client = app.test_client()
+    page = client.get("/console/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)[1]
+    holder = connect(app.config["DATABASE"])
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.post(
+            "/console/login", data={"name": "alice", "password": password, "csrf_token": csrf}
+        )
+    finally:
+        holder.conn.rollback()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "2"
+    assert "try again in a moment" in response.get_data(as_text=True)
