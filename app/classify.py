@@ -77,6 +77,8 @@ class Classification:
     urgency: str
     emergency: bool
     matched: tuple[str, ...]
+    # Danger phrases the rules heard but set aside as negated or harmless ("I haven't fallen").
+    disarmed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """Return the classification as a JSON-ready dict."""
@@ -278,11 +280,106 @@ def load_categories(language: str = "en", path: Path | None = None) -> Categorie
     if language not in data or not isinstance(data[language], dict):
         known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
         raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
+    check_schema(data[language], language, path.name)
     categories = _build(language, data[language])
     examples = path.parent / EXAMPLES_DIR / f"{language}.tsv"
     if examples.is_file():
         categories = with_examples(categories, read_examples(examples))
     return categories
+
+
+# Every key a language table may hold, by table; a dict is a sub-table, None any value.
+_LIST_KEYS = ("decisive", "strong", "phrases", "weak", "hints")
+_CATEGORY_TABLE = {"label": None, **dict.fromkeys(_LIST_KEYS)}
+SCHEMA: dict = {
+    "name": None,
+    "tuning": dict.fromkeys(
+        (
+            "max_gap",
+            "fuzzy_min_length",
+            "fuzzy_two_edits_length",
+            "length_bonus",
+            "other_threshold",
+            "emergency_score",
+            "negation_window",
+            "guard_window",
+            "list_weights",
+            "evidence_decay",
+        )
+    ),
+    "text": {
+        **dict.fromkeys(
+            (
+                "fillers",
+                "contractions",
+                "suffixes",
+                "rewrites",
+                "optional",
+                "no_fuzzy",
+                "clause_words",
+            )
+        ),
+        "stemming": dict.fromkeys(("forms", "endings", "tidy", "keep", "min_stem")),
+    },
+    "categories": {key: _CATEGORY_TABLE for key in CATEGORY_KEYS},
+    "emergency": {
+        **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
+        "combos": [dict.fromkeys(("phrases", "with", "otherwise"))],
+    },
+    "neutral": {"phrases": None},
+    "urgency": dict.fromkeys(("high", "low", "neutral", "negations", "negation_window")),
+    "examples": dict.fromkeys(
+        (
+            "stop_words",
+            "k",
+            "power",
+            "weight",
+            "min_similarity",
+            "emergency_share",
+            "emergency_similarity",
+            "emergency_shared",
+            "guarded_emergency_share",
+            "veto_share",
+            "veto_below",
+        )
+    ),
+}
+
+
+def check_schema(table: dict, language: str, filename: str) -> None:
+    """Raise CategoryDataError naming the file and key of anything the loader would ignore."""
+    homes = _homes(SCHEMA, language)
+
+    def walk(value, schema, where: str) -> None:
+        if isinstance(schema, list):
+            if not isinstance(value, list):
+                raise CategoryDataError(f"{filename}: [[{where}]] must be an array of tables")
+            for item in value:
+                walk(item, schema[0], where)
+        elif isinstance(schema, dict):
+            if not isinstance(value, dict):
+                raise CategoryDataError(f"{filename}: [{where}] must be a table")
+            for key, item in value.items():
+                if key not in schema:
+                    home = [h for h in homes.get(key, ()) if h != f"{where}.{key}"]
+                    hint = f"; it belongs in [{home[0].rsplit('.', 1)[0]}]" if home else ""
+                    raise CategoryDataError(f"{filename}: unknown key {where}.{key}{hint}")
+                walk(item, schema[key], f"{where}.{key}")
+
+    walk(table, SCHEMA, language)
+
+
+def _homes(schema, where: str) -> dict[str, list[str]]:
+    """Return, for each key name, the dotted places the schema allows it."""
+    found: dict[str, list[str]] = defaultdict(list)
+    if isinstance(schema, list):
+        schema = schema[0]
+    if isinstance(schema, dict):
+        for key, sub in schema.items():
+            found[key].append(f"{where}.{key}")
+            for name, places in _homes(sub, f"{where}.{key}").items():
+                found[name].extend(places)
+    return found
 
 
 def read_examples(path: Path) -> list[tuple[str, str]]:
@@ -639,8 +736,91 @@ def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, 
     return {key: value / total for key, value in votes.items()} if total > 0 else {}
 
 
-def classify(text: str, categories: Categories) -> Classification:
-    """Classify a request's text into a category and urgency."""
+def classify(text: str, categories: Categories, model=None) -> Classification:
+    """Classify a request's text into a category and urgency, by rules and model together."""
+    rules = classify_rules(text, categories)
+    if model is None or not isinstance(text, str) or not text.strip():
+        return rules
+    return fuse(
+        rules,
+        model.probabilities(text),
+        model.rule_weight,
+        model.emergency_threshold,
+        model.disarmed_threshold,
+        model.calibration,
+    )
+
+
+def fuse(
+    rules: Classification,
+    probabilities: Mapping[str, float],
+    rule_weight: float,
+    emergency_threshold: float,
+    disarmed_threshold: float = 1.0,
+    calibration: tuple[float, float] = (1.0, 0.0),
+) -> Classification:
+    """Join the rules' verdict with a learned model's category probabilities.
+
+    Emergency is raised when either path raises it (the rules are the safety net); the
+    category among the rest is the weighted mix of both paths' scores. Where the rules heard
+    a danger phrase and set it aside ("I don't smell gas"), the model needs more certainty.
+    """
+    rule_scores = {rules.category: rules.score, **dict(rules.alternatives)}
+    rule_scores.pop("emergency", None)
+    p_emergency = probabilities.get("emergency", 0.0)
+    rest = max(1.0 - p_emergency, 1e-9)
+    fused = {}
+    for key in CATEGORY_KEYS:
+        if key == "emergency":
+            continue
+        # The rules' own confidence, not renormalised: a weak rule verdict stays weak.
+        from_rules = min(rule_scores.get(key, 0.0), 1.0)
+        from_model = probabilities.get(key, 0.0) / rest
+        fused[key] = rule_weight * from_rules + (1 - rule_weight) * from_model
+    ranked = sorted(fused, key=lambda k: (-fused[k], CATEGORY_KEYS.index(k)))
+    threshold = max(emergency_threshold, disarmed_threshold if rules.disarmed else 0.0)
+    model_alarm = p_emergency >= threshold
+    emergency = rules.emergency or model_alarm
+    if emergency:
+        category = "emergency"
+        score = max(rules.score if rules.emergency else 0.0, p_emergency)
+    else:
+        category = ranked[0]
+        score = fused[category] * (1 - p_emergency)
+    confidence = calibrate(min(score, 1.0), calibration)
+    # Alternatives a coordinator might weigh: the chance the answer is wrong, shared among
+    # the runners-up by their fused scores; only those with a real share are offered.
+    others = [k for k in ranked if k != category]
+    spread = sum(fused[k] for k in others)
+    alternatives = tuple(
+        (k, round((1 - confidence) * fused[k] / spread, 3))
+        for k in others
+        if spread and (1 - confidence) * fused[k] / spread >= 0.05
+    )
+    best = max(probabilities, key=probabilities.get)
+    matched = (*rules.matched, f"model: {best} {probabilities[best]:.2f}")
+    return dataclasses.replace(
+        rules,
+        category=category,
+        score=round(confidence, 3),
+        alternatives=alternatives,
+        urgency="critical" if emergency else rules.urgency,
+        emergency=emergency,
+        matched=matched,
+    )
+
+
+def calibrate(score: float, calibration: tuple[float, float]) -> float:
+    """Map a fused score to the chance it is right, by a logistic fitted on held-back rows."""
+    slope, offset = calibration
+    if (slope, offset) == (1.0, 0.0):
+        return score
+    p = min(max(score, 1e-6), 1 - 1e-6)
+    return 1 / (1 + math.exp(-(slope * math.log(p / (1 - p)) + offset)))
+
+
+def classify_rules(text: str, categories: Categories) -> Classification:
+    """Classify a request's text by the phrase lists and the nearest examples alone."""
     tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
     found = _find_matches(tokens, categories)
     # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of
@@ -656,6 +836,7 @@ def classify(text: str, categories: Categories) -> Classification:
     evidence: dict[str, list[float]] = {key: [] for key in CATEGORY_KEYS}
     first_seen: dict[str, int] = {}
     matched: list[str] = []
+    disarmed: list[str] = []
     is_emergency = False
     # Words that neutral phrases use up, or that made an emergency phrase the guards
     # turned down, are kept from the examples too: "haven't fallen" is not "fallen".
@@ -674,6 +855,7 @@ def classify(text: str, categories: Categories) -> Classification:
                 m, harmless, categories.guard_window, sentence_of
             ):
                 spent.update(m.positions)
+                disarmed.append(m.phrase.source)
                 continue
             else:
                 is_emergency = True
@@ -759,4 +941,5 @@ def classify(text: str, categories: Categories) -> Classification:
         urgency=urgency,
         emergency=is_emergency,
         matched=tuple(dict.fromkeys(matched)),
+        disarmed=tuple(dict.fromkeys(disarmed)),
     )

@@ -2,6 +2,7 @@
 
 import json
 import secrets
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -10,9 +11,17 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import jobs, pipeline, recordings
+from . import jobs, pipeline, recordings, textmodel, training
 from .accounts import create_user, hasher_for
-from .classify import classify, load_categories
+from .classify import (
+    CATEGORY_KEYS,
+    EXAMPLES_DIR,
+    CategoryDataError,
+    UnknownLanguage,
+    classify,
+    load_categories,
+    read_examples,
+)
 from .db import DatabaseBusy, connect, get_db, migrate
 from .health import startup_warnings
 from .queue import CHANNELS
@@ -66,26 +75,122 @@ def transcribe_command(files, language, as_json):
         sys.exit(1)
 
 
-@click.command("classify")
+class _TextOrCommand(click.Group):
+    """A command group whose arguments, unless they name a subcommand, go to `text`."""
+
+    def parse_args(self, ctx, args):
+        """Send arguments that name no subcommand to the default one."""
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["text", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("classify", cls=_TextOrCommand)
+def classify_cli():
+    """Classify request texts, or retrain the learned classifier.
+
+    \b
+    Example:
+        flask --app app classify "I need a lift to the doctor" --json
+        flask --app app classify train
+    """
+
+
+@classify_cli.command("text")
 @with_appcontext
 @click.argument("text", required=False)
 @click.option("--language", default=None, help="Language of the text, e.g. en.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per request.")
-def classify_command(text, language, as_json):
+@click.option("--rules-only", is_flag=True, help="Classify by the rules alone, without the model.")
+def classify_command(text, language, as_json, rules_only):
     """Classify request texts (the TEXT argument, or one per line on stdin).
 
     Example: echo "I need a lift to the doctor" | flask --app app classify --json
     """
-    categories = load_categories(language or current_app.config["DEFAULT_LANGUAGE"])
+    language = language or current_app.config["DEFAULT_LANGUAGE"]
+    categories = load_categories(language)
+    model = None if rules_only else pipeline.text_classifier(current_app, language)
     lines = [text] if text is not None else (line.rstrip("\n") for line in sys.stdin)
     for line in lines:
         if not line.strip() and text is None:
             continue
-        result = classify(line, categories)
+        result = classify(line, categories, model)
         if as_json:
             click.echo(json.dumps({"text": line, **result.to_dict()}, ensure_ascii=False))
         else:
             click.echo(f"{result.category:<14} {result.urgency:<8} {line}")
+
+
+@classify_cli.command("train")
+@with_appcontext
+@click.option("--language", default=None, help="Language to train, e.g. en.")
+@click.option("--force", is_flag=True, help="Install the new weights even if they score lower.")
+def train_command(language, force):
+    """Retrain the learned classifier on the examples and the coordinators' corrections.
+
+    Scores the weights in use and the new ones on the held-out set
+    (ivr_flows/heldout/LANG.tsv), and keeps the old ones if the new score lower.
+
+    Example: flask --app app classify train
+    """
+    from .console.actions import labelled_examples
+
+    language = language or current_app.config["DEFAULT_LANGUAGE"]
+    flows = Path(current_app.config["FLOWS_DIR"])
+    models = textmodel.text_models(current_app)
+    embedder = models.embedder()
+    if embedder is None:
+        raise click.ClickException(f"no text model: {models.problems().get('model')}")
+    try:
+        categories = load_categories(language, flows / "categories.toml")
+        heldout = training.read_heldout(flows / training.HELDOUT_DIR / f"{language}.tsv")
+        rows = read_examples(flows / EXAMPLES_DIR / f"{language}.tsv")
+    except (OSError, KeyError, UnknownLanguage, CategoryDataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        corrections = [(t, c) for t, c, _ in labelled_examples(get_db()) if c in CATEGORY_KEYS]
+    except sqlite3.Error as exc:
+        raise click.ClickException(
+            f"cannot read the corrections ({exc}); run: flask --app app migrate"
+        ) from exc
+    # The held-out set only measures: a correction that repeats one of its rows stays out.
+    kept = {text for text, *_ in heldout}
+    every = [*rows, *corrections]
+    rows = [row for row in every if row[0] not in kept]
+    click.echo(
+        f"training on {len(rows)} rows ({len(corrections)} corrections; "
+        f"{len(every) - len(rows)} held-out rows left out)",
+        err=True,
+    )
+    weights, _ = training.train(rows, embedder.embed([t for t, _ in rows]), categories, models.name)
+    held = embedder.embed([t for t, *_ in heldout])
+    path = textmodel.weights_path(flows, language)
+    try:
+        old = textmodel.load_weights(path)
+        if old.embedder != models.name:
+            old = None
+    except textmodel.WeightsError:
+        old = None
+    before = _heldout_line(heldout, held, categories, old)
+    after = _heldout_line(heldout, held, categories, weights)
+    click.echo(f"held-out before: {before[0]}\nheld-out after:  {after[0]}")
+    if after[1] < before[1] and not force:
+        raise click.ClickException("the new weights score lower on the held-out set; kept the old")
+    weights.save(path)
+    click.echo(f"wrote {path}")
+
+
+def _heldout_line(rows, embeddings, categories, weights):
+    """Return a one-line held-out summary and the score that decides which weights to keep."""
+    scored = training.score(rows, embeddings, categories, weights)
+    mode = "fusion" if weights is not None else "rules"
+    m = training.metrics(scored, training.verdicts(scored, mode, weights))
+    line = (
+        f"{mode} accuracy {m['accuracy']:.3f}, emergency recall {m['emergency_recall']:.3f}, "
+        f"false alarms {m['false_alarms']:.3f} ({m['n']} requests)"
+    )
+    # Catching emergencies comes first, then getting the category right.
+    return line, (m["emergency_recall"], m["accuracy"])
 
 
 @click.command("intake")
@@ -199,7 +304,7 @@ def init_app(app):
     """Register CareCall's commands on the app's CLI."""
     for command in (
         transcribe_command,
-        classify_command,
+        classify_cli,
         intake_command,
         serve_command,
         models_cli,

@@ -7,7 +7,7 @@ the details of /healthz, and the warnings `flask serve` and `flask worker` print
 import sqlite3
 import time
 
-from . import jobs, pipeline, settings
+from . import jobs, pipeline, settings, textmodel
 
 PROBE = "readiness probe"
 
@@ -39,6 +39,17 @@ def model_problems(app):
     return [
         f"{settings.PREFIX}SPEECH_ENGINES: {language}={engines[language]}: {problem}"
         for language, problem in pipeline.speech_service(app).problems().items()
+    ]
+
+
+def text_model_problems(app):
+    """Return a line per reason requests are classified by the rules alone."""
+    name = app.config["TEXT_MODEL"]
+    return [
+        f"{settings.PREFIX}TEXT_MODEL={name}: {what}: {problem}; classifying by the rules alone"
+        for what, problem in textmodel.text_models(app)
+        .problems([app.config["DEFAULT_LANGUAGE"]])
+        .items()
     ]
 
 
@@ -74,7 +85,7 @@ def startup_warnings(app, *, worker=False):
 
     db = connect(app.config["DATABASE"])
     try:
-        found = [*database_problems(app, db), *model_problems(app)]
+        found = [*database_problems(app, db), *model_problems(app), *text_model_problems(app)]
         if not worker and app.config["WORKER"] == "none":
             found += worker_problems(app, db, time.time())
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from . import jobs, queue, recordings, settings
+from . import jobs, queue, recordings, settings, textmodel
 from .classify import UnknownLanguage, classify, load_categories
 from .db import get_db
 from .speech import (
@@ -182,7 +182,10 @@ def understand(db, request_id, speech, categories_for, *, max_seconds, review_co
         return fail(db, request_id, str(exc), action="unreadable")
     transcript = speech.transcribe(audio, language=request["language"])
     try:
-        result = classify(transcript.text, categories_for(request["language"]))
+        language = request["language"]
+        result = classify(
+            transcript.text, categories_for(language), text_classifier(current_app, language)
+        )
     except UnknownLanguage:
         result = None
     changes = {
@@ -301,8 +304,14 @@ def categories_for(language):
     return load_categories(language)
 
 
+def text_classifier(app, language):
+    """Return the learned classifier joined with the rules, or None for rules alone."""
+    return textmodel.text_models(app).classifier(language)
+
+
 def init_app(app):
-    """Attach the speech service to the app; a model name it does not know stops start-up."""
+    """Attach the speech and text models; a speech model name it does not know stops start-up."""
+    textmodel.init_app(app)
     try:
         app.extensions["carecall.speech"] = SpeechService(
             engines=app.config["SPEECH_ENGINES"],

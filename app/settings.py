@@ -585,6 +585,13 @@ SETTINGS = (
     _s("speech", "DEFAULT_LANGUAGE", LANGUAGE, "en", "Language when a caller has not chosen."),
     _s(
         "speech",
+        "TEXT_MODEL",
+        Text(1, r"[a-z0-9-]+", "a model name from speech_models/models.toml, or none"),
+        "e5-small",
+        "Sentence-embedding model joined with the rules to classify; none: the rules alone.",
+    ),
+    _s(
+        "speech",
         "MAX_AUDIO_SECONDS",
         Number(1, 3600, integer=True),
         600,

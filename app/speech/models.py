@@ -39,6 +39,8 @@ DEFAULT_MANIFEST = DEFAULT_MODELS_DIR / "models.toml"
 RECORD = ".carecall-model.json"
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Speech engines transcribe; an embedding model turns text into vectors for classify.
+ENGINES = ("whisper", "vosk", "embedding")
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,10 @@ def _parse_model(name: str, table: dict) -> ModelSpec:
     """Turn one [models.<name>] table into a ModelSpec."""
     try:
         engine = table["engine"]
-        if engine not in ("whisper", "vosk"):
-            raise ManifestError(f"Model {name}: engine must be whisper or vosk, not {engine!r}.")
+        if engine not in ENGINES:
+            raise ManifestError(
+                f"Model {name}: engine must be one of {', '.join(ENGINES)}, not {engine!r}."
+            )
         kind = table["source"]
         if kind == "url":
             digest = table.get("sha256")
@@ -482,12 +486,12 @@ def list_command() -> None:
     """
     manifest = load_manifest()
     models_dir = _models_dir()
-    click.echo(f"{'NAME':18} {'ENGINE':8} {'LANG':6} {'SOURCE':10} {'INSTALLED':10} SIZE")
+    click.echo(f"{'NAME':18} {'ENGINE':9} {'LANG':6} {'SOURCE':10} {'INSTALLED':10} SIZE")
     for spec in manifest.models:
         installed = verify(spec.name, models_dir, digests=False).ok
         size = _installed_size(models_dir / spec.name) if installed else spec.size
         click.echo(
-            f"{spec.name:18} {spec.engine:8} {','.join(spec.languages):6} "
+            f"{spec.name:18} {spec.engine:9} {','.join(spec.languages):6} "
             f"{spec.source.kind:10} {'yes' if installed else 'no':10} {_human(size)}"
         )
 

