@@ -1,6 +1,8 @@
 """Plain words for the phone: numbers read digit by digit and a request's status."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from ..sentences import fill
 
 
 def digits(number):
@@ -9,14 +11,18 @@ def digits(number):
 
 
 def spoken_date(iso, status_words, today=None):
-    """Say an ISO timestamp as a day a caller understands: 'today' or 'March 4'."""
+    """Say when a request was made: 'today', 'yesterday' or 'on Tuesday 1 December'."""
     when = datetime.fromisoformat(iso)
     today = today or datetime.now(UTC).date()
     if when.date() == today:
-        return status_words.get("today", "today")
-    months = status_words.get("months") or [str(m) for m in range(1, 13)]
-    template = status_words.get("date", "{month} {day}")
-    return template.format(month=months[when.month - 1], day=when.day)
+        return status_words["today"]
+    if when.date() == today - timedelta(days=1) and status_words.get("yesterday"):
+        return status_words["yesterday"]
+    return status_words["date"].format(
+        weekday=status_words["days"][when.weekday()],
+        month=status_words["months"][when.month - 1],
+        day=when.day,
+    )
 
 
 def status_sentence(request, flow, category_label, volunteer=None, today=None):
@@ -26,8 +32,9 @@ def status_sentence(request, flow, category_label, volunteer=None, today=None):
     extra = ""
     if volunteer and words.get("volunteer"):
         # Matching (a later issue) passes {"name": ..., "when": ...} here.
-        extra = words["volunteer"].format(**volunteer)
-    return template.format(
+        extra = fill(words["volunteer"], **volunteer)
+    return fill(
+        template,
         category=category_label,
         number=digits(request["id"]),
         date=spoken_date(request["created_at"], words, today),
