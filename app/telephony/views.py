@@ -135,11 +135,11 @@ def _needs_danger_advice(flow, request_):
     return confidence is None or confidence < _config()["REVIEW_CONFIDENCE"]
 
 
-def _farewell(call, texts, last, request_=None, *, advise=True):
+def _farewell(call, texts, last, request_=None):
     """Say the last words and hang up, with the danger advice before the goodbye when needed."""
     speaker = _speaker(call)
     flow = speaker.flow
-    danger = [_danger(flow)] if advise and _needs_danger_advice(flow, request_) else []
+    danger = [_danger(flow)] if _needs_danger_advice(flow, request_) else []
     return twiml(speak.goodbye(speaker, [*texts, *danger, flow.prompt(last)]))
 
 
