@@ -3,6 +3,7 @@
 import tomllib
 from datetime import date
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -225,6 +226,24 @@ def test_a_status_says_when_it_was_made_as_people_do(app, made, spoken):
     sentence = words.status_sentence(request, flow, "a ride somewhere", today=date(2026, 12, 2))
     assert f"number 4, {spoken}, is waiting" in sentence
     assert "made on today" not in sentence
+
+
+@pytest.mark.parametrize(
+    ("made", "zone", "spoken"),
+    [
+        # 8 p.m. in New York on 1 December is already 2 December in UTC: still "today" there.
+        ("2026-12-02T01:00:00+00:00", "America/New_York", "made today"),
+        ("2026-12-02T01:00:00+00:00", "UTC", "made yesterday"),
+    ],
+)
+def test_today_is_the_lines_own_day(app, made, zone, spoken):
+    flow = load_flow(app.config["FLOWS_DIR"], "en")
+    request = {"id": 4, "status": "new", "created_at": made}
+    today = date(2026, 12, 1) if zone != "UTC" else date(2026, 12, 3)
+    sentence = words.status_sentence(
+        request, flow, "a ride somewhere", today=today, zone=ZoneInfo(zone)
+    )
+    assert spoken in sentence
 
 
 @pytest.mark.slow

@@ -357,7 +357,9 @@ def _status_texts(flow, call):
         return [flow.prompt("no_request")]
     open_ = [r for r in requests if r["status"] != "done"]  # cancelled ones are not here
     newest = (open_ or requests)[0]
-    sentence = words.status_sentence(newest, flow, _label(newest["category"], flow.language))
+    label = _label(newest["category"], flow.language)
+    zone = ZoneInfo(_config()["COORDINATOR_TIMEZONE"])
+    sentence = words.status_sentence(newest, flow, label, zone=zone)
     if len(open_) > 1:
         return [fill(flow.status["several"], count=len(open_)), sentence]
     return [sentence]

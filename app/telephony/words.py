@@ -10,10 +10,11 @@ def digits(number):
     return " ".join(str(number))
 
 
-def spoken_date(iso, status_words, today=None):
+def spoken_date(iso, status_words, today=None, zone=UTC):
     """Say when a request was made: 'today', 'yesterday' or 'on Tuesday 1 December'."""
-    when = datetime.fromisoformat(iso)
-    today = today or datetime.now(UTC).date()
+    # Stored in UTC; a caller's "today" is the line's own day (an evening call is not tomorrow).
+    when = datetime.fromisoformat(iso).astimezone(zone)
+    today = today or datetime.now(zone).date()
     if when.date() == today:
         return status_words["today"]
     if when.date() == today - timedelta(days=1) and status_words.get("yesterday"):
@@ -25,7 +26,7 @@ def spoken_date(iso, status_words, today=None):
     )
 
 
-def status_sentence(request, flow, category_label, volunteer=None, today=None):
+def status_sentence(request, flow, category_label, volunteer=None, today=None, zone=UTC):
     """Describe a request's status in plain words, with a volunteer's name once matched."""
     words = flow.status
     template = words.get(request["status"]) or words["new"]
@@ -37,6 +38,6 @@ def status_sentence(request, flow, category_label, volunteer=None, today=None):
         template,
         category=category_label,
         number=digits(request["id"]),
-        date=spoken_date(request["created_at"], words, today),
+        date=spoken_date(request["created_at"], words, today, zone),
         volunteer=extra,
     )
