@@ -58,3 +58,19 @@ def test_a_value_fits_its_template(template, values, expected):
 def test_the_phone_readback_says_each_word_once(app, prompt, values, expected):
     flow = load_flow(app.config["FLOWS_DIR"], "en")
     assert flow.prompt(prompt, **values) == expected
+
+
+@pytest.mark.parametrize(
+    ("category", "said"),
+    [
+        ("help with health, medicine or a doctor's visit", "help with health, medicine or a"),
+        ("shopping and errands", "help with shopping and errands for Ann"),
+    ],
+)
+def test_an_offer_by_sms_says_help_with_once(app, category, said):
+    from app import dispatch
+
+    values = {"category": category, "person": "Ann", "place": "Elm St", "when": "today"}
+    with app.app_context():
+        text = dispatch._text({"languages": ["en"]}, "offer", code="12", **values)
+    assert said in text and "help with help with" not in text
