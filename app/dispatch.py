@@ -30,6 +30,7 @@ from .classify import UnknownLanguage
 from .db import get_db
 from .flows import available_languages, load_flow
 from .queue import now, record_event
+from .sentences import fill
 
 EXPIRE = "offers.expire"
 STATES = ("offered", "accepted", "declined", "expired", "withdrawn")
@@ -273,7 +274,7 @@ def street_of(address):
 def _text(volunteer, key, **values):
     """Return an SMS text for a volunteer, in their language."""
     flow = flow_for(_volunteer_language(volunteer), {"sms": (key,), **SMS_NEEDS})
-    return flow.sms[key].format(**values)
+    return fill(flow.sms[key], **values)
 
 
 # ---- offering -----------------------------------------------------------------------------

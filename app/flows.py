@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .sentences import fill
+
 # The accessibility contract: a key means the same thing in every menu of every language.
 KEYS = {"1": "yes", "2": "no", "*": "repeat", "0": "person"}
 MEANINGS = {meaning: key for key, meaning in KEYS.items()}
@@ -78,6 +80,8 @@ class Flow:
     prompts: dict
     status: dict
     sms: dict = field(default_factory=dict)  # offers to volunteers, their answers and keywords
+    # Categories whose goodbye carries the "in danger or hurt" advice.
+    danger_advice_categories: tuple = ()
 
     def prompt(self, key, **values):
         """Return a prompt's words with its placeholders filled in."""
@@ -85,7 +89,7 @@ class Flow:
             text = self.prompts[key]
         except KeyError:
             raise FlowError(f"flow {self.language!r} has no prompt {key!r}") from None
-        return text.format(**values) if values else text
+        return fill(text, **values) if values else text
 
     def menu(self, name):
         """Return a menu by name."""
@@ -138,6 +142,7 @@ def parse_flow(data, source="<flow>"):
             prompts=dict(data["prompts"]),
             status=dict(data.get("status", {})),
             sms=dict(data.get("sms", {})),
+            danger_advice_categories=tuple(data.get("danger_advice_categories", ())),
         )
     except (KeyError, TypeError) as exc:
         raise FlowError(f"{source}: missing or malformed {exc}") from None

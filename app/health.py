@@ -79,6 +79,16 @@ def dead_job_problems(db):
     ]
 
 
+def staff_problems(app):
+    """Return lines about settings that leave callers short of a person, though all else works."""
+    if app.config.get("COORDINATOR_NUMBER"):
+        return []
+    return [
+        f"{settings.PREFIX}COORDINATOR_NUMBER is not set: every menu offers 0 for a person,"
+        " but callers who press it always reach voicemail"
+    ]
+
+
 def startup_warnings(app, *, worker=False):
     """Return the one-line warnings `serve` (or `worker`) prints before it starts."""
     from .db import connect
@@ -88,6 +98,8 @@ def startup_warnings(app, *, worker=False):
         found = [*database_problems(app, db), *model_problems(app), *text_model_problems(app)]
         if not worker and app.config["WORKER"] == "none":
             found += worker_problems(app, db, time.time())
+        if not worker:
+            found += staff_problems(app)
     finally:
         db.close()
     return [f"warning: {line}" for line in found]

@@ -194,3 +194,28 @@ def test_a_logged_out_session_sees_only_ok(app, client, db):
     assert "jobs" in client.get("/healthz").get_json()
     assert post_form(client, "/console/logout", {}).status_code in (302, 303)
     assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("number", "warned"),
+    [(None, True), ("", True), ("+15550001234", False)],
+)
+def test_an_unset_coordinator_line_is_warned_but_not_unready(make_app, db, number, warned):
+    """Every menu offers 0 for a person: without a coordinator line it always means voicemail."""
+    app = make_app(COORDINATOR_NUMBER=number, **FAST)
+    from app.health import startup_warnings
+
+    about = [w for w in startup_warnings(app) if "COORDINATOR_NUMBER" in w]
+    assert about == (
+        [
+            "warning: CARECALL_COORDINATOR_NUMBER is not set: every menu offers 0 for a person,"
+            " but callers who press it always reach voicemail"
+        ]
+        if warned
+        else []
+    )
+    client = app.test_client()
+    token, _ = accounts.create_token(db, "monitor", "coordinator")
+    body = client.get("/healthz", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert any("CARECALL_COORDINATOR_NUMBER" in p for p in body["problems"]) == warned
+    assert not any("COORDINATOR" in r for r in client.get("/readyz").get_json()["reasons"])

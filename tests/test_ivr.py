@@ -52,7 +52,7 @@ def test_greeting_is_a_slow_one_key_menu(twilio, app):
     assert says[0].find("prosody").get("rate") == "90%"
     assert "To ask for help, press 1" in "".join(says[-1].itertext())
     spoken = " ".join("".join(say.itertext()) for say in says)
-    assert "If you are in danger right now, hang up and dial 9 1 1" in spoken
+    assert "If you are in danger or hurt, hang up and dial 9 1 1" in spoken
     # Silence falls through to the same action: nobody is dropped if actionOnEmptyResult fails.
     assert root.find("Redirect").text == "/twilio/menu/main"
 
@@ -139,7 +139,7 @@ def test_voicemail_after_silence_becomes_a_callback_request(twilio, db, app):
 @pytest.mark.slow
 def test_an_emergency_tells_the_caller_to_dial_911_and_alerts(twilio, db, app):
     app.config["DUTY_COORDINATOR_NUMBER"] = "+15550009999"
-    call = twilio.call(CALLER, ["1", spoken(EMERGENCY), "0"])
+    call = twilio.call(CALLER, ["1", spoken(EMERGENCY), "0", "2"])
     print(call.transcript())
     [request] = requests_of(db)
     assert request["urgency"] == "critical" and request["emergency"] == 1
@@ -148,8 +148,13 @@ def test_an_emergency_tells_the_caller_to_dial_911_and_alerts(twilio, db, app):
     assert [e["action"] for e in queue.events(db, request["id"])].count("alert") == 1
     assert said(call, "hang up now and dial 9 1 1")
     assert ("twilio", "dials +15550009999: no-answer") in call.lines
-    # Nobody on duty answered: the advice is repeated, not a voicemail.
-    assert call.heard()[-1].startswith("This sounds like an emergency. Please hang up now")
+    # Nobody on duty answered: the advice once more, then (2) goodbye, not a voicemail.
+    assert call.heard()[-5] == "Nobody can answer the phone right now."
+    assert call.heard()[-4].startswith("This sounds like an emergency. Please hang up now")
+    assert call.heard()[-2:] == [
+        "If you are in danger or hurt, hang up and dial 9 1 1.",
+        "Goodbye.",
+    ]
     assert call.ended == "carecall hung up"
 
 
@@ -311,7 +316,11 @@ def test_a_message_that_cannot_be_understood_gets_an_apology_and_a_callback(
     call = twilio.call(CALLER, ["1", message()])
     print(call.transcript())
     assert said(call, "I am sorry, I could not make out your message")
-    assert "a coordinator will listen to it and call you back" in call.heard()[-1]
+    *_, apology, advice, goodbye = call.heard()
+    assert "a coordinator will listen to it and call you back" in apology
+    # Nobody knows what the message said: it may be someone hurt.
+    assert advice == "If you are in danger or hurt, hang up and dial 9 1 1."
+    assert goodbye == "Goodbye."
     assert not said(call, "Press 1 if that is right")  # no readback of nothing
     assert not said(call, "I am still listening")  # told at once, not after the poll limit
     assert call.ended == "carecall hung up"
@@ -320,3 +329,140 @@ def test_a_message_that_cannot_be_understood_gets_an_apology_and_a_callback(
     assert request["stage"] == "failed" and error in request["error"].lower()
     assert request["urgency"] == "high" and request["needs_review"] == 1
     db.close()
+
+
+RIDE = {"category": "transport"}
+MISSED = {"category": "other", "source_key": "callback:CA0001", "needs_review": 1}
+
+
+@pytest.mark.parametrize(
+    ("made", "newest", "heard", "unheard"),
+    [
+        # A missed call after the real request is our note to ring back, not their request.
+        ([RIDE, MISSED], 0, ["Your request for a ride somewhere, number", "made today"], []),
+        ([RIDE, {"category": "groceries", "status": "cancelled"}], 0, ["a ride somewhere"], []),
+        ([RIDE, {"category": "groceries", "merged_into": 1}], 0, ["a ride somewhere"], []),
+        (
+            [RIDE, {"category": "groceries"}, MISSED],
+            1,
+            ["You have 2 requests still open with us", "shopping and errands, number"],
+            [],
+        ),
+        ([{"category": "groceries", "status": "done"}, RIDE], 1, ["a ride somewhere"], ["2 req"]),
+        ([RIDE, {"category": "groceries", "status": "done"}], 0, ["a ride somewhere"], []),
+        ([MISSED], None, ["We do not have a request from this phone number yet."], []),
+    ],
+)
+def test_status_reads_the_callers_own_newest_requests(twilio, db, made, newest, heard, unheard):
+    ids = []
+    for fields in made:
+        fields = dict(fields)
+        status, merged = fields.pop("status", None), fields.pop("merged_into", None)
+        row, _ = queue.create(db, channel="phone", phone=CALLER, **fields)
+        if status or merged:
+            db["requests"].update(row["id"], {"status": status or "new", "merged_into": merged})
+        ids.append(row["id"])
+    call = twilio.call(CALLER, ["2", "2"])
+    print(call.transcript())
+    if newest is not None:
+        heard = [*heard, f"number {' '.join(str(ids[newest]))},"]
+    for words in heard:
+        assert said(call, words), words
+    for words in [*unheard, "something else", "made on today"]:
+        assert not said(call, words), words
+
+
+def test_an_unexpected_key_asks_again_gently(twilio):
+    call = twilio.call(CALLER, ["5", HANGUP])
+    assert not said(call, "does nothing")
+    lines = call.heard()
+    gentle = lines.index("That key is not one of the choices. Here they are again.")
+    assert lines[gentle + 1].startswith("To ask for help, press 1")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("duty", "dial", "answers", "dialled", "heard", "last"),
+    [
+        # 1 is yes everywhere: here it connects to the duty coordinator, as 0 does.
+        ("+15550009999", "completed", ["1"], True, [], "Thank you for calling CareCall"),
+        ("+15550009999", "completed", ["0"], True, [], "Thank you for calling CareCall"),
+        # Nobody answers: the advice once more, then a message (1) or goodbye (2).
+        ("+15550009999", "no-answer", ["1", "2"], True, ["Nobody can answer"], "Goodbye."),
+        ("+15550009999", "no-answer", ["0", "1"], True, [], "leave your name"),
+        # Nobody on duty: the advice once, then a message or goodbye; no dead "press 0".
+        (None, None, ["2"], False, ["To leave a message for a coordinator, press 1"], "Goodbye."),
+        (None, None, ["1"], False, [], "leave your name"),
+        (None, None, ["7", "2"], False, ["not one of the choices"], "Goodbye."),
+    ],
+)
+def test_an_emergency_says_only_what_is_true_once_then_offers_a_way_on(
+    twilio, db, app, duty, dial, answers, dialled, heard, last
+):
+    app.config["DUTY_COORDINATOR_NUMBER"] = duty
+    if dial:
+        twilio.dial_status = dial
+    call = twilio.call(CALLER, ["1", spoken(EMERGENCY), *answers, HANGUP])
+    print(call.transcript())
+    [request] = requests_of(db)
+    assert request["emergency"] == 1 and request["urgency"] == "critical"
+    lines = call.heard()
+    assert said(call, "Your message is marked urgent for our coordinators")
+    assert not said(call, "We have told our coordinators")
+    assert not said(call, "does nothing")
+    # Never the same sentence twice in a row: a caller who wants it again presses star.
+    assert all(a != b for a, b in zip(lines, lines[1:], strict=False))
+    assert any(line.startswith("This sounds like an emergency") for line in lines)
+    assert (("twilio", f"dials {duty}: {dial}") in call.lines) == dialled
+    for words in heard:
+        assert said(call, words), words
+    assert last in lines[-1]
+    if last == "Goodbye.":
+        assert "hang up and dial 9 1 1" in lines[-2] and call.ended == "carecall hung up"
+
+
+DOCTOR = "I need to see my doctor about my medicine next week."
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("message", "config", "advised"),
+    [
+        # Clear and ordinary: the goodbye is the request number and the callback promise.
+        (SHOPPING, {}, False),
+        # Health: a misheard "I fell and my chest hurts" lands here, so the advice is said.
+        (DOCTOR, {"REVIEW_CONFIDENCE": 0.0}, True),
+        # Unsure of the words: the caller may have said more than we heard.
+        (SHOPPING, {"REVIEW_CONFIDENCE": 0.99}, True),
+    ],
+)
+def test_a_goodbye_carries_the_danger_advice_unless_the_request_is_clear(
+    twilio, db, app, message, config, advised
+):
+    app.config.update(config)
+    call = twilio.call(CALLER, ["1", spoken(message), "1"])
+    print(call.transcript())
+    [request] = requests_of(db)
+    assert request["confirmed_at"] and not request["emergency"]
+    assert (request["category"] == "medical") == (message == DOCTOR)
+    lines = call.heard()
+    assert lines[-1] == "A coordinator will call you back. Goodbye."
+    advice = "If you are in danger or hurt, hang up and dial 9 1 1."
+    assert (lines[-2] == advice) == advised
+    assert sum(advice in line for line in lines) == 1 + advised  # the greeting says it too
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [SILENCE, SILENCE, SILENCE, SILENCE],  # asked for a voicemail; the caller says nothing
+        [SILENCE, SILENCE, SILENCE, Speech(b"RIFF-not-needed", 4.0)],  # a message, not heard yet
+    ],
+)
+def test_a_voicemail_goodbye_carries_the_danger_advice(twilio, answers):
+    call = twilio.call(CALLER, answers)
+    print(call.transcript())
+    *_, thanks, advice, goodbye = call.heard()
+    assert "coordinator will call you back" in thanks
+    assert advice == "If you are in danger or hurt, hang up and dial 9 1 1."
+    assert goodbye == "Goodbye." and call.ended == "carecall hung up"

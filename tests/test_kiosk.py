@@ -507,6 +507,17 @@ READBACKS = [
         ["could not make out the words", "say it again"],
         ["This is about"],
     ),
+    # A transcript that ends its own sentence keeps one stop, not two.
+    (
+        {"transcript": "I need help.", "transcript_confidence": 0.9, "category": "other"},
+        ["I heard: I need help. This is about something else."],
+        ["..", "help.."],
+    ),
+    (
+        {"transcript": "Can you come Friday? ", "transcript_confidence": 0.9, "category": "other"},
+        ["I heard: Can you come Friday. This"],
+        ["?."],
+    ),
 ]
 
 

@@ -3,6 +3,7 @@
 import tomllib
 from datetime import date
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -188,14 +189,14 @@ def test_numbers_are_read_digit_by_digit(number, spoken):
         (
             "new",
             None,
-            "Your request for a ride somewhere, number 4 2 7, made on March 4, is "
+            "Your request for a ride somewhere, number 4 2 7, made on Wednesday 4 March, is "
             "waiting for a coordinator.",
         ),
         (
             "assigned",
             {"name": "Mary", "when": "on Tuesday at 10 a.m."},
             "Your request for a ride somewhere, number 4 2 7, has a volunteer, Mary, who is "
-            "coming on Tuesday at 10 a.m..",
+            "coming on Tuesday at 10 a.m.",
         ),
         ("done", None, "Your request for a ride somewhere, number 4 2 7, is done."),
     ],
@@ -207,6 +208,42 @@ def test_status_in_plain_words(app, status, volunteer, expected):
         request, flow, "a ride somewhere", volunteer, today=date(2026, 3, 9)
     )
     assert sentence == expected
+
+
+@pytest.mark.parametrize(
+    ("made", "spoken"),
+    [
+        ("2026-12-02T09:00:00+00:00", "made today"),
+        ("2026-12-01T23:59:00+00:00", "made yesterday"),
+        ("2026-12-01T00:00:00+00:00", "made yesterday"),
+        ("2026-11-30T10:00:00+00:00", "made on Monday 30 November"),
+        ("2026-01-01T10:00:00+00:00", "made on Thursday 1 January"),
+    ],
+)
+def test_a_status_says_when_it_was_made_as_people_do(app, made, spoken):
+    flow = load_flow(app.config["FLOWS_DIR"], "en")
+    request = {"id": 4, "status": "new", "created_at": made}
+    sentence = words.status_sentence(request, flow, "a ride somewhere", today=date(2026, 12, 2))
+    assert f"number 4, {spoken}, is waiting" in sentence
+    assert "made on today" not in sentence
+
+
+@pytest.mark.parametrize(
+    ("made", "zone", "spoken"),
+    [
+        # 8 p.m. in New York on 1 December is already 2 December in UTC: still "today" there.
+        ("2026-12-02T01:00:00+00:00", "America/New_York", "made today"),
+        ("2026-12-02T01:00:00+00:00", "UTC", "made yesterday"),
+    ],
+)
+def test_today_is_the_lines_own_day(app, made, zone, spoken):
+    flow = load_flow(app.config["FLOWS_DIR"], "en")
+    request = {"id": 4, "status": "new", "created_at": made}
+    today = date(2026, 12, 1) if zone != "UTC" else date(2026, 12, 3)
+    sentence = words.status_sentence(
+        request, flow, "a ride somewhere", today=today, zone=ZoneInfo(zone)
+    )
+    assert spoken in sentence
 
 
 @pytest.mark.slow

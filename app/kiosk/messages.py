@@ -9,6 +9,7 @@ import av
 import phonenumbers
 
 from .. import jobs, people, pipeline, queue
+from ..sentences import fill
 from ..speech import EmptyAudio, NotAudio, load_audio
 
 # PyAV names a container family by all its members; we store under one plain suffix.
@@ -233,8 +234,8 @@ def readback(request, prompts, label, *, emergency_number, review_confidence):
     about = label(request["category"] or "other")
     spoken = [
         emergency,
-        text["heard_speech"].format(transcript=heard) if heard else note,
-        text["about_speech"].format(label=about),
+        fill(text["heard_speech"], transcript=heard) if heard else note,
+        fill(text["about_speech"], label=about),
         text["question"],
     ]
     return {

@@ -98,10 +98,17 @@ def remember(db, phone, *, language=None, pace=None):
     )
 
 
-def latest_request(db, phone):
-    """Return the newest request made from a phone number that is not cancelled, or None."""
-    return _one(
-        db,
-        "SELECT * FROM requests WHERE phone = ? AND status != 'cancelled' ORDER BY id DESC LIMIT 1",
-        [phone],
+def recent_requests(db, phone, limit=20):
+    """Return a phone number's own requests, newest first, for its status.
+
+    Cancelled and merged requests are gone, and a call-back stub (a missed call, a message we
+    could not fetch) is our note to ring back, not something the caller asked for.
+    """
+    cursor = db.execute(
+        "SELECT * FROM requests WHERE phone = ? AND status != 'cancelled'"
+        " AND merged_into IS NULL AND coalesce(source_key, '') NOT LIKE 'callback:%'"
+        " ORDER BY id DESC LIMIT ?",
+        [phone, limit],
     )
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

@@ -12,6 +12,7 @@ from .. import pipeline, queue, recordings
 from ..classify import UnknownLanguage
 from ..db import get_db
 from ..flows import KEYS, available_languages, load_flow
+from ..sentences import fill
 from . import media, speak, store, words
 from .signature import twilio_only
 
@@ -114,6 +115,34 @@ def _spoken_number(number):
     return words.digits("".join(ch for ch in str(number) if ch.isdigit()))
 
 
+def _danger(flow):
+    """Return the advice to hang up and dial the emergency number if in danger or hurt."""
+    return flow.prompt("in_danger", emergency_number=_spoken_number(_config()["EMERGENCY_NUMBER"]))
+
+
+def _needs_danger_advice(flow, request_):
+    """Tell whether a goodbye about this request must carry the danger advice.
+
+    A misheard "I fell and my chest hurts" can read as an ordinary health request: so any
+    health request, any transcript we are unsure of, and any message not understood (or not
+    heard yet) ends with the advice, not only the ones recognised as emergencies.
+    """
+    if request_ is None or request_["stage"] != "transcribed" or request_["needs_review"]:
+        return True
+    if request_["category"] in flow.danger_advice_categories:
+        return True
+    confidence = request_["transcript_confidence"]
+    return confidence is None or confidence < _config()["REVIEW_CONFIDENCE"]
+
+
+def _farewell(call, texts, last, request_=None):
+    """Say the last words and hang up, with the danger advice before the goodbye when needed."""
+    speaker = _speaker(call)
+    flow = speaker.flow
+    danger = [_danger(flow)] if _needs_danger_advice(flow, request_) else []
+    return twiml(speak.goodbye(speaker, [*texts, *danger, flow.prompt(last)]))
+
+
 @bp.post("/voice")
 @twilio_only
 def voice():
@@ -122,8 +151,7 @@ def voice():
     call, known = _start_call()
     speaker = _speaker(call)
     flow = speaker.flow
-    danger = flow.prompt("in_danger", emergency_number=_spoken_number(config["EMERGENCY_NUMBER"]))
-    texts = [flow.prompt("welcome_back" if known else "greeting"), danger]
+    texts = [flow.prompt("welcome_back" if known else "greeting"), _danger(flow)]
     response = speak.menu(
         speaker,
         [*texts, *_menu_texts(call, "main")],
@@ -147,14 +175,10 @@ def _menu_texts(call, name):
     if name == "readback":
         return [*_readback_texts(flow, queue.get(db, call["request_id"])), flow.prompt(menu.prompt)]
     if name == "after_status":
-        return [_status_text(flow, call), flow.prompt(menu.prompt)]
-    if name == "emergency":
-        return [
-            flow.prompt(
-                "emergency", emergency_number=_spoken_number(_config()["EMERGENCY_NUMBER"])
-            ),
-            flow.prompt(menu.prompt),
-        ]
+        return [*_status_texts(flow, call), flow.prompt(menu.prompt)]
+    if name in ("emergency", "emergency_message"):
+        # Said once per asking: a caller who wants it again presses star.
+        return [_emergency_text(flow), flow.prompt(menu.prompt)]
     return [flow.prompt(menu.prompt)]
 
 
@@ -302,17 +326,9 @@ def _confirm(call):
 
 def _confirmed(call, request_):
     """Give the caller their request number twice, and say goodbye."""
-    speaker = _speaker(call)
+    flow = _flow(call["language"])
     number = words.digits(request_["id"])
-    return twiml(
-        speak.goodbye(
-            speaker,
-            [
-                speaker.flow.prompt("confirmed", number=number),
-                speaker.flow.prompt("callback_promise"),
-            ],
-        )
-    )
+    return _farewell(call, [flow.prompt("confirmed", number=number)], "callback_promise", request_)
 
 
 def _rerecord(call):
@@ -334,12 +350,19 @@ def _status(call):
     return _ask(call, "after_status")
 
 
-def _status_text(flow, call):
-    """Read the caller's latest request in plain words."""
-    latest = store.latest_request(get_db(), call["phone"]) if call["phone"] else None
-    if latest is None:
-        return flow.prompt("no_request")
-    return words.status_sentence(latest, flow, _label(latest["category"], flow.language))
+def _status_texts(flow, call):
+    """Read the caller's newest real request in plain words, saying how many are open."""
+    requests = store.recent_requests(get_db(), call["phone"]) if call["phone"] else []
+    if not requests:
+        return [flow.prompt("no_request")]
+    open_ = [r for r in requests if r["status"] != "done"]  # cancelled ones are not here
+    newest = (open_ or requests)[0]
+    label = _label(newest["category"], flow.language)
+    zone = ZoneInfo(_config()["COORDINATOR_TIMEZONE"])
+    sentence = words.status_sentence(newest, flow, label, zone=zone)
+    if len(open_) > 1:
+        return [fill(flow.status["several"], count=len(open_)), sentence]
+    return [sentence]
 
 
 def _goodbye(call):
@@ -393,7 +416,7 @@ def _no_message(purpose):
         if purpose == "voicemail":
             _callback(db, call, "missed call: no message left")
             store.update_call(db, call["call_sid"], outcome="voicemail", menu="done")
-            return twiml(speak.goodbye(_speaker(call), [flow.prompt("voicemail_silent")]))
+            return _farewell(call, [flow.prompt("voicemail_silent")], "bye")
         return _voicemail(call)
     return _record(call, before=[flow.prompt("no_message_heard")])
 
@@ -441,7 +464,8 @@ def recorded(purpose):
     if row["state"] == "refused":
         return _sorry_goodbye(call)  # nobody can fetch this message: a person calls back
     if purpose == "voicemail":
-        return twiml(speak.goodbye(speaker, [speaker.flow.prompt("voicemail_thanks")]))
+        # Not understood yet: nobody knows whether the message is about someone hurt.
+        return _farewell(call, [speaker.flow.prompt("voicemail_thanks")], "bye")
     return _hold(call, [speaker.flow.prompt("holding")])
 
 
@@ -456,9 +480,7 @@ def _sorry_goodbye(call):
     """Say a person will call back, with the danger advice, since we cannot hear the message."""
     speaker = _speaker(call)
     flow = speaker.flow
-    number = _spoken_number(_config()["EMERGENCY_NUMBER"])
-    texts = [flow.prompt("sorry"), flow.prompt("in_danger", emergency_number=number)]
-    return twiml(speak.goodbye(speaker, texts))
+    return twiml(speak.goodbye(speaker, [flow.prompt("sorry"), _danger(flow)]))
 
 
 @bp.post("/wait")
@@ -487,9 +509,7 @@ def wait():
                 detail={"reason": "readback timed out"},
             )
         store.update_call(db, call["call_sid"], menu="done")
-        return twiml(
-            speak.goodbye(speaker, [flow.prompt("unconfirmed_wait"), flow.prompt("goodbye")])
-        )
+        return _farewell(call, [flow.prompt("unconfirmed_wait")], "goodbye", request_)
     # A few words every few polls, so the caller knows the line is still open.
     texts = [flow.prompt("still_holding")] if polls and polls % 5 == 0 else []
     return _hold(call, texts, polls + 1)
@@ -498,8 +518,7 @@ def wait():
 def _not_understood(call):
     """Say sorry that the message could not be made out; it is kept and a person calls back."""
     call = store.update_call(get_db(), call["call_sid"], menu="done")
-    speaker = _speaker(call)
-    return twiml(speak.goodbye(speaker, [speaker.flow.prompt("not_understood")]))
+    return _farewell(call, [_flow(call["language"]).prompt("not_understood")], "bye")
 
 
 def _request_of(db, call):
@@ -520,7 +539,7 @@ def _readback_texts(flow, request_):
     if request_["needs_review"] or not (request_["transcript"] or "").strip():
         return [flow.prompt("listen_later"), flow.prompt("sounds_like", category=label)]
     return [
-        flow.prompt("heard", transcript=request_["transcript"].strip().rstrip(".")),
+        flow.prompt("heard", transcript=request_["transcript"].strip()),
         flow.prompt("sounds_like", category=label),
     ]
 
@@ -541,15 +560,19 @@ def _emergency(call, request_):
     call = store.update_call(db, call["call_sid"], outcome="emergency")
     if _duty_coordinator(_config()):
         return _ask(call, "emergency")
-    return _emergency_goodbye(call)
+    return _ask(call, "emergency_message")
+
+
+def _emergency_text(flow):
+    """Return the emergency advice: hang up and dial now; the message is marked urgent."""
+    return flow.prompt("emergency", emergency_number=_spoken_number(_config()["EMERGENCY_NUMBER"]))
 
 
 def _emergency_goodbye(call):
-    """Say the emergency advice twice and end the call, so the caller can dial at once."""
+    """End an emergency call with the danger advice once, so the caller can dial at once."""
+    call = store.update_call(get_db(), call["call_sid"], menu="done")
     speaker = _speaker(call)
-    number = _spoken_number(_config()["EMERGENCY_NUMBER"])
-    text = speaker.flow.prompt("emergency", emergency_number=number)
-    return twiml(speak.goodbye(speaker, [text, text]))
+    return twiml(speak.goodbye(speaker, [_danger(speaker.flow), speaker.flow.prompt("bye")]))
 
 
 @bp.post("/dialed")
@@ -557,9 +580,6 @@ def _emergency_goodbye(call):
 def dialed():
     """After a call to a coordinator: if nobody answered, take a voicemail instead."""
     call = _call()
-    if call["outcome"] == "emergency":
-        # Nobody on duty answered: the emergency number is still the caller's best help.
-        return _emergency_goodbye(call)
     if call["menu"] != "person":
         return _resume(call)  # this dial was answered for already: a replay changes nothing
     if request.form.get("DialCallStatus") == "completed":
@@ -568,6 +588,9 @@ def dialed():
         )
         return _goodbye(call)
     flow = _flow(call["language"])
+    if call["outcome"] == "emergency":
+        # Nobody on duty answered: the advice once more, then a message or goodbye.
+        return _ask(call, "emergency_message", before=[flow.prompt("person_unavailable")])
     return _voicemail(call, before=[flow.prompt("person_unavailable")])
 
 
