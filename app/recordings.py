@@ -113,7 +113,9 @@ def stage(data_dir, data, suffix):
                 out.flush()
                 os.fsync(out.fileno())
     except BaseException:
-        staged.partial.unlink(missing_ok=True)
+        # Under a DATA_DIR that is a file there is no folder, and so no partial file, to remove.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            staged.partial.unlink()
         raise
     return staged
 
