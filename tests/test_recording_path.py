@@ -1,6 +1,7 @@
 """A phone recording on its way in: old recordings replayed, late ones, bad SIDs, no storage."""
 
 import os
+import sqlite3
 import threading
 import xml.etree.ElementTree as ET
 
@@ -385,3 +386,41 @@ def test_a_lock_held_through_note_is_busy_not_a_raw_lock_error(app, db):
     finally:
         release.join()
     assert row["state"] == "pending"
+
+
+def test_the_real_server_answers_a_held_lock_without_a_5xx_and_reconcile_recovers(tmp_path):
+    from tests.server import call_params, new_call_sid, recording_params, running, status_params
+
+    with running(tmp_path / "server", settings={"DB_BUSY_TIMEOUT_SECONDS": "1"}) as server:
+        call_sid, caller = new_call_sid(), "+15551230077"
+        params = call_params(call_sid, caller)
+        assert server.twilio("/twilio/voice", params).status_code == 200
+        assert server.twilio("/twilio/menu/main", {**params, "Digits": "1"}).status_code == 200
+        recording_sid, url = server.media.add(NOT_AUDIO, call_sid)
+        # Another process holds the write lock longer than every wait and retry (attack 7).
+        holder = sqlite3.connect(server.settings["DATABASE"], isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            status = server.twilio(
+                "/twilio/recording-status/request", status_params(call_sid, recording_sid, url)
+            )
+            recorded = server.twilio(
+                "/twilio/recorded/request", {**params, **recording_params(recording_sid, url)}
+            )
+        finally:
+            holder.rollback()
+            holder.close()
+        assert status.status_code == 202
+        assert recorded.status_code == 200
+        assert spoken_text(recorded.text).startswith("Sorry, something went wrong")
+        assert ET.fromstring(recorded.text).find("Record") is not None
+        assert server.query("SELECT count(*) FROM twilio_recordings") == [(0,)]
+        # The nightly reconcile, run by hand, finds the recording nobody noted.
+        server.flask("twilio", "reconcile", "--days", "1")
+        server.flask("worker", "--burst")
+        assert server.query(
+            "SELECT r.state FROM twilio_recordings r JOIN requests q ON q.id = r.request_id"
+            " WHERE r.recording_sid = ? AND q.source_key = ?",
+            [recording_sid, recording_sid],
+        ) == [("stored",)]
+        assert not any("Error" in line for line in server.errors()), server.errors()
