@@ -34,6 +34,7 @@ LOCK_PAUSE_SECONDS = (0.05, 0.25)
 # SQLite's words for "another connection holds the lock" and "this file cannot be written".
 BUSY_WORDS = ("database is locked", "database is busy", "database table is locked")
 UNWRITABLE_WORDS = ("readonly database", "unable to open database file", "disk i/o error")
+FULL_WORDS = ("database or disk is full",)
 
 
 class RowIdConverter(IntegerConverter):
@@ -63,6 +64,19 @@ def is_busy(exc):
 def is_unwritable(exc):
     """Return whether an SQLite error means the file or its folder cannot be written."""
     return isinstance(exc, sqlite3.OperationalError) and _says(exc, UNWRITABLE_WORDS)
+
+
+def is_full(exc):
+    """Return whether an SQLite error means the database's disk has no room left."""
+    return isinstance(exc, sqlite3.OperationalError) and _says(exc, FULL_WORDS)
+
+
+def cannot_write(exc):
+    """Return whether an error means the database cannot take a write now (busy, unwritable, full).
+
+    Such an error is the database's state, not the request's: the same write may work later.
+    """
+    return isinstance(exc, DatabaseBusy) or is_busy(exc) or is_unwritable(exc) or is_full(exc)
 
 
 def _says(exc, words):

@@ -71,6 +71,11 @@ TRANSITIONS |= {
 }
 
 
+def allows(request, action):
+    """Return whether a TRANSITIONS change could apply to a request as it stands."""
+    return all(request[column] in allowed for column, allowed in TRANSITIONS[action].when.items())
+
+
 def transition(db, request_id, action, *, actor, detail=None):
     """Apply a TRANSITIONS change only from the state it was meant for; return whether it did."""
     rule = TRANSITIONS[action]

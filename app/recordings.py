@@ -32,18 +32,30 @@ class StorageFull(OSError):
         return self.strerror or super().__str__()
 
 
+class StorageUnwritable(StorageFull):
+    """The data directory cannot be written (read-only, a file, no permission): no room at all."""
+
+
 # A write that fails with these means the disk, not the recording, is the problem.
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# A read-only mount, a DATA_DIR that is a file, or one we may not write: nothing fits there.
+UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
 
 
 @contextlib.contextmanager
 def naming_full_disk():
-    """Turn a write that fails for lack of room into StorageFull."""
+    """Turn a write that fails for lack of room into StorageFull (StorageUnwritable: no folder)."""
     try:
         yield
     except StorageFull:
         raise
     except OSError as exc:
+        if exc.errno in UNWRITABLE_ERRNOS:
+            log.error("storage unwritable: %s", exc)
+            raise StorageUnwritable(
+                exc.errno,
+                "The folder for recordings cannot be written, so this one was not saved.",
+            ) from exc
         if exc.errno not in FULL_ERRNOS:
             raise
         log.error("storage full: %s", exc)
@@ -101,7 +113,9 @@ def stage(data_dir, data, suffix):
                 out.flush()
                 os.fsync(out.fileno())
     except BaseException:
-        staged.partial.unlink(missing_ok=True)
+        # Under a DATA_DIR that is a file there is no folder, and so no partial file, to remove.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            staged.partial.unlink()
         raise
     return staged
 

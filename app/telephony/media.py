@@ -6,6 +6,7 @@ import http.client
 import ipaddress
 import logging
 import socket
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 from flask import current_app
 
 from .. import jobs, pipeline, queue, recordings
-from ..db import get_db
+from ..db import cannot_write, get_db
 from . import store
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ RECONCILE = "twilio.reconcile"
 LOOPBACK_NAMES = {"localhost"}
 # How a recording's error starts when our disk, not Twilio, kept it from being stored.
 DISK_FULL = "disk full"
+DATA_DIR_UNWRITABLE = "data directory unwritable"
+OUR_STORAGE = (DISK_FULL, DATA_DIR_UNWRITABLE)
 
 
 class RecordingError(Exception):
@@ -39,6 +42,14 @@ class HostNotAllowed(RecordingError):
 
 class DownloadFailed(RecordingError):
     """Twilio's media server did not hand over the recording this time."""
+
+
+class DatabaseUnavailable(RecordingError):
+    """The database could not be written (busy, unwritable or full): the recording is not stored.
+
+    Twilio keeps the audio. A recording noted before the failure stays pending for the nightly
+    requeue; one never noted is found by the nightly reconcile, which lists Twilio's recordings.
+    """
 
 
 def _split(url):
@@ -206,12 +217,15 @@ def _download_for(config, url):
 def note(db, *, recording_sid, call_sid, url, purpose, phone, language, duration_s=None):
     """Keep a recording's metadata before anything else, once per RecordingSid; return it."""
     stamp = queue.now()
-    db.execute(
-        "INSERT INTO twilio_recordings (recording_sid, call_sid, url, purpose, phone, language,"
-        " duration_s, state, attempts, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?) ON CONFLICT(recording_sid) DO NOTHING",
-        [recording_sid, call_sid, url, purpose, phone, language, duration_s, stamp, stamp],
-    )
+    # In a write transaction: the lock is waited for and retried, and a lock that outlasts it
+    # is DatabaseBusy, not a raw "database is locked".
+    with db.atomic():
+        db.execute(
+            "INSERT INTO twilio_recordings (recording_sid, call_sid, url, purpose, phone, language,"
+            " duration_s, state, attempts, created_at, updated_at) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?) ON CONFLICT(recording_sid) DO NOTHING",
+            [recording_sid, call_sid, url, purpose, phone, language, duration_s, stamp, stamp],
+        )
     return recording(db, recording_sid)
 
 
@@ -228,9 +242,24 @@ def recording(db, recording_sid):
 def accept(db, **meta):
     """Store a recording and queue it for transcription, or a retried download; return request.
 
-    Raises recordings.StorageFull when the disk is full: the recording stays pending and a
-    download job is queued, so the audio is fetched again once there is room.
+    Raises recordings.StorageFull (or StorageUnwritable) when the data directory cannot take
+    it: the recording stays pending and a download job is queued, so the audio is fetched
+    again once there is room. Raises DatabaseUnavailable when the database cannot be written.
     """
+    try:
+        return _accept(db, **meta)
+    except sqlite3.OperationalError as exc:
+        if not cannot_write(exc):
+            raise
+        log.error(
+            "recording %s not stored, the database cannot be written: %s",
+            meta["recording_sid"],
+            exc,
+        )
+        raise DatabaseUnavailable(f"recording {meta['recording_sid']} not stored: {exc}") from exc
+
+
+def _accept(db, **meta):
     row = note(db, **meta)
     if row["request_id"]:
         return queue.get(db, row["request_id"])  # Twilio's retry: stored already
@@ -240,16 +269,20 @@ def accept(db, **meta):
         _refuse(db, row, exc)
         return None
     except DownloadFailed as exc:
-        _failed_attempt(db, row, exc)
-        _queue_fetch(db, row["recording_sid"], priority=20)
+        with db.atomic():
+            _failed_attempt(db, row, exc)
+            _queue_fetch(db, row["recording_sid"], priority=20)
         return None
     try:
         return _store(db, row, audio)
     except OSError as exc:
         if not _disk_full(exc):
             raise
-        _out_of_room(db, row, exc)
-        _queue_fetch(db, row["recording_sid"], priority=20)
+        with db.atomic():
+            _out_of_room(db, row, exc)
+            _queue_fetch(db, row["recording_sid"], priority=20)
+        if isinstance(exc, recordings.StorageFull):
+            raise
         raise recordings.StorageFull(exc.errno, f"no room to store {row['recording_sid']}") from exc
 
 
@@ -273,8 +306,9 @@ def _disk_full(exc):
 def _out_of_room(db, row, exc):
     """Note why a downloaded recording is still pending: our disk, not Twilio, failed."""
     log.error("recording %s could not be stored: %s", row["recording_sid"], exc)
+    why = DATA_DIR_UNWRITABLE if isinstance(exc, recordings.StorageUnwritable) else DISK_FULL
     db["twilio_recordings"].update(
-        row["recording_sid"], {"error": f"{DISK_FULL}: {exc}", "updated_at": queue.now()}
+        row["recording_sid"], {"error": f"{why}: {exc}", "updated_at": queue.now()}
     )
 
 
@@ -289,11 +323,49 @@ def _store(db, row, audio):
         source_key=row["recording_sid"],
         suffix=".wav",
     )
-    db["twilio_recordings"].update(
-        row["recording_sid"],
-        {"state": "stored", "request_id": request["id"], "error": None, "updated_at": queue.now()},
-    )
-    return request
+    with db.atomic():
+        db["twilio_recordings"].update(
+            row["recording_sid"],
+            {
+                "state": "stored",
+                "request_id": request["id"],
+                "error": None,
+                "updated_at": queue.now(),
+            },
+        )
+        if _caller_gone(store.get_call(db, row["call_sid"]) if row["call_sid"] else None):
+            # Stored after the caller stopped listening: nobody heard it read back.
+            pipeline.transition(
+                db,
+                request["id"],
+                "unconfirmed",
+                actor="system",
+                detail={"reason": "stored after the call ended"},
+            )
+    return queue.get(db, request["id"])
+
+
+def _caller_gone(call):
+    """Tell whether a call can no longer hear its message read back (ended, or said goodbye)."""
+    return call is None or call["call_status"] in store.ENDED or call["menu"] == "done"
+
+
+def call_ended(db, call_sid):
+    """Mark every request of a call's recordings that nobody confirmed as needing review.
+
+    Whichever comes first, the call's end or a recording's storing: both look, so a message
+    stored while the caller was still holding is flagged when they hang up, and one stored
+    later is flagged as it is stored.
+    """
+    for row in recordings_of_call(db, call_sid):
+        if row["request_id"]:
+            pipeline.transition(
+                db,
+                row["request_id"],
+                "unconfirmed",
+                actor="system",
+                detail={"reason": "caller hung up before confirming"},
+            )
 
 
 def _failed_attempt(db, row, exc):
@@ -309,10 +381,11 @@ def _failed_attempt(db, row, exc):
 def _refuse(db, row, exc):
     """Never fetch from a host we do not trust; a person calls the caller back instead."""
     log.error("recording %s refused: %s", row["recording_sid"], exc)
-    db["twilio_recordings"].update(
-        row["recording_sid"], {"state": "refused", "error": str(exc), "updated_at": queue.now()}
-    )
-    _callback_request(db, row, f"recording refused: {exc}")
+    with db.atomic():
+        db["twilio_recordings"].update(
+            row["recording_sid"], {"state": "refused", "error": str(exc), "updated_at": queue.now()}
+        )
+        _callback_request(db, row, f"recording refused: {exc}")
 
 
 def _callback_request(db, row, reason):
@@ -337,7 +410,7 @@ def fetch_died(db, payload, reason):
     row = recording(db, payload["recording_sid"])
     if row is None or row["state"] != "pending":
         return
-    if (row["error"] or "").startswith(DISK_FULL):
+    if (row["error"] or "").startswith(OUR_STORAGE):
         # Our disk, not Twilio, failed: a person calls back now, and the recording stays
         # pending so the nightly reconcile fetches its audio once there is room.
         pipeline.call_back(

@@ -5,6 +5,8 @@ Plain SQL on purpose: these run on every webhook, and a caller waits for each on
 
 from ..queue import now
 
+# A call's status once Twilio says it is over.
+ENDED = ("completed", "busy", "no-answer", "failed", "canceled")
 CALL_FIELDS = frozenset(
     {
         "language",

@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,10 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("telephony", __name__, url_prefix="/twilio")
 
-TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
+TERMINAL = store.ENDED
+# Twilio's SIDs are two letters naming the kind and 32 hex digits: anything else is not Twilio's.
+SID_PREFIXES = {"CallSid": "CA", "RecordingSid": "RE", "AccountSid": "AC"}
+SID_DIGITS = re.compile(r"[0-9a-fA-F]{32}")
 # Steps whose failure must reach Twilio as a 5xx: nothing may be acknowledged unstored.
 MUST_FAIL_LOUDLY = ("telephony.recording_status",)
 
@@ -43,10 +47,15 @@ def _flow(language):
 
 
 def _call_sid():
-    """Return this webhook's CallSid; without one it belongs to no call, so refuse it (400)."""
+    """Return this webhook's CallSid; refuse (400) one without it or with a malformed SID."""
     call_sid = request.form.get("CallSid", "").strip()
     if not call_sid:
         abort(400, "CallSid is required")
+    for field, prefix in SID_PREFIXES.items():
+        value = call_sid if field == "CallSid" else request.form.get(field, "")
+        # An empty RecordingSid or AccountSid means none was sent; a wrong one is refused.
+        if value and not (value.startswith(prefix) and SID_DIGITS.fullmatch(value[2:])):
+            abort(400, f"{field} is not a Twilio SID")
     return call_sid
 
 
@@ -248,6 +257,8 @@ def _resume(call):
         return _hold(call, [_flow(call["language"]).prompt("holding")])
     if call["menu"] == "person":
         return _person(call)  # Twilio's retry of the press that dialled: dial again
+    if call["outcome"] == "emergency":
+        return _emergency_goodbye(call)  # the call ended on the emergency advice: say it again
     if call["outcome"] == "request" and call["request_id"]:
         # Twilio's retry of the confirming press: the caller hears their number again.
         return _confirmed(call, queue.get(get_db(), call["request_id"]))
@@ -431,7 +442,7 @@ def recorded(purpose):
         return _no_message(purpose)
     db = get_db()
     call = _call()
-    if purpose == "request" and call["menu"] != "record":
+    if (purpose == "request" and call["menu"] != "record") or _moved_past(db, call, form):
         # A replay of a message the call has moved past: it changes nothing.
         return _resume(call)
     try:
@@ -450,6 +461,10 @@ def recorded(purpose):
         log.error("no room for recording %s; its download is queued", form["RecordingSid"])
         store.update_call(db, call["call_sid"], recording_sid=form["RecordingSid"])
         return _sorry(call, purpose)
+    except media.DatabaseUnavailable:
+        # Nothing can be written now, not even where the call is: Twilio keeps the audio and
+        # the nightly reconcile fetches it; the caller hears the apology and the safe route.
+        return _apology(call, purpose)
     row = media.recording(db, form["RecordingSid"])
     call = store.update_call(
         db,
@@ -467,6 +482,22 @@ def recorded(purpose):
         # Not understood yet: nobody knows whether the message is about someone hurt.
         return _farewell(call, [speaker.flow.prompt("voicemail_thanks")], "bye")
     return _hold(call, [speaker.flow.prompt("holding")])
+
+
+def _moved_past(db, call, form):
+    """Tell whether a recording belongs to another call or to a step this call has left.
+
+    A recording already stored whose request can no longer be confirmed (the caller said it
+    again, or confirmed it) is a replay: only a new recording moves the call on.
+    """
+    row = media.recording(db, form["RecordingSid"])
+    if row is None:
+        return False  # new: this is the recording the call is waiting for
+    if row["call_sid"] != call["call_sid"]:
+        return True
+    if row["purpose"] != "request" or not row["request_id"]:
+        return False
+    return not pipeline.allows(queue.get(db, row["request_id"]), "confirm")
 
 
 def _sorry(call, purpose):
@@ -570,7 +601,9 @@ def _emergency_text(flow):
 
 def _emergency_goodbye(call):
     """End an emergency call with the danger advice once, so the caller can dial at once."""
-    call = store.update_call(get_db(), call["call_sid"], menu="done")
+    if call["menu"] != "done":
+        # The call is over: a late or replayed webhook hears this advice again, nothing else.
+        call = store.update_call(get_db(), call["call_sid"], menu="done")
     speaker = _speaker(call)
     return twiml(speak.goodbye(speaker, [_danger(speaker.flow), speaker.flow.prompt("bye")]))
 
@@ -618,6 +651,10 @@ def recording_status(purpose):
     except recordings.StorageFull:
         # Noted as pending with a download job: acknowledged, and fetched once there is room.
         log.error("no room for recording %s; its download is queued", form["RecordingSid"])
+    except media.DatabaseUnavailable:
+        # Twilio does not retry a status callback, so a 5xx would only log an error there.
+        # Accepted, not stored: Twilio keeps the audio and the nightly reconcile fetches it.
+        return "", 202
     return "", 204
 
 
@@ -649,16 +686,11 @@ def call_status():
                 "request_id": None,
                 "recording_sid": None,
             }
-        if call["request_id"]:
-            pipeline.transition(
-                db,
-                call["request_id"],
-                "unconfirmed",
-                actor="system",
-                detail={"reason": "caller hung up before confirming"},
-            )
-        elif (
-            call["outcome"] is None
+        # Every message of the call that nobody confirmed, read back or not, is read by a person.
+        media.call_ended(db, call_sid)
+        if (
+            not call["request_id"]
+            and call["outcome"] is None
             and not call["recording_sid"]
             # A recording Twilio told us about is a message, even if the call never heard so.
             and not media.recordings_of_call(db, call_sid)
@@ -687,7 +719,14 @@ def apologise(exc):
     if request.endpoint in MUST_FAIL_LOUDLY:
         raise exc
     log.exception("telephony step %s failed", request.endpoint)
-    flow = _flow(_config()["DEFAULT_LANGUAGE"])
+    return _apology()
+
+
+def _apology(call=None, purpose="request"):
+    """Say sorry and take a voicemail (after a voicemail: a call back), writing nothing."""
+    if purpose == "voicemail" and call is not None:
+        return _sorry_goodbye(call)
+    flow = _flow(call["language"] if call else _config()["DEFAULT_LANGUAGE"])
     speaker = speak.Speaker(flow, "slow")
     response = speak.record(
         speaker,
