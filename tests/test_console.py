@@ -1,5 +1,6 @@
 """The coordinator console through the Flask test client: permissions, audit, merge, search."""
 
+import base64
 import json
 import re
 import wave
@@ -619,6 +620,8 @@ TOO_BIG = 2**63
         ({"cursor": search.encode_cursor([None]), "q": "milk"}, "cursor"),
         ({"date_from": "2026-02-01", "date_to": "2026-01-01"}, "date_from"),
         ({"date_to": "9999-12-31"}, None),
+        ({"cursor": base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()}, "cursor"),
+        ({"cursor": "WyJcdWQ4MDAiLDFd"}, "cursor"),  # ["\ud800",1]: a lone surrogate
     ],
 )
 @pytest.mark.parametrize("path", ["/console/", "/console/rows"])
