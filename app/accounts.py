@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .db import get_db
+from .db import get_db, note_use
 from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
@@ -331,12 +331,13 @@ def principal_for_token(db, token):
     if not token or not token.startswith(TOKEN_PREFIX):
         return None
     row = db.execute(
-        "SELECT id, name, role FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        "SELECT id, name, role, last_used_at FROM api_tokens"
+        " WHERE token_hash = ? AND revoked_at IS NULL",
         [_token_hash(token)],
     ).fetchone()
     if row is None:
         return None
-    db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [now(), row[0]])
+    note_use(db, "api_tokens", "last_used_at", row[0], row[3])
     return Principal("token", row[0], row[1], row[2])
 
 

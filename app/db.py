@@ -12,6 +12,7 @@ import random
 import secrets
 import sqlite3
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -34,6 +35,7 @@ LOCK_PAUSE_SECONDS = (0.05, 0.25)
 # SQLite's words for "another connection holds the lock" and "this file cannot be written".
 BUSY_WORDS = ("database is locked", "database is busy", "database table is locked")
 UNWRITABLE_WORDS = ("readonly database", "unable to open database file", "disk i/o error")
+FULL_WORDS = ("database or disk is full",)
 
 
 class RowIdConverter(IntegerConverter):
@@ -53,6 +55,10 @@ class DatabaseUnwritable(click.ClickException):
 
 class DatabaseBusy(sqlite3.OperationalError):
     """Another writer held the database lock through every wait and retry."""
+
+
+class DatabaseFull(sqlite3.OperationalError):
+    """The disk under the database has no room left, so nothing was saved."""
 
 
 def is_busy(exc):
@@ -119,8 +125,13 @@ class CareCallDatabase(Database):
         try:
             yield self
             self._commit()
-        except BaseException:
+        except BaseException as exc:
             self._abandon()
+            if isinstance(exc, sqlite3.OperationalError) and _says(exc, FULL_WORDS):
+                raise DatabaseFull(
+                    "There is no room left on the database's disk (CARECALL_DATABASE),"
+                    " so this was not saved; try again later."
+                ) from exc
             raise
         self._undo.clear()
 
@@ -149,6 +160,50 @@ class CareCallDatabase(Database):
         undo, self._undo = self._undo[start:], self._undo[:start]
         for step in reversed(undo):
             step()
+
+
+def write_if_free(db, sql, params=()):
+    """Run one bookkeeping write only if the write lock is free now; return whether it ran.
+
+    For notes like "token last used at" that must never hold up or fail the request they
+    ride on: when another writer holds the lock, the note is skipped, not waited for.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            db.execute(sql, params)
+        return True
+    waits = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            return False
+        raise
+    finally:
+        db.conn.execute(f"PRAGMA busy_timeout = {int(waits)}")
+    try:
+        db.execute(sql, params)
+        db._commit()
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    return True
+
+
+def note_use(db, table, column, row, last, *, every_seconds=60):
+    """Note in row's column (an ISO 8601 time, last) when it was used: at most every minute.
+
+    Skipped when another writer holds the lock (write_if_free): a read must not wait for,
+    or fail on, the write lock only to say when a token or a kiosk was last seen.
+    """
+    at = datetime.now(UTC)
+    recent = (at - timedelta(seconds=every_seconds)).isoformat(timespec="seconds")
+    if last is not None and last > recent:
+        return False
+    stamp = at.isoformat(timespec="seconds")
+    return write_if_free(db, f"UPDATE {table} SET {column} = ? WHERE id = ?", [stamp, row])
 
 
 def connect(path, *, busy_timeout=None):

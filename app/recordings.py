@@ -32,18 +32,35 @@ class StorageFull(OSError):
         return self.strerror or super().__str__()
 
 
+class StorageUnavailable(OSError):
+    """The data directory cannot be written: read-only, not a folder, or not ours."""
+
+    def __str__(self):
+        """Say what happened in words a person can be shown, without the errno."""
+        return self.strerror or super().__str__()
+
+
 # A write that fails with these means the disk, not the recording, is the problem.
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# ...and with these, that the data directory cannot be written at all (CARECALL_DATA_DIR).
+UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR)
 
 
 @contextlib.contextmanager
 def naming_full_disk():
-    """Turn a write that fails for lack of room into StorageFull."""
+    """Name a failed write: StorageFull for lack of room, StorageUnavailable for lack of rights."""
     try:
         yield
-    except StorageFull:
+    except (StorageFull, StorageUnavailable):
         raise
     except OSError as exc:
+        if exc.errno in UNWRITABLE_ERRNOS:
+            log.error("data directory cannot be written: %s", exc)
+            raise StorageUnavailable(
+                exc.errno,
+                "The data directory cannot be written (CARECALL_DATA_DIR),"
+                " so this recording was not saved.",
+            ) from exc
         if exc.errno not in FULL_ERRNOS:
             raise
         log.error("storage full: %s", exc)

@@ -241,3 +241,45 @@ def test_the_message_for_a_bad_cursor_names_no_codec(client, db):
     )
     assert response.status_code == 400
     assert "codec" not in response.json["error"] and "surrogate" not in response.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/requests", 200),  # a read never waits for the write lock
+        ("GET", "/api/v1/requests/{id}", 200),
+        ("PATCH", "/api/v1/requests/{id}", 503),  # a write says "busy, try again"
+    ],
+)
+def test_a_held_write_lock_does_not_fail_reads_and_writes_answer_busy(
+    make_app, method, path, status
+):
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1)
+    db = connect(app.config["DATABASE"])
+    item = add_request(db)
+    headers = bearer(db, "coordinator")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        response = app.test_client().open(
+            path.format(id=item["id"]), method=method, headers=headers, json={"status": "done"}
+        )
+    finally:
+        db.conn.rollback()
+    assert response.status_code == status and response.is_json, response.get_data(True)
+    if status == 503:
+        assert response.json["error"] == "busy" and int(response.headers["Retry-After"]) > 0
+    assert queue.get(db, item["id"])["status"] == "new"
+
+
+@pytest.mark.parametrize(("seconds_ago", "noted_again"), [(30, False), (120, True)])
+def test_token_use_is_noted_at_most_once_a_minute(client, db, seconds_ago, noted_again):
+    from datetime import UTC, datetime, timedelta
+
+    headers = bearer(db, "viewer")
+    earlier = (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds")
+    db.execute("UPDATE api_tokens SET last_used_at = ?", [earlier])
+    assert client.get("/api/v1/requests", headers=headers).status_code == 200
+    [noted] = [r["last_used_at"] for r in db["api_tokens"].rows]
+    assert (noted != earlier) == noted_again

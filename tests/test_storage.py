@@ -5,7 +5,6 @@ import io
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -340,8 +339,10 @@ REFUSE = (
 )
 def test_a_failed_save_leaves_no_recording(app, db, client, kiosk_token, recording, refused):
     db.execute(REFUSE.format(refused))
-    with pytest.raises(sqlite3.IntegrityError, match="refused by test"):
-        upload(client, kiosk_token, recording)
+    # Something nobody named: still JSON the tablet retries, with an id to find it in the log.
+    failed = upload(client, kiosk_token, recording)
+    assert failed.status_code == 500 and failed.json["error"] == "internal"
+    assert failed.json["request_id"]
     assert db["requests"].count == 0
     assert files_under(app.config["DATA_DIR"]) == []
     db.execute("DROP TRIGGER refuse")
@@ -355,11 +356,12 @@ def test_a_failed_save_leaves_no_recording(app, db, client, kiosk_token, recordi
 
 
 @contextlib.contextmanager
-def small_disk(folder, size):
+def small_disk(folder, size, *, read_only=False):
     """Mount a real filesystem of size bytes at folder (a tmpfs; needs root)."""
     folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder],
         capture_output=True,
         check=False,
     )
@@ -409,6 +411,99 @@ def test_receive_on_a_full_disk_raises_storage_full_and_saves_nothing(
             pipeline.receive(get_db(), given, channel="voicemail", source_key="RE1")
         assert files_under(data) == []
         assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+def fill(folder):
+    """Fill the filesystem under folder to the last byte."""
+    with open(folder / "filler", "wb", buffering=0) as out:
+        for size in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    out.write(b"\0" * size)
+            except OSError:
+                continue
+
+
+@pytest.fixture
+def unwritable_data_dir(tmp_path):
+    """Return a builder of a DATA_DIR that cannot be written, in one of the ways it happens."""
+
+    @contextlib.contextmanager
+    def build(how):
+        data = tmp_path / "data"
+        if how == "a regular file":
+            data.write_text("not a folder")
+            yield data
+        else:
+            with small_disk(data, 1 << 20, read_only=True):
+                yield data
+
+    return build
+
+
+UNWRITABLE = ["a regular file", "a read-only disk"]
+
+
+@pytest.mark.parametrize("how", UNWRITABLE)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/v1/voicemail"), ("GET", "/kiosk/speech/en/speech/saved.wav")],
+)
+def test_an_unwritable_data_dir_is_a_json_503_for_the_kiosk(
+    make_app, recording, unwritable_data_dir, how, method, path
+):
+    with unwritable_data_dir(how) as data:
+        app = make_app(DATA_DIR=str(data))
+        with app.app_context():
+            token = devices.add(get_db(), "Riverside", region="r")[1]
+        headers = {"Authorization": f"Bearer {token}"}
+        if method == "POST":
+            response = upload(app.test_client(), headers, recording)
+        else:
+            response = app.test_client().get(path)
+        assert response.status_code == 503 and response.is_json, response.get_data(True)
+        assert response.json["error"] == "storage_unavailable"
+        assert "Errno" not in response.json["message"]
+        assert int(response.headers["Retry-After"]) > 0
+        assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+@pytest.fixture
+def full_database(make_app, tmp_path):
+    """Return an app (and a kiosk's headers) whose database's disk is full."""
+    disk = tmp_path / "dbdisk"
+    with small_disk(disk, 2 << 20):
+        app = make_app(DATABASE=str(disk / "carecall.db"))
+        with app.app_context():
+            token = devices.add(get_db(), "Riverside", region="r")[1]
+        fill(disk)
+        yield app, {"Authorization": f"Bearer {token}"}
+        pool = app.extensions["carecall.db_pool"]
+        while not pool.empty():
+            pool.get_nowait().close()
+
+
+def test_a_full_database_disk_is_507_json_for_the_kiosk(full_database, recording):
+    app, headers = full_database
+    response = upload(app.test_client(), headers, recording)
+    assert response.status_code == 507 and response.is_json, response.get_data(True)
+    assert response.json["error"] == "storage_full"
+    assert int(response.headers["Retry-After"]) > 0
+    assert files_under(app.config["DATA_DIR"]) == []
+
+
+def test_a_busy_database_is_503_with_retry_after_for_the_kiosk(make_app, recording):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1)
+    with app.app_context():
+        token = devices.add(get_db(), "Riverside", region="r")[1]
+    holder = connect(app.config["DATABASE"])
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = upload(app.test_client(), {"Authorization": f"Bearer {token}"}, recording)
+    finally:
+        holder.conn.rollback()
+    assert response.status_code == 503 and response.json["error"] == "busy"
+    assert int(response.headers["Retry-After"]) > 0
 
 
 # --- the start-up sweep ---------------------------------------------------------------------
