@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .db import get_db, note_use
+from .db import ROW_ID, get_db, note_use
 from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
@@ -557,7 +557,7 @@ def tokens_list():
 
 @tokens_cli.command("revoke")
 @with_appcontext
-@click.argument("token_id", type=int)
+@click.argument("token_id", type=ROW_ID)
 def tokens_revoke(token_id):
     """Revoke an API token by id.
 

@@ -24,7 +24,7 @@ from werkzeug.routing import IntegerConverter
 
 from . import settings
 from .migrations import migrations
-from .queue import MAX_ROW_ID
+from .queue import MAX_ROW_ID, row_id
 
 # Idle connections kept per app: opening one costs more than most requests' work.
 POOL_SIZE = 16
@@ -43,6 +43,22 @@ class RowIdConverter(IntegerConverter):
 
     # Refused by the pattern, not after it: a rejected value then reads as a 404, not a 405.
     regex = rf"[1-9]\d{{0,{len(str(MAX_ROW_ID)) - 1}}}"
+
+
+class RowIdParam(click.ParamType):
+    """A command-line id that could name a row: out of range is a usage error, not a crash."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        """Return value as a row id, or fail with click's usage message."""
+        try:
+            return row_id(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an id (a whole number from 1 to {MAX_ROW_ID})", param, ctx)
+
+
+ROW_ID = RowIdParam()
 
 
 class DatabaseUnwritable(click.ClickException):

@@ -19,7 +19,7 @@ from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
 from . import recordings
-from .db import connect, get_db, migrate
+from .db import ROW_ID, connect, get_db, migrate
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ def jobs_list(state, as_json):
 
 
 @jobs_group.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 def jobs_retry(job_id):
     """Queue a dead job again.
 
