@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
@@ -728,3 +729,29 @@ def test_a_login_behind_a_held_lock_is_503_to_try_again(make_app, password):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
     assert "try again in a moment" in response.get_data(as_text=True)
+
+
+# --- spoken kiosk prompts -----------------------------------------------------------------
+
+SAVED = "/kiosk/speech/en/speech/saved.wav"
+
+
+def test_a_spoken_prompt_is_cached_whole(app):
+    response = app.test_client().get(SAVED)
+    assert response.status_code == 200
+    [cached] = (Path(app.config["DATA_DIR"]) / "kiosk-speech").iterdir()
+    with wave.open(str(cached)) as clip:
+        whole = clip.getnframes() * clip.getsampwidth() * clip.getnchannels()
+    assert cached.stat().st_size == 44 + whole and whole > 20000
+    assert cached.read_bytes() == response.get_data()
+
+
+@pytest.mark.parametrize("room", [16 * 1024, 64 * 1024])
+def test_a_prompt_cut_short_by_a_full_disk_is_507_and_never_cached(make_app, tmp_path, room):
+    data = tmp_path / "small"
+    with small_disk(data, room):
+        app = make_app(DATA_DIR=str(data))
+        response = app.test_client().get(SAVED)
+        assert response.status_code == 507 and response.json["error"] == "storage_full"
+        assert int(response.headers["Retry-After"]) > 0
+        assert files_under(data) == []
