@@ -31,6 +31,8 @@ MAX_BACKOFF_SECONDS = 300.0
 # A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
 STALE_HEARTBEATS = 3
 SCHEDULE_CHECK_SECONDS = 60.0
+# Queued each hour by enqueue_due: the data directory's sweep (see recordings.sweep).
+SWEEP = "recordings.sweep"
 # Rows of workers silent this long, holding no job, are removed when another worker starts.
 FORGET_WORKER_SECONDS = 86400.0
 
@@ -113,13 +115,26 @@ def daily(kind, *, hour, payload=None, enabled=lambda app: True):
 
 
 def enqueue_due(app, db, now=None):
-    """Queue today's scheduled jobs whose hour has come; return their ids."""
+    """Queue today's scheduled jobs whose hour has come, and this hour's sweep; return ids."""
     now = now or datetime.now(UTC)
     return [
-        enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
-        for entry in SCHEDULE
-        if now.hour >= entry.hour and entry.enabled(app)
+        *(
+            enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
+            for entry in SCHEDULE
+            if now.hour >= entry.hour and entry.enabled(app)
+        ),
+        # Once an hour across all workers: what a killed upload left is not kept till restart.
+        enqueue(db, SWEEP, {}, key=f"{SWEEP}:{now:%Y-%m-%dT%H}"),
     ]
+
+
+@handler(SWEEP)
+def sweep_job(payload):
+    """Sweep the data directory: .part files whose writer died, recordings nobody claims."""
+    data_dir = current_app.config["DATA_DIR"]
+    swept = recordings.sweep(data_dir, get_db())
+    if swept.parts_removed or swept.orphans_moved:
+        log.warning("%s", swept.line(data_dir))
 
 
 def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=None):

@@ -555,6 +555,81 @@ def test_sweep_removes_old_parts_and_moves_unclaimed_recordings(app, db):
     assert moved.read_bytes() == b"RIFFrecordings/2026/01/02/unclaimed.wav"
 
 
+@pytest.fixture
+def writers():
+    """Return the pids of a live process, an ended one and a killed one not yet reaped."""
+    live = subprocess.Popen(["sleep", "60"])
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    zombie = subprocess.Popen(["sleep", "60"])
+    zombie.kill()  # kill -9; its parent (us) has not reaped it yet
+    time.sleep(0.2)
+    yield {"live": live.pid, "ended": ended.pid, "killed": zombie.pid, "this": os.getpid()}
+    live.kill()
+    live.wait()
+    zombie.wait()
+
+
+# (file, whose) -> removed at once? Young files named after a process that is gone go now.
+NAMED_PARTS = [
+    ("incoming/upload-{pid}-abc123.part", "ended", True),
+    ("incoming/upload-{pid}-abc123.part", "killed", True),
+    ("incoming/upload-{pid}-abc123.part", "live", False),
+    ("incoming/upload-{pid}-abc123.part", "this", False),
+    ("recordings/2026/01/02/call.wav.{pid}.part", "ended", True),
+    ("recordings/2026/01/02/call.wav.{pid}.part", "killed", True),
+    ("recordings/2026/01/02/call.wav.{pid}.part", "live", False),
+]
+
+
+@pytest.mark.parametrize(("name", "whose", "removed"), NAMED_PARTS)
+def test_a_part_whose_writer_is_gone_is_swept_at_once(app, db, writers, name, whose, removed):
+    data = Path(app.config["DATA_DIR"])
+    path = data / name.format(pid=writers[whose])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"half an upload")
+    swept = recordings.sweep(data, db)
+    assert swept.parts_removed == int(removed)
+    assert path.exists() is not removed
+
+
+def test_parts_are_named_after_their_writer(app, recording, tmp_path):
+    from app.kiosk.upload import read_upload
+
+    staged = recordings.stage(app.config["DATA_DIR"], recording, ".wav")
+    assert staged.partial.name.endswith(f".wav.{os.getpid()}.part") and staged.partial.exists()
+    staged.discard()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
+        + recording
+        + b"\r\n--b--\r\n"
+    )
+    form = read_upload(
+        io.BytesIO(body), "multipart/form-data; boundary=b", {"audio": 10**7}, tmp_path
+    )
+    assert form.path.name.startswith(f"upload-{os.getpid()}-") and form.path.name.endswith(".part")
+    form.discard()
+
+
+def test_the_worker_sweeps_every_hour_not_only_at_start_up(app, db, writers):
+    from datetime import UTC, datetime
+
+    from app import jobs
+
+    data = Path(app.config["DATA_DIR"])
+    part = data / f"incoming/upload-{writers['killed']}-xyz.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"half an upload")
+    now = datetime(2026, 12, 2, 10, 5, tzinfo=UTC)
+    jobs.enqueue_due(app, db, now)
+    jobs.enqueue_due(app, db, now)
+    assert db["jobs"].count_where("kind = ?", [jobs.SWEEP]) == 1
+    assert jobs.drain(app) >= 1
+    assert not part.exists()
+    jobs.enqueue_due(app, db, now.replace(hour=11))
+    assert db["jobs"].count_where("kind = ?", [jobs.SWEEP]) == 2
+
+
 def test_worker_start_up_sweeps_and_says_so(app, db, runner):
     leave(app, db)
     result = runner.invoke(args=["worker", "--burst"])
