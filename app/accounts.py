@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .db import ROW_ID, get_db, note_use
+from .db import ROW_ID, get_db, note_use, write_if_free
 from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
@@ -381,11 +381,12 @@ def principal_for_session(db, token, *, lifetime, clock=time.time):
         return None
     at = clock()
     user_id, last_seen_at = row
+    # Bookkeeping only: skipped while another writer holds the lock, never waited for.
     if at - last_seen_at > lifetime:
-        db.execute("DELETE FROM sessions WHERE token_hash = ?", [key])
+        write_if_free(db, "DELETE FROM sessions WHERE token_hash = ?", [key])
         return None
     if at - last_seen_at > SESSION_TOUCH_SECONDS:
-        db.execute("UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?", [at, key])
+        write_if_free(db, "UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?", [at, key])
     return principal_for_user(db, user_id)
 
 

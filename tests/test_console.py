@@ -707,3 +707,23 @@ def test_a_failed_request_shows_why_in_the_queue_the_page_and_the_api(app, db, c
         .get_json()["requests"]
     )
     assert [(r["stage"], r["urgency"], r["error"]) for r in listed] == [("failed", "high", reason)]
+
+
+@pytest.mark.parametrize("path", ["/console/", "/console/rows"])
+def test_a_held_write_lock_does_not_fail_a_logged_in_page(make_app, path):
+    """Noting that a session is still in use must not wait for, or fail on, the lock."""
+    import time
+
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1, **FAST)
+    db = connect(app.config["DATABASE"])
+    client = as_role(app, db, "coordinator")
+    add_request(db, transcript="milk please")
+    db.execute("UPDATE sessions SET last_seen_at = ?", [time.time() - 600])
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.get(path)
+    finally:
+        db.conn.rollback()
+    assert response.status_code == 200 and "milk please" in response.get_data(True)
