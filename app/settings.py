@@ -850,7 +850,7 @@ SETTINGS = (
         "KIOSK_LANGUAGE",
         LANGUAGE,
         None,
-        "Language of the kiosk page; unset: DEFAULT_LANGUAGE.",
+        "Language of the kiosk page (app/kiosk/languages/<code>.toml); unset: DEFAULT_LANGUAGE.",
         optional=True,
     ),
     _s(
