@@ -342,6 +342,13 @@ def busy_error(error):
     return ServiceUnavailable(str(error)).get_response(), headers
 
 
+def lock_error(error):
+    """Answer an SQLite "database is locked" escaping a view as busy; re-raise anything else."""
+    if is_busy(error):
+        return busy_error(DatabaseBusy("The database is busy with other work; try again."))
+    raise error
+
+
 def init_app(app):
     """Register database teardown, the migrate command, row ids in URLs and the busy answer."""
     # Every <int:...> in a route names a row, so out-of-range ids are a 404, never a crash.

@@ -727,3 +727,21 @@ def test_a_held_write_lock_does_not_fail_a_logged_in_page(make_app, path):
     finally:
         db.conn.rollback()
     assert response.status_code == 200 and "milk please" in response.get_data(True)
+
+
+def test_logging_out_while_the_lock_is_held_is_busy_not_a_crash(make_app):
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1, **FAST)
+    db = connect(app.config["DATABASE"])
+    client = as_role(app, db, "coordinator")
+    token = csrf_token(client, "/console/")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.post("/console/logout", data={"csrf_token": token})
+    finally:
+        db.conn.rollback()
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    # Nothing was ended: trying again works.
+    again = client.post("/console/logout", data={"csrf_token": token})
+    assert again.status_code == 303 and db["sessions"].count == 0
