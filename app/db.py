@@ -344,6 +344,9 @@ def busy_error(error):
 
 def lock_error(error):
     """Answer an SQLite "database is locked" escaping a view as busy; re-raise anything else."""
+    # Registered on a blueprint, this is found before the app's DatabaseBusy handler.
+    if isinstance(error, DatabaseBusy):
+        return busy_error(error)
     if is_busy(error):
         return busy_error(DatabaseBusy("The database is busy with other work; try again."))
     raise error
