@@ -163,6 +163,7 @@ def sweep(data_dir, db, *, max_age=PART_MAX_AGE_SECONDS, now=None):
     candidates = [
         *sorted((data_dir / "recordings").rglob("*")),
         *sorted((data_dir / "incoming").glob(f"upload-*{PART}")),
+        *sorted((data_dir / "kiosk-speech").glob(f"*{PART}")),
     ]
     for path in candidates:
         relative = path.relative_to(data_dir)

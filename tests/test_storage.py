@@ -579,6 +579,8 @@ NAMED_PARTS = [
     ("recordings/2026/01/02/call.wav.{pid}.part", "ended", True),
     ("recordings/2026/01/02/call.wav.{pid}.part", "killed", True),
     ("recordings/2026/01/02/call.wav.{pid}.part", "live", False),
+    ("kiosk-speech/tmpab12.wav.{pid}.part", "killed", True),
+    ("kiosk-speech/tmpab12.wav.{pid}.part", "this", False),
 ]
 
 

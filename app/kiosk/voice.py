@@ -58,7 +58,8 @@ def render(text, *, voice, rate, cache_dir):
     params, frames = _frames(done.stdout)
     with naming_full_disk():
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(suffix=".wav.part", dir=target.parent)
+        # Named after this process, like every .part: the sweep removes it if we are killed.
+        fd, partial = tempfile.mkstemp(suffix=f".wav.{os.getpid()}.part", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as raw:
                 with wave.open(raw, "wb") as out:
