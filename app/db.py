@@ -87,6 +87,11 @@ def is_unwritable(exc):
     return isinstance(exc, sqlite3.OperationalError) and _says(exc, UNWRITABLE_WORDS)
 
 
+def is_full(exc):
+    """Return whether an SQLite error means the disk under the database has no room."""
+    return isinstance(exc, sqlite3.OperationalError) and _says(exc, FULL_WORDS)
+
+
 def _says(exc, words):
     """Return whether an error's message contains one of words."""
     message = str(exc).lower()
@@ -143,7 +148,7 @@ class CareCallDatabase(Database):
             self._commit()
         except BaseException as exc:
             self._abandon()
-            if isinstance(exc, sqlite3.OperationalError) and _says(exc, FULL_WORDS):
+            if is_full(exc):
                 raise DatabaseFull(
                     "There is no room left on the database's disk (CARECALL_DATABASE),"
                     " so this was not saved; try again later."

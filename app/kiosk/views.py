@@ -3,7 +3,6 @@
 import io
 import logging
 import secrets
-import sqlite3
 from pathlib import Path
 
 from flask import (
@@ -20,7 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import pipeline, queue
 from ..classify import UnknownLanguage
-from ..db import FULL_WORDS, DatabaseBusy, DatabaseFull, get_db, is_busy, is_unwritable
+from ..db import DatabaseBusy, DatabaseFull, get_db, is_busy, is_full, is_unwritable
 from ..recordings import FULL_ERRNOS, UNWRITABLE_ERRNOS, StorageFull, StorageUnavailable
 from ..speech import AudioTooLong, CorruptAudio, EmptyAudio, NotAudio, SilentAudio
 from . import devices, messages, voice, wording
@@ -257,7 +256,7 @@ def unexpected_error(error):
     log.exception("kiosk request %s failed", request_id)
     response = jsonify(
         error="internal",
-        message="Something went wrong on the server; the recording is kept and sent again.",
+        message="Something went wrong on the server; try again in a moment.",
         request_id=request_id,
     )
     return response, 500
@@ -269,14 +268,12 @@ def _storage_error(error):
         return StorageFull(error.errno, "There is no room left to save recordings.")
     if isinstance(error, OSError) and error.errno in UNWRITABLE_ERRNOS:
         return StorageUnavailable(error.errno, "The data directory cannot be written.")
-    if isinstance(error, sqlite3.OperationalError):
-        message = str(error).lower()
-        if any(word in message for word in FULL_WORDS):
-            return DatabaseFull("There is no room left on the database's disk.")
-        if is_busy(error):
-            return DatabaseBusy("The database is busy; try again in a moment.")
-        if is_unwritable(error):
-            return StorageUnavailable(0, "The database cannot be written (CARECALL_DATABASE).")
+    if is_full(error):
+        return DatabaseFull("There is no room left on the database's disk.")
+    if is_busy(error):
+        return DatabaseBusy("The database is busy; try again in a moment.")
+    if is_unwritable(error):
+        return StorageUnavailable(0, "The database cannot be written (CARECALL_DATABASE).")
     return None
 
 
