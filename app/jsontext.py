@@ -28,7 +28,7 @@ def loads(text, *, max_depth=MAX_DEPTH):
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise BadJson("JSON must be UTF-8 text") from None
-    if nesting(text) > max_depth:
+    if nesting(text, stop_above=max_depth) > max_depth:
         raise BadJson(f"JSON nested more than {max_depth} levels deep")
     try:
         value = json.loads(text)
@@ -38,16 +38,19 @@ def loads(text, *, max_depth=MAX_DEPTH):
     return value
 
 
-def nesting(text):
-    """Return how deep brackets nest in a JSON text, ignoring brackets inside strings."""
+def nesting(text, *, stop_above=None):
+    """Return how deep brackets nest in a JSON text, ignoring brackets inside strings.
+
+    With stop_above, counting stops as soon as the depth passes it (enough to refuse).
+    """
     brackets = NOT_BRACKET.sub("", STRING.sub('""', text))
     depth = deepest = 0
     for char in brackets:
         depth += 1 if char in "[{" else -1
         if depth > deepest:
             deepest = depth
-            if deepest > MAX_DEPTH * 4:
-                break  # deep enough to refuse: no need to read the rest
+            if stop_above is not None and deepest > stop_above:
+                break
     return deepest
 
 
