@@ -31,8 +31,6 @@ MAX_BACKOFF_SECONDS = 300.0
 # A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
 STALE_HEARTBEATS = 3
 SCHEDULE_CHECK_SECONDS = 60.0
-# Queued each hour by enqueue_due: the data directory's sweep (see recordings.sweep).
-SWEEP = "recordings.sweep"
 # Rows of workers silent this long, holding no job, are removed when another worker starts.
 FORGET_WORKER_SECONDS = 86400.0
 
@@ -115,26 +113,13 @@ def daily(kind, *, hour, payload=None, enabled=lambda app: True):
 
 
 def enqueue_due(app, db, now=None):
-    """Queue today's scheduled jobs whose hour has come, and this hour's sweep; return ids."""
+    """Queue today's scheduled jobs whose hour has come; return their ids."""
     now = now or datetime.now(UTC)
     return [
-        *(
-            enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
-            for entry in SCHEDULE
-            if now.hour >= entry.hour and entry.enabled(app)
-        ),
-        # Once an hour across all workers: what a killed upload left is not kept till restart.
-        enqueue(db, SWEEP, {}, key=f"{SWEEP}:{now:%Y-%m-%dT%H}"),
+        enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
+        for entry in SCHEDULE
+        if now.hour >= entry.hour and entry.enabled(app)
     ]
-
-
-@handler(SWEEP)
-def sweep_job(payload):
-    """Sweep the data directory: .part files whose writer died, recordings nobody claims."""
-    data_dir = current_app.config["DATA_DIR"]
-    swept = recordings.sweep(data_dir, get_db())
-    if swept.parts_removed or swept.orphans_moved:
-        log.warning("%s", swept.line(data_dir))
 
 
 def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=None):
@@ -446,12 +431,17 @@ class Worker(threading.Thread):
     def _loop(self, name):
         """Run jobs until stopped."""
         next_schedule_check = 0.0
+        # Start-up has just swept; later sweeps catch what a killed upload leaves meanwhile.
+        next_sweep = time.monotonic() + self.app.config["DATA_SWEEP_SECONDS"]
         while not self.stopping.is_set():
             try:
                 if time.monotonic() >= next_schedule_check:
                     next_schedule_check = time.monotonic() + SCHEDULE_CHECK_SECONDS
                     with self.app.app_context():
                         enqueue_due(self.app, get_db())
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.app.config["DATA_SWEEP_SECONDS"]
+                    self._sweep()
                 ran = run_one(self.app, name)
             except Exception:
                 log.exception("worker loop error; continuing")
@@ -459,6 +449,14 @@ class Worker(threading.Thread):
             if not ran:
                 self.wakeup.wait(self.app.config["JOB_POLL_SECONDS"])
                 self.wakeup.clear()
+
+    def _sweep(self):
+        """Sweep the data directory: .part files whose writer died, recordings nobody claims."""
+        data_dir = self.app.config["DATA_DIR"]
+        with self.app.app_context():
+            swept = recordings.sweep(data_dir, get_db())
+        if swept.parts_removed or swept.orphans_moved:
+            log.warning("%s", swept.line(data_dir))
 
     def stop(self, timeout=10):
         """Stop after the current job finishes."""

@@ -566,6 +566,13 @@ SETTINGS = (
     ),
     _s(
         "storage",
+        "DATA_SWEEP_SECONDS",
+        Number(1, 86400),
+        3600.0,
+        "How often a worker sweeps DATA_DIR for files a killed process left (also at start-up).",
+    ),
+    _s(
+        "storage",
         "JOB_POLL_SECONDS",
         Number(0.01, 60),
         0.2,

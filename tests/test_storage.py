@@ -613,23 +613,21 @@ def test_parts_are_named_after_their_writer(app, recording, tmp_path):
     form.discard()
 
 
-def test_the_worker_sweeps_every_hour_not_only_at_start_up(app, db, writers):
-    from datetime import UTC, datetime
-
+def test_a_running_worker_sweeps_again_not_only_at_start_up(make_app, writers):
     from app import jobs
 
-    data = Path(app.config["DATA_DIR"])
-    part = data / f"incoming/upload-{writers['killed']}-xyz.part"
+    app = make_app(DATA_SWEEP_SECONDS=1)
+    part = Path(app.config["DATA_DIR"]) / f"incoming/upload-{writers['killed']}-xyz.part"
     part.parent.mkdir(parents=True)
-    part.write_bytes(b"half an upload")
-    now = datetime(2026, 12, 2, 10, 5, tzinfo=UTC)
-    jobs.enqueue_due(app, db, now)
-    jobs.enqueue_due(app, db, now)
-    assert db["jobs"].count_where("kind = ?", [jobs.SWEEP]) == 1
-    assert jobs.drain(app) >= 1
+    worker = jobs.start_worker(app, "worker")
+    try:
+        part.write_bytes(b"half an upload, after the worker started")
+        deadline = time.monotonic() + 10
+        while part.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.stop()
     assert not part.exists()
-    jobs.enqueue_due(app, db, now.replace(hour=11))
-    assert db["jobs"].count_where("kind = ?", [jobs.SWEEP]) == 2
 
 
 def test_worker_start_up_sweeps_and_says_so(app, db, runner):
