@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import settings
+from . import jsontext, settings
 
 # Model weights load only from local directories; a hub download at run time is a bug.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +19,8 @@ FLASK_EXTENSION_PREFIXES = ("WTF_",)
 def create_app(test_config=None):
     """Create and configure a CareCall application."""
     app = Flask(__name__, instance_relative_config=True)
+    # Every JSON body is read bounded: a deeply nested one is a 400, not a RecursionError.
+    app.json = jsontext.JSONProvider(app)
     instance = Path(app.instance_path)
     loaded = settings.load(os.environ, test_config, instance=instance, repo=REPO_ROOT)
     app.config.update(loaded.values)

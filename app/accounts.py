@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .db import get_db
+from .db import ROW_ID, get_db, note_use, write_if_free
 from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
@@ -331,12 +331,13 @@ def principal_for_token(db, token):
     if not token or not token.startswith(TOKEN_PREFIX):
         return None
     row = db.execute(
-        "SELECT id, name, role FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+        "SELECT id, name, role, last_used_at FROM api_tokens"
+        " WHERE token_hash = ? AND revoked_at IS NULL",
         [_token_hash(token)],
     ).fetchone()
     if row is None:
         return None
-    db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", [now(), row[0]])
+    note_use(db, "api_tokens", "last_used_at", row[0], row[3])
     return Principal("token", row[0], row[1], row[2])
 
 
@@ -380,11 +381,12 @@ def principal_for_session(db, token, *, lifetime, clock=time.time):
         return None
     at = clock()
     user_id, last_seen_at = row
+    # Bookkeeping only: skipped while another writer holds the lock, never waited for.
     if at - last_seen_at > lifetime:
-        db.execute("DELETE FROM sessions WHERE token_hash = ?", [key])
+        write_if_free(db, "DELETE FROM sessions WHERE token_hash = ?", [key])
         return None
     if at - last_seen_at > SESSION_TOUCH_SECONDS:
-        db.execute("UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?", [at, key])
+        write_if_free(db, "UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?", [at, key])
     return principal_for_user(db, user_id)
 
 
@@ -556,7 +558,7 @@ def tokens_list():
 
 @tokens_cli.command("revoke")
 @with_appcontext
-@click.argument("token_id", type=int)
+@click.argument("token_id", type=ROW_ID)
 def tokens_revoke(token_id):
     """Revoke an API token by id.
 

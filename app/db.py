@@ -12,6 +12,7 @@ import random
 import secrets
 import sqlite3
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -23,7 +24,7 @@ from werkzeug.routing import IntegerConverter
 
 from . import settings
 from .migrations import migrations
-from .queue import MAX_ROW_ID
+from .queue import MAX_ROW_ID, row_id
 
 # Idle connections kept per app: opening one costs more than most requests' work.
 POOL_SIZE = 16
@@ -44,6 +45,22 @@ class RowIdConverter(IntegerConverter):
     regex = rf"[1-9]\d{{0,{len(str(MAX_ROW_ID)) - 1}}}"
 
 
+class RowIdParam(click.ParamType):
+    """A command-line id that could name a row: out of range is a usage error, not a crash."""
+
+    name = "id"
+
+    def convert(self, value, param, ctx):
+        """Return value as a row id, or fail with click's usage message."""
+        try:
+            return row_id(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an id (a whole number from 1 to {MAX_ROW_ID})", param, ctx)
+
+
+ROW_ID = RowIdParam()
+
+
 class DatabaseUnwritable(click.ClickException):
     """The database file or its folder cannot be written."""
 
@@ -54,6 +71,10 @@ class DatabaseUnwritable(click.ClickException):
 
 class DatabaseBusy(sqlite3.OperationalError):
     """Another writer held the database lock through every wait and retry."""
+
+
+class DatabaseFull(sqlite3.OperationalError):
+    """The disk under the database has no room left, so nothing was saved."""
 
 
 def is_busy(exc):
@@ -68,7 +89,9 @@ def is_unwritable(exc):
 
 def is_full(exc):
     """Return whether an SQLite error means the database's disk has no room left."""
-    return isinstance(exc, sqlite3.OperationalError) and _says(exc, FULL_WORDS)
+    return isinstance(exc, DatabaseFull) or (
+        isinstance(exc, sqlite3.OperationalError) and _says(exc, FULL_WORDS)
+    )
 
 
 def cannot_write(exc):
@@ -133,8 +156,13 @@ class CareCallDatabase(Database):
         try:
             yield self
             self._commit()
-        except BaseException:
+        except BaseException as exc:
             self._abandon()
+            if is_full(exc):
+                raise DatabaseFull(
+                    "There is no room left on the database's disk (CARECALL_DATABASE),"
+                    " so this was not saved; try again later."
+                ) from exc
             raise
         self._undo.clear()
 
@@ -163,6 +191,50 @@ class CareCallDatabase(Database):
         undo, self._undo = self._undo[start:], self._undo[:start]
         for step in reversed(undo):
             step()
+
+
+def write_if_free(db, sql, params=()):
+    """Run one bookkeeping write only if the write lock is free now; return whether it ran.
+
+    For notes like "token last used at" that must never hold up or fail the request they
+    ride on: when another writer holds the lock, the note is skipped, not waited for.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            db.execute(sql, params)
+        return True
+    waits = db.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            return False
+        raise
+    finally:
+        db.conn.execute(f"PRAGMA busy_timeout = {int(waits)}")
+    try:
+        db.execute(sql, params)
+        db._commit()
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    return True
+
+
+def note_use(db, table, column, row, last, *, every_seconds=60):
+    """Note in row's column (an ISO 8601 time, last) when it was used: at most every minute.
+
+    Skipped when another writer holds the lock (write_if_free): a read must not wait for,
+    or fail on, the write lock only to say when a token or a kiosk was last seen.
+    """
+    at = datetime.now(UTC)
+    recent = (at - timedelta(seconds=every_seconds)).isoformat(timespec="seconds")
+    if last is not None and last > recent:
+        return False
+    stamp = at.isoformat(timespec="seconds")
+    return write_if_free(db, f"UPDATE {table} SET {column} = ? WHERE id = ?", [stamp, row])
 
 
 def connect(path, *, busy_timeout=None):
@@ -283,6 +355,16 @@ def busy_error(error):
     if request.path.startswith("/api/"):
         return jsonify(error="busy", message=str(error)), 503, headers
     return ServiceUnavailable(str(error)).get_response(), headers
+
+
+def lock_error(error):
+    """Answer an SQLite "database is locked" escaping a view as busy; re-raise anything else."""
+    # Registered on a blueprint, this is found before the app's DatabaseBusy handler.
+    if isinstance(error, DatabaseBusy):
+        return busy_error(error)
+    if is_busy(error):
+        return busy_error(DatabaseBusy("The database is busy with other work; try again."))
+    raise error
 
 
 def init_app(app):

@@ -4,17 +4,57 @@ Each problem is one line naming the setting to look at, so the same words serve 
 the details of /healthz, and the warnings `flask serve` and `flask worker` print at start-up.
 """
 
+import os
 import sqlite3
+import tempfile
 import time
+from pathlib import Path
 
 from . import jobs, pipeline, settings, textmodel
 
 PROBE = "readiness probe"
+# A probe writes this much: an empty file fits on a full disk (it needs no data block).
+PROBE_BYTES = 4096
 
 
 def problems(app, db):
     """Return why CareCall cannot do all its work now, one line each; empty when ready."""
-    return [*database_problems(app, db), *model_problems(app), *worker_problems(app, db)]
+    return [
+        *database_problems(app, db),
+        *storage_problems(app),
+        *model_problems(app),
+        *worker_problems(app, db),
+    ]
+
+
+def storage_problems(app):
+    """Return a line per folder CareCall must write (DATA_DIR, the database's) that it cannot."""
+    found = []
+    data_dir = Path(app.config["DATA_DIR"])
+    if problem := write_problem(data_dir):
+        found.append(f"{settings.PREFIX}DATA_DIR={data_dir}: cannot save recordings: {problem}")
+    # The database's own write probe rolls back before SQLite needs a page of disk.
+    database = Path(app.config["DATABASE"])
+    if problem := write_problem(database.parent):
+        found.append(f"{settings.PREFIX}DATABASE={database}: cannot save requests: {problem}")
+    return found
+
+
+def write_problem(folder):
+    """Return why a small file cannot be written durably in folder (or be made), else None."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".carecall-probe-", dir=folder)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def database_problems(app, db):
@@ -95,7 +135,12 @@ def startup_warnings(app, *, worker=False):
 
     db = connect(app.config["DATABASE"])
     try:
-        found = [*database_problems(app, db), *model_problems(app), *text_model_problems(app)]
+        found = [
+            *database_problems(app, db),
+            *storage_problems(app),
+            *model_problems(app),
+            *text_model_problems(app),
+        ]
         if not worker and app.config["WORKER"] == "none":
             found += worker_problems(app, db, time.time())
         if not worker:

@@ -19,7 +19,7 @@ from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
 from . import recordings
-from .db import connect, get_db, migrate
+from .db import ROW_ID, connect, get_db, migrate
 
 log = logging.getLogger(__name__)
 
@@ -431,12 +431,17 @@ class Worker(threading.Thread):
     def _loop(self, name):
         """Run jobs until stopped."""
         next_schedule_check = 0.0
+        # Start-up has just swept; later sweeps catch what a killed upload leaves meanwhile.
+        next_sweep = time.monotonic() + self.app.config["DATA_SWEEP_SECONDS"]
         while not self.stopping.is_set():
             try:
                 if time.monotonic() >= next_schedule_check:
                     next_schedule_check = time.monotonic() + SCHEDULE_CHECK_SECONDS
                     with self.app.app_context():
                         enqueue_due(self.app, get_db())
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.app.config["DATA_SWEEP_SECONDS"]
+                    self._sweep()
                 ran = run_one(self.app, name)
             except Exception:
                 log.exception("worker loop error; continuing")
@@ -444,6 +449,14 @@ class Worker(threading.Thread):
             if not ran:
                 self.wakeup.wait(self.app.config["JOB_POLL_SECONDS"])
                 self.wakeup.clear()
+
+    def _sweep(self):
+        """Sweep the data directory: .part files whose writer died, recordings nobody claims."""
+        data_dir = self.app.config["DATA_DIR"]
+        with self.app.app_context():
+            swept = recordings.sweep(data_dir, get_db())
+        if swept.parts_removed or swept.orphans_moved:
+            log.warning("%s", swept.line(data_dir))
 
     def stop(self, timeout=10):
         """Stop after the current job finishes."""
@@ -524,7 +537,7 @@ def jobs_list(state, as_json):
 
 
 @jobs_group.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 def jobs_retry(job_id):
     """Queue a dead job again.
 

@@ -35,7 +35,7 @@ from .availability import (
     parse_slots,
 )
 from .classify import CATEGORY_KEYS
-from .db import get_db
+from .db import ROW_ID, get_db
 from .queue import now, record_event
 
 # The CSV layout `volunteers import` reads and `volunteers export` writes.
@@ -895,7 +895,7 @@ def people_cli():
 @click.option("--region")
 @click.option("--language", help="Language code, e.g. en or ko.")
 @click.option("--accessibility", help='e.g. "hard of hearing; speak slowly".')
-@click.option("--prefer", "preferred", multiple=True, type=int, help="Preferred volunteer id.")
+@click.option("--prefer", "preferred", multiple=True, type=ROW_ID, help="Preferred volunteer id.")
 @click.option("--emergency-contact")
 @click.option("--notes")
 def people_add(name, phones, preferred, **fields):
@@ -915,8 +915,8 @@ def people_add(name, phones, preferred, **fields):
 
 @people_cli.command("link")
 @with_appcontext
-@click.argument("request_id", type=int)
-@click.argument("person_id", type=int)
+@click.argument("request_id", type=ROW_ID)
+@click.argument("person_id", type=ROW_ID)
 def people_link(request_id, person_id):
     """Record who a request is for, when caller ID could not tell (a shared or unknown phone).
 

@@ -9,9 +9,10 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 PART = ".part"
 # A .part this old belongs to a process that died: uploads and saves take seconds.
 PART_MAX_AGE_SECONDS = 3600
+# A .part names the process writing it (upload-<pid>-..., <name>.<pid>.part): once that
+# process is gone its file is removed at once, whatever its age.
+WRITER = re.compile(r"^upload-(\d+)-|\.(\d+)\.part$")
 # Unclaimed recordings are moved here, never deleted: one may be a senior's only message.
 ORPHANS = "orphans"
 
@@ -32,29 +36,35 @@ class StorageFull(OSError):
         return self.strerror or super().__str__()
 
 
-class StorageUnwritable(StorageFull):
-    """The data directory cannot be written (read-only, a file, no permission): no room at all."""
+class StorageUnavailable(StorageFull):
+    """The data directory cannot be written (read-only, a file, not ours): no room at all.
+
+    A kind of StorageFull, so every edge that keeps a recording pending for lack of room
+    does the same here; the kiosk tells the two apart (507 storage_full, 503 unavailable).
+    """
 
 
 # A write that fails with these means the disk, not the recording, is the problem.
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# A read-only mount, a DATA_DIR that is a file, or one we may not write: nothing fits there.
+# ...and with these, that the data directory cannot be written at all (CARECALL_DATA_DIR):
+# a read-only mount, a DATA_DIR that is a file (ENOTDIR, or EEXIST from mkdir), no rights.
 UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST)
 
 
 @contextlib.contextmanager
 def naming_full_disk():
-    """Turn a write that fails for lack of room into StorageFull (StorageUnwritable: no folder)."""
+    """Name a failed write: StorageFull for lack of room, StorageUnavailable for lack of rights."""
     try:
         yield
     except StorageFull:
         raise
     except OSError as exc:
         if exc.errno in UNWRITABLE_ERRNOS:
-            log.error("storage unwritable: %s", exc)
-            raise StorageUnwritable(
+            log.error("data directory cannot be written: %s", exc)
+            raise StorageUnavailable(
                 exc.errno,
-                "The folder for recordings cannot be written, so this one was not saved.",
+                "The data directory cannot be written (CARECALL_DATA_DIR),"
+                " so this recording was not saved.",
             ) from exc
         if exc.errno not in FULL_ERRNOS:
             raise
@@ -70,6 +80,7 @@ class Staged:
 
     data_dir: Path
     relative: str
+    writer: int = field(default_factory=os.getpid)
 
     @property
     def final(self):
@@ -78,8 +89,8 @@ class Staged:
 
     @property
     def partial(self):
-        """Return the temporary path it is written to."""
-        return self.final.with_name(self.final.name + PART)
+        """Return the temporary path it is written to, naming the process that writes it."""
+        return self.final.with_name(f"{self.final.name}.{self.writer}{PART}")
 
     def publish(self):
         """Give the recording its final name, durably; return its relative path."""
@@ -141,7 +152,7 @@ class Swept:
 
 
 def sweep(data_dir, db, *, max_age=PART_MAX_AGE_SECONDS, now=None):
-    """Remove old .part files and move recordings no request names into orphans/."""
+    """Remove .part files that are old or whose writer has ended; move unclaimed recordings."""
     data_dir = Path(data_dir)
     # Younger files may belong to a save still in progress in another process.
     cutoff = (time.time() if now is None else now) - max_age
@@ -155,15 +166,21 @@ def sweep(data_dir, db, *, max_age=PART_MAX_AGE_SECONDS, now=None):
     candidates = [
         *sorted((data_dir / "recordings").rglob("*")),
         *sorted((data_dir / "incoming").glob(f"upload-*{PART}")),
+        *sorted((data_dir / "kiosk-speech").glob(f"*{PART}")),
     ]
     for path in candidates:
         relative = path.relative_to(data_dir)
         try:
-            if not path.is_file() or path.stat().st_mtime > cutoff:
+            if not path.is_file():
                 continue
+            young = path.stat().st_mtime > cutoff
             if path.name.endswith(PART):
+                if young and not writer_gone(path):
+                    continue
                 path.unlink()
                 parts += 1
+            elif young:
+                continue
             elif str(relative) not in claimed:
                 target = data_dir / ORPHANS / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +190,28 @@ def sweep(data_dir, db, *, max_age=PART_MAX_AGE_SECONDS, now=None):
         except FileNotFoundError:
             continue  # a server and a worker starting together sweep the same files
     return Swept(parts, orphans)
+
+
+def writer_gone(path):
+    """Return whether the process named in a .part file's name has ended (False if unnamed)."""
+    found = WRITER.search(Path(path).name)
+    if not found:
+        return False
+    pid = int(found[1] or found[2])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    # Killed but not yet reaped by its parent (a zombie): it will write nothing more.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _fsync_dir(path):

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -566,6 +567,13 @@ SETTINGS = (
     ),
     _s(
         "storage",
+        "DATA_SWEEP_SECONDS",
+        Number(1, 86400),
+        3600.0,
+        "How often a worker sweeps DATA_DIR for files a killed process left (also at start-up).",
+    ),
+    _s(
+        "storage",
         "JOB_POLL_SECONDS",
         Number(0.01, 60),
         0.2,
@@ -889,7 +897,7 @@ SETTINGS = (
         "KIOSK_LANGUAGE",
         LANGUAGE,
         None,
-        "Language of the kiosk page; unset: DEFAULT_LANGUAGE.",
+        "Language of the kiosk page (app/kiosk/languages/<code>.toml); unset: DEFAULT_LANGUAGE.",
         optional=True,
     ),
     _s(
@@ -1023,6 +1031,31 @@ def _check_together(values):
     if values["LOCKOUT_BASE_SECONDS"] > values["LOCKOUT_MAX_SECONDS"]:
         raise SettingsError(
             f"{PREFIX}LOCKOUT_BASE_SECONDS must not exceed {PREFIX}LOCKOUT_MAX_SECONDS"
+        )
+    _check_folders(values)
+
+
+def _check_folders(values):
+    """Check that the folders of flows and models exist and hold the languages configured."""
+    from .flows import NOT_FLOWS
+    from .kiosk import wording
+
+    for name in ("FLOWS_DIR", "MODELS_DIR"):
+        if not Path(values[name]).is_dir():
+            raise SettingsError(f"{PREFIX}{name}={values[name]!r}: no such folder")
+    # Without its flow every call in the default language, and the apology too, would fail.
+    language = values["DEFAULT_LANGUAGE"]
+    flow = Path(values["FLOWS_DIR"]) / f"{language}.toml"
+    if language in NOT_FLOWS or not flow.is_file():
+        raise SettingsError(
+            f"{PREFIX}DEFAULT_LANGUAGE={language!r}: no phone flow {flow}; add it, or choose"
+            f" a language with a flow in {PREFIX}FLOWS_DIR"
+        )
+    kiosk = values["KIOSK_LANGUAGE"]
+    if kiosk is not None and kiosk not in wording.available():
+        raise SettingsError(
+            f"{PREFIX}KIOSK_LANGUAGE={kiosk!r}: no kiosk wording for it; have"
+            f" {', '.join(wording.available())} (app/kiosk/languages/)"
         )
 
 

@@ -30,7 +30,6 @@ from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_KEY = "outside-in-secret-key-0123456789"
-DAY_SECONDS = 24 * 3600
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 # The harness never goes through a proxy: everything it talks to is on loopback.
 _NO_PROXY = {"http": None, "https": None}
@@ -354,17 +353,6 @@ def kill_during_upload(server, token, audio, client_id):
         spooled = wait_for(lambda: list((server.data_dir / "incoming").glob("*.part")), 10)
         server.kill()
     return spooled or []
-
-
-def age(paths, seconds=DAY_SECONDS):
-    """Make files look as old as after a night down, so no live writer can still own them.
-
-    A sweep at start-up must spare a young .part: with a separate worker process it may be
-    a save in progress. A restart after a real crash comes later than a test's does.
-    """
-    for path in paths:
-        stamp = time.time() - seconds
-        os.utime(path, (stamp, stamp))
 
 
 def kill_during_transcription(server, token, audio, tries=3):

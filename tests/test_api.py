@@ -1,5 +1,7 @@
 """The JSON API: bearer tokens, the console's rules, the same audit trail."""
 
+import base64
+
 import pytest
 
 from app import accounts, queue
@@ -93,6 +95,10 @@ def test_patch_is_audited_as_the_token_and_stores_corrections(client, db):
         ({"category": "spaceflight"}, 400, "category must be"),
         ({"phone": "+1"}, 400, "cannot change phone"),
         ({"note": 5}, 400, "note must be text"),
+        ({"urgency": {}}, 400, "urgency must be"),
+        ({"urgency": []}, 400, "urgency must be"),
+        ({"category": ["food"]}, 400, "category must be"),
+        ({"status": {"a": 1}}, 400, "status must be"),
         ({}, 400, "send a JSON object"),
     ],
 )
@@ -142,6 +148,10 @@ def test_bad_list_arguments_are_400(client, db, args):
 
 # Past SQLite's largest integer: the id must be refused, never reach the database.
 TOO_BIG = 2**63
+# JSON nested far past Python's recursion limit, and one holding a lone surrogate.
+DEEP = "[" * 3000 + "]" * 3000
+DEEP_CURSOR = base64.urlsafe_b64encode(DEEP.encode()).decode()
+SURROGATE_CURSOR = "WyJcdWQ4MDAiLDFd"  # ["\ud800",1]
 
 
 @pytest.mark.parametrize(
@@ -158,6 +168,8 @@ TOO_BIG = 2**63
         ({"date_to": "10000-01-01"}, "date_to"),
         ({"region": "x" * 201}, "region"),
         ({"limit": str(TOO_BIG)}, None),
+        ({"cursor": DEEP_CURSOR}, "cursor"),
+        ({"cursor": SURROGATE_CURSOR}, "cursor is not one this server gave out"),
     ],
 )
 def test_odd_list_arguments_are_400_with_a_reason(client, db, args, message):
@@ -189,3 +201,85 @@ def test_odd_request_ids_are_404(client, db, request_id, method):
         json={"status": "done"},
     )
     assert response.status_code == 404 and "error" in response.json
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100000 + "]" * 100000,
+        '{"note": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"note": "\\ud800"}',
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PATCH", "/api/v1/requests/{id}"),
+        ("POST", "/api/v1/volunteers"),
+        ("PATCH", "/api/v1/volunteers/1"),
+    ],
+)
+def test_deep_or_broken_json_bodies_are_400(client, db, method, path, body):
+    item = add_request(db)
+    response = client.open(
+        path.format(id=item["id"]),
+        method=method,
+        headers=bearer(db, "admin"),
+        data=body,
+        content_type="application/json",
+    )
+    assert response.status_code == 400 and response.is_json
+    assert "codec" not in response.get_data(True)
+    assert len(queue.events(db, item["id"])) == 1
+
+
+def test_the_message_for_a_bad_cursor_names_no_codec(client, db):
+    response = client.get(
+        "/api/v1/requests",
+        headers=bearer(db, "viewer"),
+        query_string={"cursor": SURROGATE_CURSOR},
+    )
+    assert response.status_code == 400
+    assert "codec" not in response.json["error"] and "surrogate" not in response.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/requests", 200),  # a read never waits for the write lock
+        ("GET", "/api/v1/requests/{id}", 200),
+        ("PATCH", "/api/v1/requests/{id}", 503),  # a write says "busy, try again"
+    ],
+)
+def test_a_held_write_lock_does_not_fail_reads_and_writes_answer_busy(
+    make_app, method, path, status
+):
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1)
+    db = connect(app.config["DATABASE"])
+    item = add_request(db)
+    headers = bearer(db, "coordinator")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        response = app.test_client().open(
+            path.format(id=item["id"]), method=method, headers=headers, json={"status": "done"}
+        )
+    finally:
+        db.conn.rollback()
+    assert response.status_code == status and response.is_json, response.get_data(True)
+    if status == 503:
+        assert response.json["error"] == "busy" and int(response.headers["Retry-After"]) > 0
+    assert queue.get(db, item["id"])["status"] == "new"
+
+
+@pytest.mark.parametrize(("seconds_ago", "noted_again"), [(30, False), (120, True)])
+def test_token_use_is_noted_at_most_once_a_minute(client, db, seconds_ago, noted_again):
+    from datetime import UTC, datetime, timedelta
+
+    headers = bearer(db, "viewer")
+    earlier = (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds")
+    db.execute("UPDATE api_tokens SET last_used_at = ?", [earlier])
+    assert client.get("/api/v1/requests", headers=headers).status_code == 200
+    [noted] = [r["last_used_at"] for r in db["api_tokens"].rows]
+    assert (noted != earlier) == noted_again

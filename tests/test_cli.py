@@ -139,3 +139,27 @@ def test_serve_prints_where_to_look_and_a_first_login(tmp_path, models_dir):
         "swept ",
     ):
         assert where in output
+
+
+HUGE = "999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["jobs", "retry", HUGE],
+        ["jobs", "retry", "0"],
+        ["jobs", "retry", "--", "-5"],
+        ["people", "link", "99999999999999999999", "1"],
+        ["people", "link", "1", HUGE],
+        ["people", "add", "Ann", "--prefer", HUGE],
+        ["tokens", "revoke", HUGE],
+        ["kiosks", "revoke", HUGE],
+    ],
+)
+def test_an_id_out_of_range_is_a_clear_error_not_a_traceback(runner, args):
+    result = runner.invoke(args=args)
+    assert result.exit_code != 0
+    assert not isinstance(result.exception, OverflowError | TypeError | ValueError)
+    assert "Traceback" not in result.output
+    assert ("is not an id" in result.output) or ("no kiosk" in result.output)

@@ -1,5 +1,6 @@
 """The coordinator console through the Flask test client: permissions, audit, merge, search."""
 
+import base64
 import json
 import re
 import wave
@@ -619,6 +620,8 @@ TOO_BIG = 2**63
         ({"cursor": search.encode_cursor([None]), "q": "milk"}, "cursor"),
         ({"date_from": "2026-02-01", "date_to": "2026-01-01"}, "date_from"),
         ({"date_to": "9999-12-31"}, None),
+        ({"cursor": base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()}, "cursor"),
+        ({"cursor": "WyJcdWQ4MDAiLDFd"}, "cursor"),  # ["\ud800",1]: a lone surrogate
     ],
 )
 @pytest.mark.parametrize("path", ["/console/", "/console/rows"])
@@ -704,3 +707,41 @@ def test_a_failed_request_shows_why_in_the_queue_the_page_and_the_api(app, db, c
         .get_json()["requests"]
     )
     assert [(r["stage"], r["urgency"], r["error"]) for r in listed] == [("failed", "high", reason)]
+
+
+@pytest.mark.parametrize("path", ["/console/", "/console/rows"])
+def test_a_held_write_lock_does_not_fail_a_logged_in_page(make_app, path):
+    """Noting that a session is still in use must not wait for, or fail on, the lock."""
+    import time
+
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1, **FAST)
+    db = connect(app.config["DATABASE"])
+    client = as_role(app, db, "coordinator")
+    add_request(db, transcript="milk please")
+    db.execute("UPDATE sessions SET last_seen_at = ?", [time.time() - 600])
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.get(path)
+    finally:
+        db.conn.rollback()
+    assert response.status_code == 200 and "milk please" in response.get_data(True)
+
+
+def test_logging_out_while_the_lock_is_held_is_busy_not_a_crash(make_app):
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1, **FAST)
+    db = connect(app.config["DATABASE"])
+    client = as_role(app, db, "coordinator")
+    token = csrf_token(client, "/console/")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.post("/console/logout", data={"csrf_token": token})
+    finally:
+        db.conn.rollback()
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    # Nothing was ended: trying again works.
+    again = client.post("/console/logout", data={"csrf_token": token})
+    assert again.status_code == 303 and db["sessions"].count == 0

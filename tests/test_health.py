@@ -8,6 +8,7 @@ import pytest
 from app import accounts, create_app, jobs, pipeline, settings
 from app.speech import ModelUnavailable
 from tests.test_console import FAST, login, make_user, post_form
+from tests.test_storage import UNWRITABLE, full_database, unwritable_data_dir  # noqa: F401
 
 READY_MODELS = {"whisper-tiny-en": "installed", "vosk-ko": "installed"}
 
@@ -219,3 +220,31 @@ def test_an_unset_coordinator_line_is_warned_but_not_unready(make_app, db, numbe
     body = client.get("/healthz", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert any("CARECALL_COORDINATOR_NUMBER" in p for p in body["problems"]) == warned
     assert not any("COORDINATOR" in r for r in client.get("/readyz").get_json()["reasons"])
+
+
+@pytest.mark.parametrize("how", UNWRITABLE)
+def test_an_unwritable_data_dir_is_not_ready_and_warned_of_at_start_up(
+    make_app,
+    unwritable_data_dir,  # noqa: F811
+    how,
+):
+    with unwritable_data_dir(how) as data:
+        app = make_app(DATA_DIR=str(data))
+        with jobs.Heartbeat(app, "test-worker", "worker"):
+            response = app.test_client().get("/readyz")
+        result = app.test_cli_runner().invoke(args=["worker", "--burst"])
+    assert response.status_code == 503
+    [reason] = response.get_json()["reasons"]
+    assert reason.startswith(f"CARECALL_DATA_DIR={data}: cannot save recordings")
+    assert f"warning: {reason}" in result.output
+
+
+def test_a_full_database_disk_is_not_ready(full_database):  # noqa: F811
+    app, _ = full_database
+    # No worker could beat here either (its heartbeat is a write): that is a reason too.
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    reasons = response.get_json()["reasons"]
+    assert any(r.startswith("CARECALL_DATABASE=") and "No space left" in r for r in reasons), (
+        reasons
+    )

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import time
 import tracemalloc
 from html.parser import HTMLParser
 from pathlib import Path
@@ -649,3 +650,51 @@ def test_a_broken_model_answers_the_kiosk_with_failed_and_words_to_show(
     assert body["state"] == "failed" and body["urgency"] == "high"
     assert body["readback"]["note"].startswith("I could not make out the words of your message")
     assert body["readback"]["speech"] == body["readback"]["note"]
+
+
+def test_racing_retries_of_one_recording_are_created_and_audited_once(
+    make_app, speech_webm, tmp_path
+):
+    """Retries that all pass the first look before any is saved still make one request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.db import connect
+
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=20)
+    with app.app_context():
+        from app.db import get_db
+
+        token = devices.add(get_db(), "Riverside Centre", region="riverside")[1]
+    headers = {"Authorization": f"Bearer {token}"}
+    holder = connect(app.config["DATABASE"])
+    # Every upload checks, decodes, then waits here for the write lock, as when they race.
+    holder.execute("BEGIN IMMEDIATE")
+    with ThreadPoolExecutor(4) as pool:
+        sent = [
+            pool.submit(post, app.test_client(), headers, data=speech_webm, client_id="racing-01")
+            for _ in range(4)
+        ]
+        time.sleep(3)
+        holder.conn.rollback()
+        answers = [f.result() for f in sent]
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 202]
+    assert [a.json["created"] for a in answers].count(True) == 1
+    assert len({a.json["id"] for a in answers}) == 1
+    db = connect(app.config["DATABASE"])
+    uploaded = [e for e in queue.events(db, answers[0].json["id"]) if e["action"] == "uploaded"]
+    assert len(uploaded) == 1 and db["requests"].count == 1
+    assert incoming(app) == []
+
+
+@pytest.mark.parametrize(
+    "body", ["[" * 100000 + "]" * 100000, '{"answer": "\\ud800"}', '{"answer": ' * 3000]
+)
+def test_a_deep_or_broken_json_answer_is_a_400(client, auth, speech_webm, body):
+    sent = post(client, auth, data=speech_webm).json
+    response = client.post(
+        f"/api/v1/voicemail/{sent['id']}/confirm",
+        data=body,
+        headers=auth,
+        content_type="application/json",
+    )
+    assert response.status_code == 400 and response.json["error"] == "bad_answer"

@@ -183,3 +183,24 @@ def test_matches_at_a_requested_time(client, db, at, expected, reason):
     assert [m["name"] for m in body["matches"]] == expected
     if reason:
         assert reason in body["matches"][0]["reasons"]
+
+
+@pytest.mark.parametrize(
+    ("offset", "status"),
+    [
+        ("0", 200),
+        ("1000000", 200),
+        ("-1", 400),
+        ("1000001", 400),
+        ("9223372036854775808", 400),
+        ("99999999999999999999999999", 400),
+        ("lots", 400),
+    ],
+)
+def test_volunteer_offsets_are_bounded(client, db, offset, status):
+    response = client.get(
+        "/api/v1/volunteers", headers=bearer(db, "viewer"), query_string={"offset": offset}
+    )
+    assert response.status_code == status and response.is_json
+    if status == 400:
+        assert "offset must be a whole number from 0 to" in response.json["error"]

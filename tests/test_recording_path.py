@@ -253,7 +253,9 @@ def test_an_unwritable_data_dir_keeps_the_recording_pending_with_a_download_job(
     _assert_answered(path, status, body, stored_later=204)
     row = db["twilio_recordings"].get(recording["RecordingSid"])
     assert row["state"] == "pending"
-    assert row["error"].startswith("data directory unwritable: The folder for recordings")
+    assert row["error"].startswith(
+        "data directory unwritable: The data directory cannot be written"
+    )
     [job] = db["jobs"].rows_where("kind = ?", [twilio_media.FETCH])
     assert job["state"] == "queued"
     # The folder is writable again: the queued job stores it.

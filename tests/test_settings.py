@@ -216,3 +216,52 @@ def test_an_auth_token_without_its_account_sid_is_refused_at_start_up():
 
 def test_a_minimum_length_is_in_the_settings_table():
     assert BY_NAME["TWILIO_AUTH_TOKEN"].kind.what == "text of at least 8 characters"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "says"),
+    [
+        ("FLOWS_DIR", "/nonexistent", "CARECALL_FLOWS_DIR='/nonexistent': no such folder"),
+        ("FLOWS_DIR", str(REPO_ROOT / "README.md"), "CARECALL_FLOWS_DIR="),
+        ("MODELS_DIR", "/nonexistent", "CARECALL_MODELS_DIR='/nonexistent': no such folder"),
+        ("KIOSK_LANGUAGE", "zz", "CARECALL_KIOSK_LANGUAGE='zz': no kiosk wording"),
+    ],
+)
+def test_folders_and_languages_are_checked_at_start_up(name, raw, says):
+    """A missing flows folder or language would otherwise fail every call, not start-up."""
+    with pytest.raises(SettingsError) as caught:
+        loaded(**{name: raw})
+    assert says in caught.value.message
+
+
+def test_a_default_language_without_a_phone_flow_is_refused():
+    engines = '{"en": "whisper:whisper-tiny-en", "ko": "vosk:vosk-ko"}'
+    with pytest.raises(SettingsError, match="CARECALL_DEFAULT_LANGUAGE='ko': no phone flow"):
+        loaded(DEFAULT_LANGUAGE="ko", SPEECH_ENGINES=engines)
+
+
+def test_a_flows_folder_without_the_default_language_is_refused(tmp_path):
+    (tmp_path / "categories.toml").write_text("")
+    with pytest.raises(SettingsError, match="CARECALL_DEFAULT_LANGUAGE='en': no phone flow"):
+        loaded(FLOWS_DIR=str(tmp_path))
+
+
+def test_a_missing_flows_folder_stops_the_command_line_in_one_line(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "CARECALL_DATABASE": str(tmp_path / "x.db"),
+        "CARECALL_FLOWS_DIR": "/nonexistent",
+    }
+    flask = Path(sys.executable).with_name("flask")
+    done = subprocess.run(
+        [str(flask), "--app", "app", "settings"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "CARECALL_FLOWS_DIR='/nonexistent'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,13 +5,13 @@ import io
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
@@ -340,8 +340,10 @@ REFUSE = (
 )
 def test_a_failed_save_leaves_no_recording(app, db, client, kiosk_token, recording, refused):
     db.execute(REFUSE.format(refused))
-    with pytest.raises(sqlite3.IntegrityError, match="refused by test"):
-        upload(client, kiosk_token, recording)
+    # Something nobody named: still JSON the tablet retries, with an id to find it in the log.
+    failed = upload(client, kiosk_token, recording)
+    assert failed.status_code == 500 and failed.json["error"] == "internal"
+    assert failed.json["request_id"]
     assert db["requests"].count == 0
     assert files_under(app.config["DATA_DIR"]) == []
     db.execute("DROP TRIGGER refuse")
@@ -355,11 +357,12 @@ def test_a_failed_save_leaves_no_recording(app, db, client, kiosk_token, recordi
 
 
 @contextlib.contextmanager
-def small_disk(folder, size):
+def small_disk(folder, size, *, read_only=False):
     """Mount a real filesystem of size bytes at folder (a tmpfs; needs root)."""
     folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder],
         capture_output=True,
         check=False,
     )
@@ -411,6 +414,99 @@ def test_receive_on_a_full_disk_raises_storage_full_and_saves_nothing(
         assert connect(app.config["DATABASE"])["requests"].count == 0
 
 
+def fill(folder):
+    """Fill the filesystem under folder to the last byte."""
+    with open(folder / "filler", "wb", buffering=0) as out:
+        for size in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    out.write(b"\0" * size)
+            except OSError:
+                continue
+
+
+@pytest.fixture
+def unwritable_data_dir(tmp_path):
+    """Return a builder of a DATA_DIR that cannot be written, in one of the ways it happens."""
+
+    @contextlib.contextmanager
+    def build(how):
+        data = tmp_path / "data"
+        if how == "a regular file":
+            data.write_text("not a folder")
+            yield data
+        else:
+            with small_disk(data, 1 << 20, read_only=True):
+                yield data
+
+    return build
+
+
+UNWRITABLE = ["a regular file", "a read-only disk"]
+
+
+@pytest.mark.parametrize("how", UNWRITABLE)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/v1/voicemail"), ("GET", "/kiosk/speech/en/speech/saved.wav")],
+)
+def test_an_unwritable_data_dir_is_a_json_503_for_the_kiosk(
+    make_app, recording, unwritable_data_dir, how, method, path
+):
+    with unwritable_data_dir(how) as data:
+        app = make_app(DATA_DIR=str(data))
+        with app.app_context():
+            token = devices.add(get_db(), "Riverside", region="r")[1]
+        headers = {"Authorization": f"Bearer {token}"}
+        if method == "POST":
+            response = upload(app.test_client(), headers, recording)
+        else:
+            response = app.test_client().get(path)
+        assert response.status_code == 503 and response.is_json, response.get_data(True)
+        assert response.json["error"] == "storage_unavailable"
+        assert "Errno" not in response.json["message"]
+        assert int(response.headers["Retry-After"]) > 0
+        assert connect(app.config["DATABASE"])["requests"].count == 0
+
+
+@pytest.fixture
+def full_database(make_app, tmp_path):
+    """Return an app (and a kiosk's headers) whose database's disk is full."""
+    disk = tmp_path / "dbdisk"
+    with small_disk(disk, 2 << 20):
+        app = make_app(DATABASE=str(disk / "carecall.db"))
+        with app.app_context():
+            token = devices.add(get_db(), "Riverside", region="r")[1]
+        fill(disk)
+        yield app, {"Authorization": f"Bearer {token}"}
+        pool = app.extensions["carecall.db_pool"]
+        while not pool.empty():
+            pool.get_nowait().close()
+
+
+def test_a_full_database_disk_is_507_json_for_the_kiosk(full_database, recording):
+    app, headers = full_database
+    response = upload(app.test_client(), headers, recording)
+    assert response.status_code == 507 and response.is_json, response.get_data(True)
+    assert response.json["error"] == "storage_full"
+    assert int(response.headers["Retry-After"]) > 0
+    assert files_under(app.config["DATA_DIR"]) == []
+
+
+def test_a_busy_database_is_503_with_retry_after_for_the_kiosk(make_app, recording):
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=0.1)
+    with app.app_context():
+        token = devices.add(get_db(), "Riverside", region="r")[1]
+    holder = connect(app.config["DATABASE"])
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = upload(app.test_client(), {"Authorization": f"Bearer {token}"}, recording)
+    finally:
+        holder.conn.rollback()
+    assert response.status_code == 503 and response.json["error"] == "busy"
+    assert int(response.headers["Retry-After"]) > 0
+
+
 # --- the start-up sweep ---------------------------------------------------------------------
 
 HOUR = 3600
@@ -457,6 +553,81 @@ def test_sweep_removes_old_parts_and_moves_unclaimed_recordings(app, db):
     assert files_under(data) == sorted(where for *_, where in LEFTOVERS if where)
     moved = data / "orphans/recordings/2026/01/02/unclaimed.wav"
     assert moved.read_bytes() == b"RIFFrecordings/2026/01/02/unclaimed.wav"
+
+
+@pytest.fixture
+def writers():
+    """Return the pids of a live process, an ended one and a killed one not yet reaped."""
+    live = subprocess.Popen(["sleep", "60"])
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    zombie = subprocess.Popen(["sleep", "60"])
+    zombie.kill()  # kill -9; its parent (us) has not reaped it yet
+    time.sleep(0.2)
+    yield {"live": live.pid, "ended": ended.pid, "killed": zombie.pid, "this": os.getpid()}
+    live.kill()
+    live.wait()
+    zombie.wait()
+
+
+# (file, whose) -> removed at once? Young files named after a process that is gone go now.
+NAMED_PARTS = [
+    ("incoming/upload-{pid}-abc123.part", "ended", True),
+    ("incoming/upload-{pid}-abc123.part", "killed", True),
+    ("incoming/upload-{pid}-abc123.part", "live", False),
+    ("incoming/upload-{pid}-abc123.part", "this", False),
+    ("recordings/2026/01/02/call.wav.{pid}.part", "ended", True),
+    ("recordings/2026/01/02/call.wav.{pid}.part", "killed", True),
+    ("recordings/2026/01/02/call.wav.{pid}.part", "live", False),
+    ("kiosk-speech/tmpab12.wav.{pid}.part", "killed", True),
+    ("kiosk-speech/tmpab12.wav.{pid}.part", "this", False),
+]
+
+
+@pytest.mark.parametrize(("name", "whose", "removed"), NAMED_PARTS)
+def test_a_part_whose_writer_is_gone_is_swept_at_once(app, db, writers, name, whose, removed):
+    data = Path(app.config["DATA_DIR"])
+    path = data / name.format(pid=writers[whose])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"half an upload")
+    swept = recordings.sweep(data, db)
+    assert swept.parts_removed == int(removed)
+    assert path.exists() is not removed
+
+
+def test_parts_are_named_after_their_writer(app, recording, tmp_path):
+    from app.kiosk.upload import read_upload
+
+    staged = recordings.stage(app.config["DATA_DIR"], recording, ".wav")
+    assert staged.partial.name.endswith(f".wav.{os.getpid()}.part") and staged.partial.exists()
+    staged.discard()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
+        + recording
+        + b"\r\n--b--\r\n"
+    )
+    form = read_upload(
+        io.BytesIO(body), "multipart/form-data; boundary=b", {"audio": 10**7}, tmp_path
+    )
+    assert form.path.name.startswith(f"upload-{os.getpid()}-") and form.path.name.endswith(".part")
+    form.discard()
+
+
+def test_a_running_worker_sweeps_again_not_only_at_start_up(make_app, writers):
+    from app import jobs
+
+    app = make_app(DATA_SWEEP_SECONDS=1)
+    part = Path(app.config["DATA_DIR"]) / f"incoming/upload-{writers['killed']}-xyz.part"
+    part.parent.mkdir(parents=True)
+    worker = jobs.start_worker(app, "worker")
+    try:
+        part.write_bytes(b"half an upload, after the worker started")
+        deadline = time.monotonic() + 10
+        while part.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    assert not part.exists()
 
 
 def test_worker_start_up_sweeps_and_says_so(app, db, runner):
@@ -633,3 +804,29 @@ def test_a_login_behind_a_held_lock_is_503_to_try_again(make_app, password):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
     assert "try again in a moment" in response.get_data(as_text=True)
+
+
+# --- spoken kiosk prompts -----------------------------------------------------------------
+
+SAVED = "/kiosk/speech/en/speech/saved.wav"
+
+
+def test_a_spoken_prompt_is_cached_whole(app):
+    response = app.test_client().get(SAVED)
+    assert response.status_code == 200
+    [cached] = (Path(app.config["DATA_DIR"]) / "kiosk-speech").iterdir()
+    with wave.open(str(cached)) as clip:
+        whole = clip.getnframes() * clip.getsampwidth() * clip.getnchannels()
+    assert cached.stat().st_size == 44 + whole and whole > 20000
+    assert cached.read_bytes() == response.get_data()
+
+
+@pytest.mark.parametrize("room", [16 * 1024, 64 * 1024])
+def test_a_prompt_cut_short_by_a_full_disk_is_507_and_never_cached(make_app, tmp_path, room):
+    data = tmp_path / "small"
+    with small_disk(data, room):
+        app = make_app(DATA_DIR=str(data))
+        response = app.test_client().get(SAVED)
+        assert response.status_code == 507 and response.json["error"] == "storage_full"
+        assert int(response.headers["Retry-After"]) > 0
+        assert files_under(data) == []

@@ -68,12 +68,13 @@ def validate_changes(changes):
             raise BadChange(f"{name} cannot be changed here")
         if value is None or value == "":
             continue
-        if name == "category" and value not in CATEGORY_KEYS:
-            raise BadChange(f"category must be one of {', '.join(CATEGORY_KEYS)}")
-        if name == "urgency" and value not in queue.URGENCY_RANK:
-            raise BadChange(f"urgency must be one of {', '.join(queue.URGENCY_RANK)}")
-        if name == "status" and value not in queue.STATUSES:
-            raise BadChange(f"status must be one of {', '.join(queue.STATUSES)}")
+        # A list or object sent as JSON is refused before it is looked up (unhashable).
+        known = {"category": CATEGORY_KEYS, "urgency": queue.URGENCY_RANK}
+        known["status"] = queue.STATUSES
+        if name in known and (not isinstance(value, str) or value not in known[name]):
+            raise BadChange(f"{name} must be one of {', '.join(known[name])}")
+        if not isinstance(value, str):
+            raise BadChange(f"{name} must be text")
         out[name] = _clean_text(value, name) if name == "transcript" else value
     return out
 

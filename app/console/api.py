@@ -1,12 +1,13 @@
 """JSON API under /api/v1/requests: bearer tokens, the console's rules and the same audit."""
 
 import functools
+import sqlite3
 
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import accounts, queue
-from ..db import get_db
+from ..db import get_db, lock_error
 from . import actions, search
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -57,6 +58,10 @@ def api_error(error):
     if error.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="carecall"'
     return response
+
+
+# A write outside a transaction can still meet the lock: busy, not a crash.
+bp.register_error_handler(sqlite3.OperationalError, lock_error)
 
 
 @bp.errorhandler(HTTPException)

@@ -10,6 +10,7 @@ from ..db import get_db
 from .api import ApiError, bp, require
 
 MAX_LIMIT = 100
+MAX_OFFSET = 10**6
 
 
 def _body():
@@ -63,15 +64,18 @@ def list_volunteers():
     """List volunteers by id; filter with active, region and skill."""
     try:
         offset = int(request.args.get("offset", 0))
-    except ValueError as exc:
-        raise ApiError(400, "offset must be a whole number") from exc
+    except ValueError:
+        offset = -1
+    # SQLite's OFFSET is a 64-bit integer; nobody pages a million volunteers deep.
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ApiError(400, f"offset must be a whole number from 0 to {MAX_OFFSET}")
     rows = people.list_volunteers(
         get_db(),
         active=_flag("active"),
         region=request.args.get("region") or None,
         skill=request.args.get("skill") or None,
         limit=_limit(MAX_LIMIT),
-        offset=max(0, offset),
+        offset=offset,
     )
     return jsonify(volunteers=rows)
 

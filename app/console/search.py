@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import date, timedelta
 
+from .. import jsontext
 from ..classify import CATEGORY_KEYS
 from ..queue import CHANNELS, STATUSES, URGENCY_RANK, row_id
 
@@ -179,7 +180,7 @@ def decode_cursor(cursor, shape="waiting"):
     kinds = CURSOR_SHAPES[shape]
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        values = jsontext.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(values, list) or len(values) != len(kinds) + 1:
             raise TypeError("not a list of the right length")
         *keys, request_id = values

@@ -3,6 +3,7 @@
 import functools
 import math
 import mimetypes
+import sqlite3
 from pathlib import Path
 
 import segno
@@ -23,7 +24,7 @@ from markupsafe import Markup
 
 from .. import accounts, queue
 from ..classify import CATEGORY_KEYS, load_categories
-from ..db import get_db
+from ..db import get_db, lock_error
 from ..kiosk import devices
 from . import actions, search, waiting
 
@@ -686,6 +687,10 @@ def revoke_kiosk(kiosk_id):
     devices.revoke(db, kiosk_id, actor=g.principal.actor)
     flash(f"Revoked kiosk {kiosk.name}: its tablet can no longer send requests.", "ok")
     return redirect(url_for("console.kiosks"), code=303)
+
+
+# A write outside a transaction (logging out, a session's note) can still meet the lock.
+bp.register_error_handler(sqlite3.OperationalError, lock_error)
 
 
 @bp.errorhandler(400)

@@ -8,6 +8,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from ..db import note_use
 from ..queue import now, record_event, row_id
 
 TOKEN_BYTES = 32
@@ -146,8 +147,8 @@ def revoke(db, kiosk_id, *, actor="system"):
 
 
 def seen(db, kiosk):
-    """Note that a kiosk just sent something."""
-    db["kiosks"].update(kiosk.id, {"last_seen_at": now()})
+    """Note that a kiosk just sent something (at most once a minute, never waiting the lock)."""
+    note_use(db, "kiosks", "last_seen_at", kiosk.id, kiosk.last_seen_at)
 
 
 def kiosk_of(db, request):

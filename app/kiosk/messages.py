@@ -93,9 +93,11 @@ def sent_before(db, kiosk, client_id):
 def accept(db, kiosk, path, *, kind, recording, client_id=None, language=None, phone=None):
     """Queue a checked recording from a kiosk; return (request, created)."""
     key = source_key(kiosk, client_id)
-    if existing := queue.find_by_source(db, key):
-        return existing, False
     with db.atomic():
+        # Looked up again under the write lock: a retry racing this upload may have just
+        # saved the same recording, and must not be answered "created" or audited twice.
+        if existing := queue.find_by_source(db, key):
+            return existing, False
         request = _receive(db, kiosk, path, key, kind, recording, language, phone)
     # The worker is woken only now: before the commit it could not see the job.
     jobs.wake()

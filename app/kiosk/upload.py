@@ -141,7 +141,10 @@ class _FormReader:
         if self.kind is not None:
             raise BadField("send one recording per upload")
         self.kind = name
-        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.dest_dir)
+        # Named after this process, so a restart can tell a dead upload from a live one.
+        fd, path = tempfile.mkstemp(
+            prefix=f"upload-{os.getpid()}-", suffix=".part", dir=self.dest_dir
+        )
         self.path = Path(path)
         self.out = os.fdopen(fd, "wb")
         self.current = ("file", name)

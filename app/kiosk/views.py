@@ -1,6 +1,8 @@
 """The kiosk's web edge: the one-button page and the upload API it talks to."""
 
 import io
+import logging
+import secrets
 from pathlib import Path
 
 from flask import (
@@ -13,12 +15,12 @@ from flask import (
     send_file,
     url_for,
 )
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import pipeline, queue
 from ..classify import UnknownLanguage
-from ..db import DatabaseBusy, get_db
-from ..recordings import StorageFull
+from ..db import DatabaseBusy, DatabaseFull, get_db, is_busy, is_full, is_unwritable
+from ..recordings import FULL_ERRNOS, UNWRITABLE_ERRNOS, StorageFull, StorageUnavailable
 from ..speech import AudioTooLong, CorruptAudio, EmptyAudio, NotAudio, SilentAudio
 from . import devices, messages, voice, wording
 from .upload import (
@@ -31,6 +33,9 @@ from .upload import (
 )
 
 bp = Blueprint("kiosk", __name__)
+log = logging.getLogger(__name__)
+# How long a tablet waits before sending again after a 503 or 507 (README: "Retry-After").
+RETRY_AFTER_SECONDS = 5
 
 # Named error -> (HTTP status, code the page understands). Most specific first.
 API_ERRORS = (
@@ -53,7 +58,10 @@ API_ERRORS = (
     (queue.RequestNotFound, 404, "not_found"),
     (voice.VoiceUnavailable, 503, "no_voice"),
     # The tablet keeps the recording and sends it again: 5xx answers are retried.
+    # StorageUnavailable is a kind of StorageFull: it must come first.
+    (StorageUnavailable, 503, "storage_unavailable"),
     (StorageFull, 507, "storage_full"),
+    (DatabaseFull, 507, "storage_full"),
     (DatabaseBusy, 503, "busy"),
     (messages.NotThisKiosks, 404, "not_found"),
 )
@@ -228,12 +236,51 @@ def api_error(error):
             response = jsonify(error=name, message=str(message))
             if code == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="carecall-kiosk"'
+            if code in (503, 507):
+                response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response, code
     raise error  # unreachable: registered only for the kinds above
 
 
+def unexpected_error(error):
+    """Answer anything else as JSON too: storage and lock errors by name, the rest as 500."""
+    if isinstance(error, HTTPException):
+        if not request.path.startswith("/api/"):
+            return error
+        return jsonify(error=error.name.lower().replace(" ", "_"), message=error.description), (
+            error.code
+        )
+    if named := _storage_error(error):
+        return api_error(named)
+    # Still a 5xx the tablet retries; the id ties its log line to what the page reports.
+    request_id = secrets.token_hex(6)
+    log.exception("kiosk request %s failed", request_id)
+    response = jsonify(
+        error="internal",
+        message="Something went wrong on the server; try again in a moment.",
+        request_id=request_id,
+    )
+    return response, 500
+
+
+def _storage_error(error):
+    """Return the named storage or lock error an OS or SQLite error stands for, or None."""
+    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+        return StorageFull(error.errno, "There is no room left to save recordings.")
+    if isinstance(error, OSError) and error.errno in UNWRITABLE_ERRNOS:
+        return StorageUnavailable(error.errno, "The data directory cannot be written.")
+    if is_full(error):
+        return DatabaseFull("There is no room left on the database's disk.")
+    if is_busy(error):
+        return DatabaseBusy("The database is busy; try again in a moment.")
+    if is_unwritable(error):
+        return StorageUnavailable(0, "The database cannot be written (CARECALL_DATABASE).")
+    return None
+
+
 for _kind, _code, _name in API_ERRORS:
     bp.register_error_handler(_kind, api_error)
+bp.register_error_handler(Exception, unexpected_error)
 
 
 def _status(req):

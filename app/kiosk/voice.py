@@ -6,15 +6,22 @@ these WAVs instead. espeak-ng is the engine pyttsx3 drives on Linux; its command
 used here because pyttsx3 keeps one global engine, which request threads must not share.
 """
 
+import errno
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import tempfile
+import wave
 from pathlib import Path
+
+from ..recordings import naming_full_disk
 
 MAX_CHARS = 1500
 TIMEOUT_S = 20
+# A plain PCM WAV header, as the wave module writes it.
+WAV_HEADER_BYTES = 44
 
 
 class VoiceUnavailable(RuntimeError):
@@ -22,7 +29,11 @@ class VoiceUnavailable(RuntimeError):
 
 
 def render(text, *, voice, rate, cache_dir):
-    """Return the path of a WAV saying text, rendering it once and caching it by content."""
+    """Return the path of a WAV saying text, rendering it once and caching it by content.
+
+    Raises VoiceUnavailable when espeak-ng cannot speak, recordings.StorageFull or
+    StorageUnavailable when the clip cannot be kept whole: nothing half-written is cached.
+    """
     text = " ".join(text.split())[:MAX_CHARS]
     digest = hashlib.sha256(f"{voice}\0{rate}\0{text}".encode()).hexdigest()[:24]
     target = Path(cache_dir) / f"{digest}.wav"
@@ -31,25 +42,53 @@ def render(text, *, voice, rate, cache_dir):
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         raise VoiceUnavailable("espeak-ng is not installed")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(suffix=".wav.part", dir=target.parent)
-    os.close(fd)
     try:
-        # "--" ends the options: the text can never be read as one.
+        # "--" ends the options: the text can never be read as one. espeak-ng writing a file
+        # itself exits 0 even when the disk cut the file short, so we write it ourselves.
         done = subprocess.run(
-            [espeak, "-v", voice, "-s", str(rate), "-w", partial, "--", text],
+            [espeak, "-v", voice, "-s", str(rate), "--stdout", "--", text],
             capture_output=True,
             timeout=TIMEOUT_S,
             check=False,
         )
-        if done.returncode != 0 or Path(partial).stat().st_size <= 44:
-            raise VoiceUnavailable(f"espeak-ng failed: {done.stderr.decode(errors='replace')}")
-        os.replace(partial, target)
     except subprocess.TimeoutExpired as exc:
         raise VoiceUnavailable("espeak-ng took too long") from exc
-    finally:
-        Path(partial).unlink(missing_ok=True)
+    if done.returncode != 0 or len(done.stdout) <= WAV_HEADER_BYTES:
+        raise VoiceUnavailable(f"espeak-ng failed: {done.stderr.decode(errors='replace')}")
+    params, frames = _frames(done.stdout)
+    with naming_full_disk():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Named after this process, like every .part: the sweep removes it if we are killed.
+        fd, partial = tempfile.mkstemp(suffix=f".wav.{os.getpid()}.part", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                with wave.open(raw, "wb") as out:
+                    out.setparams(params)
+                    out.setnframes(len(frames) // (params.sampwidth * params.nchannels))
+                    out.writeframes(frames)
+                raw.flush()
+                os.fsync(raw.fileno())
+            # Only a whole clip is cached: a short one would be served cut off for good.
+            if Path(partial).stat().st_size != WAV_HEADER_BYTES + len(frames):
+                raise OSError(errno.ENOSPC, "the spoken clip was cut short")
+            os.replace(partial, target)
+        finally:
+            Path(partial).unlink(missing_ok=True)
     return target
+
+
+def _frames(wav_bytes):
+    """Return the parameters and sample bytes of a WAV streamed with unknown length."""
+    try:
+        with wave.open(io.BytesIO(wav_bytes)) as clip:
+            params = clip.getparams()
+            # A streamed WAV's header cannot know its length: read what actually came.
+            frames = clip.readframes(len(wav_bytes))
+    except (wave.Error, EOFError) as exc:
+        raise VoiceUnavailable(f"espeak-ng gave no WAV: {exc}") from exc
+    if not frames:
+        raise VoiceUnavailable("espeak-ng gave an empty WAV")
+    return params, frames
 
 
 def spell_number(number):

@@ -242,7 +242,7 @@ def recording(db, recording_sid):
 def accept(db, **meta):
     """Store a recording and queue it for transcription, or a retried download; return request.
 
-    Raises recordings.StorageFull (or StorageUnwritable) when the data directory cannot take
+    Raises recordings.StorageFull (or StorageUnavailable) when the data directory cannot take
     it: the recording stays pending and a download job is queued, so the audio is fetched
     again once there is room. Raises DatabaseUnavailable when the database cannot be written.
     """
@@ -306,7 +306,7 @@ def _disk_full(exc):
 def _out_of_room(db, row, exc):
     """Note why a downloaded recording is still pending: our disk, not Twilio, failed."""
     log.error("recording %s could not be stored: %s", row["recording_sid"], exc)
-    why = DATA_DIR_UNWRITABLE if isinstance(exc, recordings.StorageUnwritable) else DISK_FULL
+    why = DATA_DIR_UNWRITABLE if isinstance(exc, recordings.StorageUnavailable) else DISK_FULL
     db["twilio_recordings"].update(
         row["recording_sid"], {"error": f"{why}: {exc}", "updated_at": queue.now()}
     )
