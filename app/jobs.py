@@ -18,7 +18,7 @@ import click
 from flask import current_app, has_app_context
 from flask.cli import AppGroup, with_appcontext
 
-from . import recordings
+from . import processes, recordings
 from .db import ROW_ID, connect, get_db, migrate
 
 log = logging.getLogger(__name__)
@@ -305,7 +305,7 @@ def register(db, name, kind, now=None):
             [host, os.getpid()],
         ).fetchall()
         for neighbour, pid in neighbours:
-            if not _process_exists(pid):
+            if not processes.alive(pid):
                 db.execute("UPDATE workers SET heartbeat_at = 0 WHERE name = ?", [neighbour])
         db.execute(
             "INSERT INTO workers (name, kind, host, pid, started_at, heartbeat_at)"
@@ -313,17 +313,6 @@ def register(db, name, kind, now=None):
             " ON CONFLICT(name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
             [name, kind, host, os.getpid(), now, now],
         )
-
-
-def _process_exists(pid):
-    """Return whether a process with this id runs on this host (a reused id counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive, just not ours to signal
-    return True
 
 
 def beat(db, name, now=None):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import processes
+
 log = logging.getLogger(__name__)
 
 PART = ".part"
@@ -198,20 +200,7 @@ def writer_gone(path):
     if not found:
         return False
     pid = int(found[1] or found[2])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False
-    # Killed but not yet reaped by its parent (a zombie): it will write nothing more.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+    return pid != os.getpid() and not processes.alive(pid)
 
 
 def _fsync_dir(path):

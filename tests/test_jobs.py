@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -290,14 +291,25 @@ def test_drain_registers_a_beating_worker_while_it_runs(app, db):
     assert db["workers"].count == 0  # a worker that stops cleanly leaves no row behind
 
 
-def test_a_restarted_worker_takes_over_at_once_from_a_dead_process_on_its_host(db):
-    """After kill -9 and a restart, the job moves on now, not after three missed beats."""
+@pytest.mark.parametrize("how", ["reaped", "zombie"])
+def test_a_restarted_worker_takes_over_at_once_from_a_dead_process_on_its_host(db, how):
+    """After kill -9 and a restart, the job moves on now, not after three missed beats.
+
+    A killed process its parent has not reaped yet (a zombie) is as dead as a reaped one.
+    """
     import socket
     import subprocess
-    import sys
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = subprocess.Popen(["sleep", "60"])
+    gone.kill()
+    if how == "reaped":
+        gone.wait()
+    else:
+        # Until /proc shows the zombie state, the kill has not landed yet.
+        deadline = time.time() + 5
+        while "Z" not in Path(f"/proc/{gone.pid}/stat").read_text().rpartition(")")[2][:3]:
+            assert time.time() < deadline
+            time.sleep(0.01)
     job_id = jobs.enqueue(db, "test.record", {})
     now = time.time()
     db["workers"].insert(
@@ -313,6 +325,7 @@ def test_a_restarted_worker_takes_over_at_once_from_a_dead_process_on_its_host(d
     assert jobs.claim(db, "killed", 300, now=now, heartbeat_seconds=5).id == job_id
     jobs.register(db, "restarted", "worker", now=now + 0.1)
     taken = jobs.claim(db, "restarted", 300, now=now + 0.1, heartbeat_seconds=5)
+    gone.wait()
     assert taken is not None and taken.id == job_id
 
 
