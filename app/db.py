@@ -19,7 +19,7 @@ import click
 from flask import current_app, g, has_app_context, jsonify, request
 from flask.cli import with_appcontext
 from sqlite_utils import Database
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from werkzeug.routing import IntegerConverter
 
 from . import settings
@@ -357,13 +357,34 @@ def busy_error(error):
     return ServiceUnavailable(str(error)).get_response(), headers
 
 
+class InsufficientStorage(HTTPException):
+    """HTTP 507: the server has no room to store what was sent (werkzeug has no class for it)."""
+
+    code = 507
+    description = "There is no room left to save this."
+
+
+def full_error(error):
+    """Answer a database whose disk is full as 507, to be tried again once there is room."""
+    message = (
+        "There is no room left on the database's disk (CARECALL_DATABASE),"
+        " so nothing was saved; try again later."
+    )
+    headers = {"Retry-After": "60"}
+    if request.path.startswith("/api/"):
+        return jsonify(error="storage_full", message=message), 507, headers
+    return InsufficientStorage(message).get_response(), headers
+
+
 def lock_error(error):
-    """Answer an SQLite "database is locked" escaping a view as busy; re-raise anything else."""
+    """Answer a locked or full database escaping a view as 503 or 507; re-raise anything else."""
     # Registered on a blueprint, this is found before the app's DatabaseBusy handler.
     if isinstance(error, DatabaseBusy):
         return busy_error(error)
     if is_busy(error):
         return busy_error(DatabaseBusy("The database is busy with other work; try again."))
+    if is_full(error):
+        return full_error(error)
     raise error
 
 
@@ -374,4 +395,5 @@ def init_app(app):
     app.extensions["carecall.db_pool"] = queue.Queue(maxsize=POOL_SIZE)
     app.teardown_appcontext(close_db)
     app.register_error_handler(DatabaseBusy, busy_error)
+    app.register_error_handler(DatabaseFull, full_error)
     app.cli.add_command(migrate_command)

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import pytest
 
 from app import pipeline, queue, recordings
-from app.accounts import create_user, password_hasher
+from app.accounts import create_token, create_user, password_hasher
 from app.db import connect, get_db, migrate
 from app.kiosk import devices
 from tests import speechgen
@@ -830,3 +830,35 @@ def test_a_prompt_cut_short_by_a_full_disk_is_507_and_never_cached(make_app, tmp
         assert response.status_code == 507 and response.json["error"] == "storage_full"
         assert int(response.headers["Retry-After"]) > 0
         assert files_under(data) == []
+
+
+def test_a_full_database_disk_is_507_on_the_console_and_the_api(make_app, tmp_path):
+    """Logging in, logging out and API writes say the disk is full, never a bare 500."""
+    from tests.test_console import FAST, login, make_user, post_form
+
+    disk = tmp_path / "dbdisk"
+    with small_disk(disk, 2 << 20):
+        app = make_app(DATABASE=str(disk / "carecall.db"), **FAST)
+        with app.app_context():
+            db = get_db()
+            make_user(db, "pat", "coordinator")
+            token = create_token(db, "monitor", "coordinator")[0]
+            request_id = queue.create(db, channel="phone", phone="+15550000001")[0]["id"]
+        console = app.test_client()
+        assert login(console, "pat").status_code == 303
+        fill(disk)
+        answers = {
+            "login": login(app.test_client(), "pat"),
+            "logout": post_form(console, "/console/logout", {}),
+            "api": app.test_client().patch(
+                f"/api/v1/requests/{request_id}",
+                json={"status": "triaged"},
+                headers={"Authorization": f"Bearer {token}"},
+            ),
+        }
+        pool = app.extensions["carecall.db_pool"]
+        while not pool.empty():
+            pool.get_nowait().close()
+    assert {k: r.status_code for k, r in answers.items()} == dict.fromkeys(answers, 507)
+    assert answers["api"].json["error"] == "storage_full"
+    assert all(int(r.headers["Retry-After"]) > 0 for r in answers.values())
