@@ -525,7 +525,8 @@ SETTINGS = (
     _s(
         "storage",
         "DB_BUSY_TIMEOUT_SECONDS",
-        Number(0.1, 600),
+        # At most 4.5 s: three tries must stay inside the 15 s Twilio waits for a webhook.
+        Number(0.1, 4.5),
         # A write tries 3 times: 3 × 4 s stays inside the 15 s Twilio waits for a webhook.
         4.0,
         "How long a write waits for another writer, per try (3 tries) before a 503.",

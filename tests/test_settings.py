@@ -208,6 +208,12 @@ def test_settings_are_shown_the_way_they_are_entered(name, raw, shown):
     assert loaded(**{name: settings_shown(setting, value)})[name] == value
 
 
+def test_a_busy_timeout_twilio_would_outwait_is_refused():
+    """Three tries of the busy timeout must fit in the 15 s Twilio waits for a webhook."""
+    with pytest.raises(SettingsError, match="CARECALL_DB_BUSY_TIMEOUT_SECONDS='600'"):
+        loaded(DB_BUSY_TIMEOUT_SECONDS="600")
+
+
 def test_an_auth_token_without_its_account_sid_is_refused_at_start_up():
     """Downloads need both; a token alone would tell callers "we have it" and lose the audio."""
     with pytest.raises(SettingsError, match="CARECALL_TWILIO_ACCOUNT_SID is unset"):

@@ -544,3 +544,23 @@ def test_no_signed_webhook_answers_a_5xx(fuzzed, path, form):
     app, twilio, _ = fuzzed
     status, body = twilio.post(path, form)
     assert status < 500, (path, form, body[:300])
+
+
+@pytest.mark.parametrize(
+    ("caller", "kept"),
+    [
+        ("+15551234567", True),
+        ("client:alice", True),
+        ("anonymous", True),
+        ("+15552220003" * 1000, False),
+        ("<img src=x onerror=alert(1)>", False),
+        ("+1555\x00123", False),
+    ],
+)
+def test_an_odd_caller_id_is_dropped_but_the_call_is_answered(twilio, media, app, db, caller, kept):
+    """A senior is never refused for a strange caller ID, and it is never stored as a phone."""
+    script = CallScript(twilio, media, app)
+    status, body = script.post("/twilio/voice", From=caller)
+    assert status == 200 and ET.fromstring(body).find("Gather") is not None
+    [call] = db["calls"].rows
+    assert call["phone"] == (caller if kept else None)

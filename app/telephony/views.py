@@ -84,10 +84,19 @@ def _start_call():
     return store.start_call(
         get_db(),
         _call_sid(),
-        request.form.get("From"),
+        _caller(request.form.get("From")),
         default_language=config["DEFAULT_LANGUAGE"],
         languages=available_languages(config["FLOWS_DIR"]),
     )
+
+
+# Caller ID as Twilio sends it: +15551234567, client:name, sip:..., anonymous, or digits.
+CALLER_ID = re.compile(r"[+\w:.@-]{1,64}")
+
+
+def _caller(value):
+    """Return the caller ID if it looks like one, else None: a senior is never refused for it."""
+    return value if value and CALLER_ID.fullmatch(value) else None
 
 
 def _speaker(call):
@@ -504,7 +513,9 @@ def _sorry(call, purpose):
     """Apologise: ask for a voicemail, or after a voicemail say a person will call back."""
     if purpose == "voicemail":
         return _sorry_goodbye(call)
-    return _voicemail(call, before=[_flow(call["language"]).prompt("sorry")])
+    flow = _flow(call["language"])
+    # What they said may be lost, and it may have been an emergency.
+    return _voicemail(call, before=[flow.prompt("sorry"), _danger(flow)])
 
 
 def _sorry_goodbye(call):
@@ -680,7 +691,7 @@ def call_status():
         if call is None:
             call = {
                 "call_sid": call_sid,
-                "phone": form.get("From"),
+                "phone": _caller(form.get("From")),
                 "language": _config()["DEFAULT_LANGUAGE"],
                 "outcome": None,
                 "request_id": None,
@@ -730,7 +741,8 @@ def _apology(call=None, purpose="request"):
     speaker = speak.Speaker(flow, "slow")
     response = speak.record(
         speaker,
-        [flow.prompt("sorry"), flow.prompt("voicemail")],
+        # We may have lost what they said: it may have been an emergency.
+        [flow.prompt("sorry"), _danger(flow), flow.prompt("voicemail")],
         url_for(".recorded", purpose="voicemail"),
         status_callback=url_for(".recording_status", purpose="voicemail"),
         silence_seconds=flow.timing.record_silence_seconds,
