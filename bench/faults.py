@@ -45,12 +45,10 @@ from scripts.simulate_call import MediaServer  # noqa: E402
 from tests import speechgen  # noqa: E402
 from tests.server import (  # noqa: E402
     Server,
-    call_params,
     kill_during_transcription,
     kill_during_upload,
     new_call_sid,
-    recording_params,
-    status_params,
+    race_recording,
     transcribed,
     wait_for,
 )
@@ -101,39 +99,7 @@ def kiosk_key(server, client_id):
 def race_call(server, audio, n):
     """Play a call, deliver recorded + status at once; return (sid, statuses, told safe)."""
     call_sid, caller = new_call_sid(), f"+1555300{n % 10000:04d}"
-    statuses = [
-        server.twilio("/twilio/voice", call_params(call_sid, caller)).status_code,
-        server.twilio(
-            "/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"}
-        ).status_code,
-    ]
-    recording_sid, url = server.media.add(audio, call_sid)
-    barrier = threading.Barrier(2, timeout=30)
-    answers = {}
-
-    def deliver(path, params):
-        barrier.wait()
-        answers[path] = server.twilio(path, params)
-
-    threads = [
-        threading.Thread(
-            target=deliver,
-            args=(
-                "/twilio/recorded/request",
-                {**call_params(call_sid, caller), **recording_params(recording_sid, url)},
-            ),
-        ),
-        threading.Thread(
-            target=deliver,
-            args=("/twilio/recording-status/request", status_params(call_sid, recording_sid, url)),
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    recorded = answers["/twilio/recorded/request"]
-    statuses += [recorded.status_code, answers["/twilio/recording-status/request"].status_code]
+    recording_sid, statuses, recorded = race_recording(server, call_sid, caller, audio)
     # Told safe: Twilio heard 204 for the status callback, or the caller heard "please wait
     # while I listen" rather than the apology and voicemail prompt.
     told_safe = statuses[3] == 204 or (statuses[2] == 200 and "/twilio/wait" in recorded.text)

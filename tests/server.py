@@ -429,6 +429,42 @@ def status_params(call_sid, recording_sid, recording_url, duration_s=3):
     }
 
 
+def race_recording(server, call_sid, caller, audio):
+    """Play a call to its recording, then deliver recorded and status at the same moment.
+
+    Return (recording_sid, the four status codes, the /recorded response): Twilio's normal
+    race, the two callbacks for one RecordingSid arriving together.
+    """
+    import threading
+
+    statuses = [
+        server.twilio("/twilio/voice", call_params(call_sid, caller)).status_code,
+        server.twilio(
+            "/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"}
+        ).status_code,
+    ]
+    recording_sid, url = server.media.add(audio, call_sid)
+    barrier = threading.Barrier(2, timeout=30)
+    answers = {}
+    recorded = (
+        "/twilio/recorded/request",
+        {**call_params(call_sid, caller), **recording_params(recording_sid, url)},
+    )
+    status = ("/twilio/recording-status/request", status_params(call_sid, recording_sid, url))
+
+    def deliver(path, params):
+        barrier.wait()
+        answers[path] = server.twilio(path, params)
+
+    threads = [threading.Thread(target=deliver, args=pair) for pair in (recorded, status)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses += [answers[recorded[0]].status_code, answers[status[0]].status_code]
+    return recording_sid, statuses, answers[recorded[0]]
+
+
 def new_call_sid():
     """Return a fresh Twilio-shaped CallSid."""
     return sid("CA")

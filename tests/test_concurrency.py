@@ -8,12 +8,10 @@ import pytest
 
 from tests import speechgen
 from tests.server import (
-    call_params,
     new_call_sid,
-    recording_params,
+    race_recording,
     running,
     session,
-    status_params,
 )
 
 THREADS = 8
@@ -81,49 +79,12 @@ def test_parallel_kiosk_uploads_each_become_one_request(server, kiosk_wav):
 
 
 def test_recorded_and_status_callbacks_racing_store_each_recording_once(server, phone_wav):
-    barrier_timeout = 30
-
     def one_call(n):
         call_sid, caller = new_call_sid(), f"+1555200{n:04d}"
-        voice = server.twilio("/twilio/voice", call_params(call_sid, caller))
-        menu = server.twilio("/twilio/menu/main", {**call_params(call_sid, caller), "Digits": "1"})
-        recording_sid, url = server.media.add(phone_wav, call_sid)
-        race = threading.Barrier(2, timeout=barrier_timeout)
-        answers = {}
-
-        def deliver(path, params):
-            race.wait()
-            answers[path] = server.twilio(path, params)
-
-        both = [
-            threading.Thread(
-                target=deliver,
-                args=(
-                    "/twilio/recorded/request",
-                    {**call_params(call_sid, caller), **recording_params(recording_sid, url)},
-                ),
-            ),
-            threading.Thread(
-                target=deliver,
-                args=(
-                    "/twilio/recording-status/request",
-                    status_params(call_sid, recording_sid, url),
-                ),
-            ),
-        ]
-        for thread in both:
-            thread.start()
-        for thread in both:
-            thread.join()
-        recorded = answers["/twilio/recorded/request"]
+        recording_sid, statuses, recorded = race_recording(server, call_sid, caller, phone_wav)
         return {
             "recording_sid": recording_sid,
-            "statuses": (
-                voice.status_code,
-                menu.status_code,
-                recorded.status_code,
-                answers["/twilio/recording-status/request"].status_code,
-            ),
+            "statuses": tuple(statuses),
             "recorded": recorded.text,
         }
 

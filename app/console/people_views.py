@@ -102,6 +102,19 @@ def _volunteer_page(volunteer, status=200, *, form=None, errors=None):
     )
 
 
+def _changes(form, shown):
+    """Turn an edit form into changes: an emptied field clears its value.
+
+    A new postcode with the old coordinates left as they were means the person has moved:
+    lat/lon are cleared, to be found again from the postcode.
+    """
+    changes = {k: (v if v != "" else None) for k, v in form.items()}
+    moved = form["postcode"] != shown["postcode"]
+    if moved and (form["lat"], form["lon"]) == (shown["lat"], shown["lon"]):
+        changes["lat"] = changes["lon"] = None
+    return changes
+
+
 def _get(volunteer_id):
     """Return the volunteer, or answer 404."""
     try:
@@ -124,15 +137,7 @@ def edit_volunteer(volunteer_id):
     rules, _ = people.rules_for(current_app)
     before = _get(volunteer_id)
     form = _form()
-    # An emptied field clears the value; lat/lon left empty are found again from the postcode.
-    changes = {k: (v if v != "" else None) for k, v in form.items()}
-    shown = _as_form(before)
-    if form["postcode"] != shown["postcode"] and (form["lat"], form["lon"]) == (
-        shown["lat"],
-        shown["lon"],
-    ):
-        # A new postcode with the old coordinates untouched: the volunteer has moved.
-        changes["lat"] = changes["lon"] = None
+    changes = _changes(form, _as_form(before))
     try:
         saved = people.update_volunteer(
             get_db(), volunteer_id, changes, rules, actor=g.principal.actor
@@ -273,14 +278,7 @@ def edit_person(person_id):
     rules, _ = people.rules_for(current_app)
     before = _get_person(person_id)
     form = _person_form()
-    changes = {k: (v if v != "" else None) for k, v in form.items()}
-    shown = _person_as_form(before)
-    if form["postcode"] != shown["postcode"] and (form["lat"], form["lon"]) == (
-        shown["lat"],
-        shown["lon"],
-    ):
-        # A new postcode with the old coordinates untouched: the person has moved.
-        changes["lat"] = changes["lon"] = None
+    changes = _changes(form, _person_as_form(before))
     try:
         saved = people.update_person(get_db(), person_id, changes, rules, actor=g.principal.actor)
     except people.PeopleError as exc:
