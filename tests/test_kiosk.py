@@ -660,7 +660,7 @@ def test_racing_retries_of_one_recording_are_created_and_audited_once(
 
     from app.db import connect
 
-    app = make_app(DB_BUSY_TIMEOUT_SECONDS=20)
+    app = make_app(DB_BUSY_TIMEOUT_SECONDS=4.5)
     with app.app_context():
         from app.db import get_db
 
