@@ -60,6 +60,12 @@ def api_error(error):
     return response
 
 
+@bp.errorhandler(queue.RequestNotFound)
+def request_not_found(error):
+    """Answer any route that names a request nobody has as a JSON 404."""
+    return api_error(ApiError(404, str(error)))
+
+
 # A write outside a transaction can still meet the lock: busy, not a crash.
 bp.register_error_handler(sqlite3.OperationalError, lock_error)
 
@@ -109,10 +115,7 @@ def list_requests():
 
 def _full(db, request_id):
     """Return a request with its notes, call-backs and audit events."""
-    try:
-        item = queue.get(db, request_id)
-    except queue.RequestNotFound as exc:
-        raise ApiError(404, str(exc)) from exc
+    item = queue.get(db, request_id)
     return {
         **_public(item),
         "notes": actions.notes(db, request_id),
@@ -150,8 +153,6 @@ def patch_request(request_id):
                 actions.change(db, request_id, changes, actor=actor)
             if note is not None:
                 actions.add_note(db, request_id, note, actor=actor)
-    except queue.RequestNotFound as exc:
-        raise ApiError(404, str(exc)) from exc
     except (actions.ActionError, queue.BadRequestField) as exc:
         raise ApiError(400, str(exc)) from exc
     return jsonify(_full(db, request_id))

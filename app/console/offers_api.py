@@ -55,8 +55,6 @@ def offer(request_id):
             top=body.get("top"),
             actor=g.principal.actor,
         )
-    except queue.RequestNotFound as exc:
-        raise ApiError(404, str(exc)) from exc
     except dispatch.CannotOffer as exc:
         raise ApiError(409, str(exc)) from exc
     except (dispatch.BadVolunteer, people.PeopleError) as exc:

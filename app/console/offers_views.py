@@ -1,6 +1,6 @@
 """Console: offering a request to volunteers, and the outbox of every SMS and call sent."""
 
-from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 
 from .. import dispatch, outbox, people, queue
 from ..db import get_db
@@ -43,10 +43,7 @@ def release_outbox():
 def offer(request_id):
     """Offer a request to the volunteers ticked on its matches page, or to the top N."""
     db = get_db()
-    try:
-        queue.get(db, request_id)
-    except queue.RequestNotFound:
-        abort(404)
+    queue.get(db, request_id)  # an unknown request is a 404 (console_error)
     ids = request.form.getlist("volunteer_id")
     top = request.form.get("top")
     back = url_for("console.matches", request_id=request_id)

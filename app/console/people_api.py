@@ -124,10 +124,7 @@ def request_matches(request_id):
     `at` asks who is free at that time rather than as soon as possible.
     """
     db = get_db()
-    try:
-        item = queue.get(db, request_id)
-    except queue.RequestNotFound as exc:
-        raise ApiError(404, str(exc)) from exc
+    item = queue.get(db, request_id)
     at = request.args.get("at")
     tz = ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"])
     _, ranking = people.suggest(

@@ -295,10 +295,7 @@ def edit_person(person_id):
 def matches(request_id):
     """Show the volunteers best suited to a request, each with the reasons why."""
     db = get_db()
-    try:
-        item = queue.get(db, request_id)
-    except queue.RequestNotFound:
-        abort(404)
+    item = queue.get(db, request_id)
     tz = ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"])
     at, error = request.args.get("at") or "", None
     when = None

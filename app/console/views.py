@@ -21,6 +21,7 @@ from flask import (
     url_for,
 )
 from markupsafe import Markup
+from werkzeug.exceptions import NotFound
 
 from .. import accounts, queue
 from ..classify import CATEGORY_KEYS, load_categories
@@ -276,10 +277,7 @@ def rows():
 def detail(request_id):
     """Show one request: recording, transcript, corrections, notes, history, duplicates."""
     db = get_db()
-    try:
-        item = queue.get(db, request_id)
-    except queue.RequestNotFound:
-        abort(404)
+    item = queue.get(db, request_id)
     config = current_app.config
     history = [r for r in search.caller_history(db, item.get("phone")) if r["id"] != request_id]
     suggestions = []
@@ -318,10 +316,7 @@ def _backwards_asked(item, status):
 
 def _media(request_id, column):
     """Send a request's recording from DATA_DIR, with Range support for seeking."""
-    try:
-        item = queue.get(get_db(), request_id)
-    except queue.RequestNotFound:
-        abort(404)
+    item = queue.get(get_db(), request_id)
     relative = item.get(column)
     if not relative:
         abort(404)
@@ -354,8 +349,6 @@ def _act(request_id, do, done_message):
     """Run a console action for a request, then go back to it with a message."""
     try:
         do(get_db())
-    except queue.RequestNotFound:
-        abort(404)
     except (actions.ActionError, queue.BadRequestField) as exc:
         flash(str(exc), "error")
         return redirect(url_for("console.detail", request_id=request_id), code=303)
@@ -390,8 +383,6 @@ def status(request_id):
     db = get_db()
     try:
         actions.set_status(db, request_id, value, actor=g.principal.actor, confirmed=confirmed)
-    except queue.RequestNotFound:
-        abort(404)
     except actions.NeedsConfirmation as exc:
         flash(f"{str(exc).capitalize()}: confirm below.", "error")
         return redirect(url_for("console.detail", request_id=request_id, confirm=value), code=303)
@@ -699,3 +690,9 @@ bp.register_error_handler(sqlite3.OperationalError, lock_error)
 def console_error(error):
     """Show an error as a page a person can act on; a missing CSRF token is a 400."""
     return render_template("console/error.html", error=error), error.code
+
+
+@bp.errorhandler(queue.RequestNotFound)
+def request_not_found(error):
+    """Answer any page that names a request nobody has as the console's 404 page."""
+    return console_error(NotFound())
