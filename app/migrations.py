@@ -524,3 +524,59 @@ def m0009_assignments(db):
     # Plain ALTER TABLE keeps the volunteers_version triggers (a table rebuild drops them).
     db.execute("ALTER TABLE volunteers ADD COLUMN opted_out_at TEXT")  # STOP: never offered
     db.execute("ALTER TABLE volunteers ADD COLUMN offer_channel TEXT NOT NULL DEFAULT 'sms'")
+
+
+@migrations(name="0014_supervision")
+def m0014_supervision(db):
+    """Create supervision items, the actions taken on them, and decisions about volunteers."""
+    db["supervision_items"].create(
+        {
+            "id": int,
+            "key": str,  # what it is about, "low_rating:12": a second report is the same item
+            "kind": str,  # low_rating, did_not_come, person_asked, no_show, unconfirmed, ...
+            "state": str,  # open -> resolved
+            "reason": str,  # one line for the coordinator
+            "volunteer_id": int,
+            "request_id": int,
+            "assignment_id": int,
+            "job_id": int,
+            "opened_by": str,
+            "opened_at": str,
+            "resolved_by": str,
+            "resolved_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"key", "kind", "state", "reason", "opened_by", "opened_at"},
+    )
+    db["supervision_items"].create_index(["key"], unique=True)
+    db["supervision_items"].create_index(["state", "id"])
+    db["supervision_items"].create_index(["volunteer_id", "id"])
+    db["supervision_actions"].create(
+        {
+            "id": int,
+            "item_id": int,
+            "action": str,  # note, follow_up_call, pause_volunteer, excuse_no_show, resolve
+            "text": str,
+            "actor": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("item_id", "supervision_items", "id")],
+        not_null={"item_id", "action", "actor", "created_at"},
+    )
+    db["supervision_actions"].create_index(["item_id", "id"])
+    db["volunteer_decisions"].create(
+        {
+            "id": int,
+            "volunteer_id": int,
+            "decision": str,  # recognition, training, end_role
+            "reason": str,
+            "actor": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("volunteer_id", "volunteers", "id")],
+        not_null={"volunteer_id", "decision", "reason", "actor", "created_at"},
+    )
+    db["volunteer_decisions"].create_index(["volunteer_id", "id"])
