@@ -1,0 +1,241 @@
+"""Check-in and check-out of a job taken: the real app, signed webhooks as Twilio sends them,
+and the real twilio client against a loopback fake of Twilio's REST API."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app import dispatch, jobs, queue, visits
+from tests.test_console import add_request
+from tests.test_dispatch import (
+    FROM,
+    SENIOR,
+    add_senior,
+    add_volunteers,
+    offer,
+    said,
+    signed,
+    states,
+    text,
+)
+from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
+
+
+@pytest.fixture
+def rest():
+    """Serve Twilio's REST API for messages and calls on loopback."""
+    with rest_server() as server:
+        yield server
+
+
+@pytest.fixture
+def app(make_app, rest):
+    """Build an app with Twilio set up and pointed at the fake."""
+    return make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        PUBLIC_BASE_URL="http://localhost",
+        OFFER_TIMEOUT=3600.0,
+    )
+
+
+@pytest.fixture(autouse=True)
+def context(app):
+    """Call the core inside the app, as its views and jobs do."""
+    with app.app_context():
+        yield
+
+
+@pytest.fixture
+def taken(app, db, client):
+    """A groceries request for Mrs Chen, offered to two volunteers; the first said YES."""
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 3)
+    request = add_request(db, phone=SENIOR, region="riverside")
+    first, second = offer(client, db, request["id"], top=2)
+    assert "the job is yours" in text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    return request, volunteers, first, second
+
+
+def row(db, assignment_id):
+    """Return an assignment as stored now."""
+    return dispatch.get(db, assignment_id)
+
+
+def test_offer_yes_in_out_makes_the_request_done_with_its_minutes(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    phone = volunteers[0]["phone"]
+    reply = text(client, phone, f"IN {first['code']}")
+    assert "you are checked in at" in reply and "Mrs Chen" in reply
+    assert f"Reply OUT {first['code']}" in reply
+    assert row(db, first["id"])["state"] == "checked_in"
+    assert queue.get(db, request["id"])["status"] == "in_progress"
+    # An hour and five minutes later (the check-in is moved back, as if it had been).
+    earlier = (datetime.now(UTC) - timedelta(minutes=65, seconds=30)).isoformat(timespec="seconds")
+    db.execute("UPDATE assignments SET checked_in_at = ? WHERE id = ?", [earlier, first["id"]])
+    reply = text(client, phone, f"out {first['code']}")
+    assert "you are checked out at" in reply and "1 h 05 min" in reply
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["minutes"], stored["manual"]) == ("done", 65, 0)
+    assert (stored["check_in_by"], stored["check_out_by"]) == ("sms", "sms")
+    assert queue.get(db, request["id"])["status"] == "done"
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert actions[-2:] == ["checked in", "checked out"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "who", "body", "expected"),
+    [
+        # IN for a job offered but not taken: take it first; a job withdrawn is closed.
+        ("offer", 2, "IN {other}", "is an offer you have not taken yet"),
+        ("none", 1, "IN {second}", "is closed, so nothing changed"),
+        # OUT before IN.
+        ("none", 0, "OUT {first}", "You have not checked in to job"),
+        # A replayed OUT, and a replayed IN.
+        ("out", 0, "OUT {first}", "You checked out already"),
+        ("in", 0, "IN {first}", "You checked in already"),
+        ("out", 0, "OUT", "You checked out already"),
+        # Another volunteer's code.
+        ("in", 1, "OUT {first}", "is another volunteer's"),
+        ("none", 2, "IN {first}", "is another volunteer's"),
+        # A code nobody has, and no job at all.
+        ("none", 0, "IN 1", "You have no job with the number 1"),
+        ("none", 2, "IN", "You have no job to check in or out of"),
+    ],
+)
+def test_refusals_answer_clearly_and_change_nothing(
+    app, db, client, taken, setup, who, body, expected
+):
+    request, volunteers, first, second = taken
+    owner = volunteers[0]["phone"]
+    if setup in ("in", "out"):
+        text(client, owner, f"IN {first['code']}")
+    if setup == "out":
+        text(client, owner, f"OUT {first['code']}")
+    other = None
+    if setup == "offer":
+        later = add_request(db, phone=SENIOR, region="riverside")
+        [other] = offer(client, db, later["id"], volunteer_ids=[volunteers[2]["id"]])
+    codes = {"first": first["code"], "second": second["code"], "other": (other or {}).get("code")}
+    before = (list(db["assignments"].rows), list(db["requests"].rows), db["events"].count)
+    reply = text(client, volunteers[who]["phone"], body.format(**codes))
+    assert expected in reply
+    assert (list(db["assignments"].rows), list(db["requests"].rows), db["events"].count) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "state"),
+    [
+        ("inn {code}", "checked_in"),
+        ("In", "checked_in"),  # the code may be left out with one job held
+        ("checkin {code}", "checked_in"),
+        ("ni {code}", "accepted"),  # two letters forgive no typo: a note for the coordinator
+        ("oute {code}", "accepted"),  # OUT understood, but before IN: refused
+    ],
+)
+def test_typos_of_in_and_out(app, db, client, taken, body, state):
+    _, volunteers, first, _ = taken
+    text(client, volunteers[0]["phone"], body.format(code=first["code"]))
+    assert row(db, first["id"])["state"] == state
+
+
+def test_a_replayed_message_sid_is_answered_the_same_and_done_once(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    sid = "SM" + "ab" * 16
+    once = text(client, volunteers[0]["phone"], f"IN {first['code']}", message_sid=sid)
+    twice = text(client, volunteers[0]["phone"], f"IN {first['code']}", message_sid=sid)
+    assert once == twice and "you are checked in" in once
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert actions.count("checked in") == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "minutes"),
+    [
+        ("2026-12-01T10:00:00+00:00", "2026-12-01T10:00:59+00:00", 0),
+        ("2026-12-01T10:00:00+00:00", "2026-12-01T11:05:00+00:00", 65),
+        ("2026-12-01T10:00:00+00:00", "2026-12-01T09:59:00+00:00", 0),
+        ("2026-12-01T23:30:00+00:00", "2026-12-02T00:45:30+00:00", 75),
+    ],
+)
+def test_minutes_are_whole_and_never_negative(start, end, minutes):
+    assert visits.minutes_between(start, end) == minutes
+
+
+def test_a_missed_check_in_is_a_no_show_flagged_and_offered_to_the_next(app, db, client, taken):
+    request, volunteers, first, second = taken
+    stored = row(db, first["id"])
+    assert stored["visit_at"]  # volunteers free at any time: the visit is now
+    [job] = [j for j in db["jobs"].rows_where("kind = ?", [visits.MISSED])]
+    assert job["key"] == f"{visits.MISSED}:{first['id']}"
+    assert job["run_after"] > datetime.now(UTC).timestamp() + 25 * 60  # the grace: 30 min
+    assert visits.miss_due(app, db) == []  # not yet
+    later = datetime.now(UTC) + timedelta(minutes=31)
+    assert visits.miss_due(app, db, later) == [first["id"]]
+    assert visits.miss_due(app, db, later) == []  # once
+    assert row(db, first["id"])["state"] == "no_show"
+    item = queue.get(db, request["id"])
+    assert item["needs_review"] and item["status"] == "triaged"
+    [flagged] = [e for e in queue.events(db, request["id"]) if e["action"] == "no_show"]
+    assert "did not check in" in flagged["detail"]["reason"]
+    # The cascade asks the next volunteer nobody asked yet; the one asked before was withdrawn.
+    assert states(db, request["id"]) == {1: "no_show", 2: "withdrawn", 3: "offered"}
+    jobs.drain(app)
+    late = text(client, volunteers[0]["phone"], f"IN {first['code']}")
+    assert "because no check-in came in time" in late
+    assert row(db, first["id"])["state"] == "no_show"
+
+
+def test_a_visit_without_an_agreed_start_is_never_marked_a_no_show(app, db, client, taken):
+    _, _, first, _ = taken
+    db.execute("UPDATE assignments SET visit_at = NULL WHERE id = ?", [first["id"]])
+    assert visits.miss_due(app, db, datetime.now(UTC) + timedelta(days=30)) == []
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_no_show_may_be_excused_once_with_a_reason(app, db, client, taken):
+    request, _, first, _ = taken
+    with pytest.raises(visits.NotNoShow):
+        visits.excuse(db, first["id"], reason="ill", actor="user:1")
+    visits.miss_due(app, db, datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(ValueError, match="reason"):
+        visits.excuse(db, first["id"], reason="  ", actor="user:1")
+    assert visits.excuse(db, first["id"], reason="car broke down", actor="user:1")
+    assert not visits.excuse(db, first["id"], reason="again", actor="user:1")
+    stored = row(db, first["id"])
+    assert (stored["excused"], stored["excuse"]) == (1, "car broke down")
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "no_show_excused"]
+    assert event["actor"] == "user:1" and event["detail"]["reason"] == "car broke down"
+
+
+@pytest.mark.parametrize(
+    ("at", "error"),
+    [
+        ("not a time", visits.BadTime),
+        (datetime.now(UTC) + timedelta(hours=2), visits.BadTime),
+    ],
+)
+def test_a_time_entered_by_hand_must_be_readable_and_past(app, db, client, taken, at, error):
+    _, _, first, _ = taken
+    with pytest.raises(error):
+        visits.check_in(app, db, first["id"], by="console", actor="user:1", at=at)
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_check_out_entered_before_the_check_in_is_refused(app, db, client, taken):
+    _, _, first, _ = taken
+    start = datetime.now(UTC) - timedelta(hours=2)
+    visits.check_in(app, db, first["id"], by="console", actor="user:1", at=start)
+    with pytest.raises(visits.BadTime):
+        visits.check_out(
+            app, db, first["id"], by="console", actor="user:1", at=start - timedelta(minutes=1)
+        )
+    done = visits.check_out(
+        app, db, first["id"], by="console", actor="user:1", at=start + timedelta(minutes=90)
+    )
+    assert (done.state, done.minutes, done.manual) == ("done", 90, True)
+
+
+__all__ = ["said", "signed"]
