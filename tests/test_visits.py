@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app import dispatch, jobs, queue, visits
+from tests.test_api import bearer
 from tests.test_console import add_request
 from tests.test_dispatch import (
     FROM,
@@ -239,3 +240,92 @@ def test_a_check_out_entered_before_the_check_in_is_refused(app, db, client, tak
 
 
 __all__ = ["said", "signed"]
+
+
+def test_the_api_shows_the_visit_in_hours_and_minutes(app, db, client, taken):
+    _, volunteers, first, _ = taken
+    viewer = bearer(db, "viewer")
+    path = f"/api/v1/assignments/{first['id']}"
+    shown = client.get(path, headers=viewer).json
+    assert shown["state"] == "accepted" and shown["checked_in_at"] is None
+    assert shown["hours"] is None and shown["minutes"] is None and shown["verified"] is False
+    start = datetime.now(UTC) - timedelta(minutes=100)
+    visits.check_in(app, db, first["id"], by="sms", actor="system", at=start)
+    assert client.get(path, headers=viewer).json["state"] == "checked_in"
+    visits.check_out(app, db, first["id"], by="console", actor="user:1")
+    shown = client.get(path, headers=viewer).json
+    assert (shown["state"], shown["minutes"], shown["hours"]) == ("done", 100, 1.67)
+    assert (shown["check_in_by"], shown["check_out_by"], shown["manual"]) == (
+        "sms",
+        "console",
+        True,
+    )
+    assert shown["checked_in_at"] == start.isoformat(timespec="seconds")
+    assert shown["rating"] is None
+    listed = client.get(
+        f"/api/v1/assignments?state=done&volunteer_id={volunteers[0]['id']}", headers=viewer
+    )
+    assert [a["id"] for a in listed.json] == [first["id"]]
+    assert client.get("/api/v1/assignments/999", headers=viewer).status_code == 404
+    assert client.get(path).status_code == 401
+
+
+_calls = iter(range(10**6))
+
+
+def call(client, phone):
+    """Start a call from phone to CareCall; return (a function pressing a key, what it heard)."""
+    params = {"CallSid": f"CA{next(_calls):032x}", "AccountSid": ACCOUNT_SID, "From": phone}
+    first = signed(client, "/twilio/voice", params)
+    assert first.status_code == 200
+
+    def press(digit, menu="volunteer"):
+        response = signed(client, f"/twilio/menu/{menu}", params | {"Digits": digit})
+        assert response.status_code == 200
+        return said(response.get_data(as_text=True))
+
+    return press, said(first.get_data(as_text=True)), first.get_data(as_text=True)
+
+
+def test_a_volunteer_calls_and_presses_1_then_later_2(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    press, heard, twiml = call(client, volunteers[0]["phone"])
+    assert "Hello Volunteer 101" in heard
+    assert "To check in to your visit to Mrs Chen for" in heard and "press 1" in heard
+    assert "calling for help for yourself, press 3" in heard and "press star" in heard
+    assert 'rate="75%"' in twiml  # slowly
+    assert "press 0" in heard and "check out" not in heard
+    assert "To check in to your visit" in press("*")  # star repeats
+    assert "You have not checked in to this visit yet" in press("2")  # OUT before IN
+    assert row(db, first["id"])["state"] == "accepted"
+    assert "You are checked in at" in press("1")
+    assert row(db, first["id"])["check_in_by"] == "call"
+    assert queue.get(db, request["id"])["status"] == "in_progress"
+    assert "Goodbye" in press("1")  # Twilio's retry of the press: nothing more
+    assert [e["action"] for e in queue.events(db, request["id"])].count("checked in") == 1
+
+    press, heard, _ = call(client, volunteers[0]["phone"])
+    assert "To check out of your visit to Mrs Chen" in heard and "press 2" in heard
+    assert "You checked in already" in press("1")
+    assert "You are checked out at" in press("2")
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["check_out_by"]) == ("done", "call")
+    assert queue.get(db, request["id"])["status"] == "done"
+    # No job held now: the next call is any caller's.
+    _, heard, _ = call(client, volunteers[0]["phone"])
+    assert "To ask for help, press 1" in heard and "check in" not in heard
+
+
+def test_a_volunteer_calling_for_help_themselves_presses_3(app, db, client, taken):
+    _, volunteers, first, _ = taken
+    press, _, _ = call(client, volunteers[0]["phone"])
+    heard = press("3")
+    assert "To ask for help, press 1" in heard and "hang up and dial 9 1 1" in heard
+    assert "what help you need after the tone" in press("1", menu="main")
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_volunteer_without_a_job_taken_hears_the_normal_greeting(app, db, client, taken):
+    _, volunteers, _, _ = taken
+    _, heard, _ = call(client, volunteers[2]["phone"])
+    assert "To ask for help, press 1" in heard and "check in" not in heard
