@@ -7,7 +7,7 @@ import pytest
 
 from app import dispatch, jobs, queue, visits
 from tests.test_api import bearer
-from tests.test_console import add_request
+from tests.test_console import add_request, as_role, csrf_token, post_form
 from tests.test_dispatch import (
     FROM,
     SENIOR,
@@ -42,9 +42,10 @@ def app(make_app, rest):
     )
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def context(app):
-    """Call the core inside the app, as its views and jobs do."""
+    """Call the core inside the app, as its views and jobs do (not around console requests:
+    one app context would share Flask's g, and its CSRF token, between two clients)."""
     with app.app_context():
         yield
 
@@ -165,7 +166,9 @@ def test_minutes_are_whole_and_never_negative(start, end, minutes):
     assert visits.minutes_between(start, end) == minutes
 
 
-def test_a_missed_check_in_is_a_no_show_flagged_and_offered_to_the_next(app, db, client, taken):
+def test_a_missed_check_in_is_a_no_show_flagged_and_offered_to_the_next(
+    context, app, db, client, taken
+):
     request, volunteers, first, second = taken
     stored = row(db, first["id"])
     assert stored["visit_at"]  # volunteers free at any time: the visit is now
@@ -189,14 +192,14 @@ def test_a_missed_check_in_is_a_no_show_flagged_and_offered_to_the_next(app, db,
     assert row(db, first["id"])["state"] == "no_show"
 
 
-def test_a_visit_without_an_agreed_start_is_never_marked_a_no_show(app, db, client, taken):
+def test_a_visit_without_an_agreed_start_is_never_marked_a_no_show(context, app, db, client, taken):
     _, _, first, _ = taken
     db.execute("UPDATE assignments SET visit_at = NULL WHERE id = ?", [first["id"]])
     assert visits.miss_due(app, db, datetime.now(UTC) + timedelta(days=30)) == []
     assert row(db, first["id"])["state"] == "accepted"
 
 
-def test_a_no_show_may_be_excused_once_with_a_reason(app, db, client, taken):
+def test_a_no_show_may_be_excused_once_with_a_reason(context, app, db, client, taken):
     request, _, first, _ = taken
     with pytest.raises(visits.NotNoShow):
         visits.excuse(db, first["id"], reason="ill", actor="user:1")
@@ -218,14 +221,16 @@ def test_a_no_show_may_be_excused_once_with_a_reason(app, db, client, taken):
         (datetime.now(UTC) + timedelta(hours=2), visits.BadTime),
     ],
 )
-def test_a_time_entered_by_hand_must_be_readable_and_past(app, db, client, taken, at, error):
+def test_a_time_entered_by_hand_must_be_readable_and_past(
+    context, app, db, client, taken, at, error
+):
     _, _, first, _ = taken
     with pytest.raises(error):
         visits.check_in(app, db, first["id"], by="console", actor="user:1", at=at)
     assert row(db, first["id"])["state"] == "accepted"
 
 
-def test_a_check_out_entered_before_the_check_in_is_refused(app, db, client, taken):
+def test_a_check_out_entered_before_the_check_in_is_refused(context, app, db, client, taken):
     _, _, first, _ = taken
     start = datetime.now(UTC) - timedelta(hours=2)
     visits.check_in(app, db, first["id"], by="console", actor="user:1", at=start)
@@ -242,7 +247,7 @@ def test_a_check_out_entered_before_the_check_in_is_refused(app, db, client, tak
 __all__ = ["said", "signed"]
 
 
-def test_the_api_shows_the_visit_in_hours_and_minutes(app, db, client, taken):
+def test_the_api_shows_the_visit_in_hours_and_minutes(context, app, db, client, taken):
     _, volunteers, first, _ = taken
     viewer = bearer(db, "viewer")
     path = f"/api/v1/assignments/{first['id']}"
@@ -329,3 +334,54 @@ def test_a_volunteer_without_a_job_taken_hears_the_normal_greeting(app, db, clie
     _, volunteers, _, _ = taken
     _, heard, _ = call(client, volunteers[2]["phone"])
     assert "To ask for help, press 1" in heard and "check in" not in heard
+
+
+def test_a_coordinator_enters_a_visit_by_hand(app, db, client, taken):
+    request, _, first, _ = taken
+    page = f"/console/requests/{request['id']}"
+    base = f"{page}/visits/{first['id']}"
+    viewer = as_role(app, db, "viewer")
+    assert "Visit" in viewer.get(page).get_data(as_text=True)
+    assert "Check in by hand" not in viewer.get(page).get_data(as_text=True)
+    token = csrf_token(viewer, "/console/login")
+    refused = viewer.post(base + "/check-in", data={"at": "", "csrf_token": token})
+    assert refused.status_code == 403
+    coordinator = as_role(app, db, "coordinator")
+    assert coordinator.post(base + "/check-in", data={"at": ""}).status_code == 400  # no CSRF
+    assert row(db, first["id"])["state"] == "accepted"
+    html = coordinator.get(page).get_data(as_text=True)
+    assert "Check in by hand" in html and 'type="datetime-local"' in html
+    done = post_form(coordinator, base + "/check-in", {"at": "2026-12-01T09:30"}, page=page)
+    assert done.status_code == 303
+    stored = row(db, first["id"])
+    assert (stored["checked_in_at"], stored["check_in_by"], stored["manual"]) == (
+        "2026-12-01T09:30:00+00:00",
+        "console",
+        1,
+    )
+    post_form(coordinator, base + "/check-out", {"at": "2026-12-01T11:15"}, page=page)
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["minutes"]) == ("done", 105)
+    html = coordinator.get(page).get_data(as_text=True)
+    assert "105 minutes (1.75 hours), entered by hand" in html and "by hand" in html
+    assert queue.get(db, request["id"])["status"] == "done"
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "checked out"]
+    assert event["actor"].startswith("user:") and event["detail"]["manual"] == 1
+    # A replay changes nothing and says so.
+    again = post_form(coordinator, base + "/check-out", {"at": ""}, page=page)
+    assert "Nothing changed" in coordinator.get(again.location).get_data(as_text=True)
+    assert post_form(coordinator, f"{page}/visits/999/check-in", {}, page=page).status_code == 404
+
+
+def test_a_coordinator_excuses_a_no_show_on_the_request_page(app, db, client, taken):
+    request, _, first, _ = taken
+    with app.app_context():
+        visits.miss_due(app, db, datetime.now(UTC) + timedelta(hours=1))
+    page = f"/console/requests/{request['id']}"
+    coordinator = as_role(app, db, "coordinator")
+    html = coordinator.get(page).get_data(as_text=True)
+    assert "did not come" in html and "Excuse no-show" in html
+    post_form(coordinator, f"{page}/visits/{first['id']}/excuse", {"reason": "flu"}, page=page)
+    stored = row(db, first["id"])
+    assert (stored["excused"], stored["excuse"]) == (1, "flu")
+    assert "excused: flu" in coordinator.get(page).get_data(as_text=True)
