@@ -385,3 +385,36 @@ def test_a_coordinator_excuses_a_no_show_on_the_request_page(app, db, client, ta
     stored = row(db, first["id"])
     assert (stored["excused"], stored["excuse"]) == (1, "flu")
     assert "excused: flu" in coordinator.get(page).get_data(as_text=True)
+
+
+def test_the_missed_check_in_job_runs_when_the_grace_is_over(make_app, rest, db):
+    app = make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        CHECKIN_GRACE=1.0,
+    )
+    client = app.test_client()
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    [first] = offer(client, db, request["id"], top=1)
+    text(client, volunteers[0]["phone"], "yes")
+    # The agreed start is this minute (free at any time), so one second of grace is over.
+    jobs.drain(app)
+    assert states(db, request["id"]) == {1: "no_show", 2: "offered"}
+    assert any(
+        m["to"] == volunteers[0]["phone"] and "we asked another volunteer" in m["body"]
+        for m in rest.messages
+    )
+
+
+def test_a_volunteer_who_hangs_up_at_the_check_in_menu_is_no_missed_call(app, db, client, taken):
+    _, volunteers, _, _ = taken
+    sid = f"CA{next(_calls):032x}"
+    params = {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": volunteers[0]["phone"]}
+    assert "press 1" in said(signed(client, "/twilio/voice", params).get_data(as_text=True))
+    ended = signed(client, "/twilio/call-status", params | {"CallStatus": "completed"})
+    assert ended.status_code == 204
+    assert queue.find_by_source(db, f"callback:{sid}") is None
