@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app import dispatch, jobs, queue, visits
+from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
-from tests.test_console import add_request, as_role, csrf_token, post_form
+from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
 from tests.test_dispatch import (
     FROM,
     SENIOR,
@@ -244,9 +245,6 @@ def test_a_check_out_entered_before_the_check_in_is_refused(context, app, db, cl
     assert (done.state, done.minutes, done.manual) == ("done", 90, True)
 
 
-__all__ = ["said", "signed"]
-
-
 def test_the_api_shows_the_visit_in_hours_and_minutes(context, app, db, client, taken):
     _, volunteers, first, _ = taken
     viewer = bearer(db, "viewer")
@@ -418,3 +416,34 @@ def test_a_volunteer_who_hangs_up_at_the_check_in_menu_is_no_missed_call(app, db
     ended = signed(client, "/twilio/call-status", params | {"CallStatus": "completed"})
     assert ended.status_code == 204
     assert queue.find_by_source(db, f"callback:{sid}") is None
+
+
+@pytest.mark.browser
+def test_the_request_page_with_a_visit_is_accessible_and_checks_in_by_hand(make_app, db):
+    app = make_app()
+    add_senior(app, db)
+    add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    with app.app_context():
+        [first, _] = dispatch.offer(app, db, request["id"], top=2, actor="test")
+        dispatch.accept(app, db, first["id"], actor="test")
+    make_user(db, "amy", "coordinator")
+    with live_server(app) as base, chromium() as browser:
+        for width in (390, 1366):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(base + "/console/login")
+            page.get_by_label("Name").fill("amy")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(base + "/console/")
+            page.goto(f"{base}/console/requests/{request['id']}")
+            step = "in" if width == 390 else "out"
+            page.get_by_role("button", name=f"Check {step} by hand").wait_for()
+            assert_accessible(page, f"request-visit-{step}-{width}")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            page.get_by_role("button", name=f"Check {step} by hand").click()
+            page.get_by_text(f"Checked {step} by hand.").wait_for()
+            assert_accessible(page, f"request-visit-{step}ed-{width}")
+            page.close()
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["manual"], stored["check_out_by"]) == ("done", 1, "console")
