@@ -447,3 +447,17 @@ def test_the_request_page_with_a_visit_is_accessible_and_checks_in_by_hand(make_
             page.close()
     stored = row(db, first["id"])
     assert (stored["state"], stored["manual"], stored["check_out_by"]) == ("done", 1, "console")
+
+
+def test_a_job_checked_in_still_counts_against_the_volunteer_s_load(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    db.execute("UPDATE volunteers SET max_open = 1 WHERE id = ?", [volunteers[0]["id"]])
+    text(client, volunteers[0]["phone"], f"IN {first['code']}")
+    later = add_request(db, phone=SENIOR, region="riverside")
+    [other] = offer(client, db, later["id"], volunteer_ids=[volunteers[0]["id"]])
+    assert other["code"] != first["code"]  # a held job's code is not given to a new offer
+    assert "as many open jobs as you asked for" in text(
+        client, volunteers[0]["phone"], f"YES {other['code']}"
+    )
+    text(client, volunteers[0]["phone"], f"OUT {first['code']}")
+    assert "the job is yours" in text(client, volunteers[0]["phone"], f"YES {other['code']}")
