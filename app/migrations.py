@@ -526,6 +526,60 @@ def m0009_assignments(db):
     db.execute("ALTER TABLE volunteers ADD COLUMN offer_channel TEXT NOT NULL DEFAULT 'sms'")
 
 
+@migrations(name="0011_visits")
+def m0011_visits(db):
+    """Record each visit: check-in and check-out, minutes, a no-show and its excuse."""
+    for column, kind in (
+        ("checked_in_at", "TEXT"),  # UTC ISO-8601, seconds
+        ("checked_out_at", "TEXT"),
+        ("check_in_by", "TEXT"),  # sms, call, link or console
+        ("check_out_by", "TEXT"),
+        ("manual", "INTEGER NOT NULL DEFAULT 0"),  # 1: a coordinator entered it by hand
+        ("minutes", "INTEGER"),  # whole minutes between check-in and check-out
+        ("latitude", "REAL"),  # only from the mobile page, when the volunteer allows it
+        ("longitude", "REAL"),
+        ("accuracy_m", "REAL"),
+        ("excused", "INTEGER NOT NULL DEFAULT 0"),  # a no-show a coordinator excused
+        ("excuse", "TEXT"),
+        ("senior_came", "TEXT"),  # yes or no: the senior's answer on the rating call
+        ("rating", "INTEGER"),  # 1-5
+        ("verified", "INTEGER NOT NULL DEFAULT 0"),  # hours the senior confirmed
+        ("rated_at", "TEXT"),
+    ):
+        # Plain ALTER TABLE keeps the volunteers_version triggers (a table rebuild drops them).
+        db.execute(f"ALTER TABLE assignments ADD COLUMN {column} {kind}")
+    # A volunteer holds a job from yes to check-out: accepted, then checked_in. The database
+    # refuses a second holder for a request, as 0009 did for accepted offers alone.
+    held = "state IN ('accepted', 'checked_in')"
+    db.execute(f"CREATE UNIQUE INDEX idx_assignments_held ON assignments(request_id) WHERE {held}")
+    # Matching's cached load counts held jobs: moving in or out of holding makes it stale.
+    bump = "BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+    for name in (
+        "assignments_version_insert",
+        "assignments_version_update",
+        "assignments_version_delete",
+        "requests_status_version",
+    ):
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+    db.execute(
+        "CREATE TRIGGER assignments_version_insert AFTER INSERT ON assignments"
+        f" WHEN new.{held} {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_update AFTER UPDATE OF state ON assignments"
+        f" WHEN (old.{held}) != (new.{held}) {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_delete AFTER DELETE ON assignments"
+        f" WHEN old.{held} {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER requests_status_version AFTER UPDATE OF status ON requests"
+        " WHEN old.status IS NOT new.status AND EXISTS (SELECT 1 FROM assignments"
+        f" WHERE request_id = new.id AND {held}) {bump}"
+    )
+
+
 @migrations(name="0014_supervision")
 def m0014_supervision(db):
     """Create supervision items, the actions taken on them, and decisions about volunteers."""

@@ -873,6 +873,13 @@ SETTINGS = (
     ),
     _s(
         "offers",
+        "CHECKIN_GRACE",
+        Duration(1, 7 * 86400),
+        30 * 60.0,
+        "No check-in this long after the agreed start: a no-show, and the next volunteer is asked.",
+    ),
+    _s(
+        "offers",
         "OUTBOX_MAX_ATTEMPTS",
         Number(1, 50, integer=True),
         6,
