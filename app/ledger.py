@@ -474,6 +474,7 @@ def utc_bounds(start, end, tz):
     """Return [start, end] local dates (either may be None) as UTC ISO bounds [low, high)."""
 
     def midnight(day):
+        """Return the UTC time at which a local day begins."""
         return datetime.combine(day, time(0), tz).astimezone(UTC).isoformat(timespec="seconds")
 
     low = midnight(start) if start else ""
