@@ -503,3 +503,17 @@ def test_volunteer_page_shows_verified_and_unverified_hours_apart(app, db, role)
     assert "<dt>Points</dt><dd>20</dd>" in html
     assert "<dt>No-shows</dt><dd>1 (not excused)</dd>" in html
     assert "<dt>Ratings</dt><dd>1, average 5.0 of 5</dd>" in html
+
+
+def test_posting_inside_a_check_out_commits_or_rolls_back_with_it(db):
+    ana = add_volunteer(db)
+    visit = add_visit(db, ana, minutes=60)
+    with pytest.raises(RuntimeError), db.atomic():
+        db.execute("UPDATE assignments SET state = 'done' WHERE id = ?", [visit])
+        assert ledger.post_visit(db, visit, rules=RULES, tz=UTC)[1] is True
+        raise RuntimeError("check-out failed after posting")
+    assert db["ledger_transfers"].count == 0 and ledger.totals(db) == {"minutes": 0, "points": 0}
+    with db.atomic():
+        first, posted = ledger.post_visit(db, visit, rules=RULES, tz=UTC)
+        assert posted and ledger.post_visit(db, visit, rules=RULES, tz=UTC) == (first, False)
+    assert ledger.balance(db, ledger.volunteer_account(ana)) == ledger.Balance(60, 10)
