@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from app import ledger, people
 from app.classify import CATEGORY_KEYS
 from app.db import connect, migrate
+from app.flows import available_languages
 from tests.conftest import add_visit_columns
 from tests.test_api import bearer
 from tests.test_console import add_request, as_role
@@ -517,3 +518,7 @@ def test_posting_inside_a_check_out_commits_or_rolls_back_with_it(db):
         first, posted = ledger.post_visit(db, visit, rules=RULES, tz=UTC)
         assert posted and ledger.post_visit(db, visit, rules=RULES, tz=UTC) == (first, False)
     assert ledger.balance(db, ledger.volunteer_account(ana)) == ledger.Balance(60, 10)
+
+
+def test_the_point_rules_are_not_a_language(app):
+    assert "points" not in available_languages(app.config["FLOWS_DIR"])
