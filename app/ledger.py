@@ -320,6 +320,11 @@ def _visit(db, assignment_id):
     return dict(zip([c[0] for c in cursor.description], row, strict=True))
 
 
+def _utc(moment):
+    """Return an ISO 8601 time in UTC, to the second, so stored times compare as text."""
+    return datetime.fromisoformat(moment).astimezone(UTC).isoformat(timespec="seconds")
+
+
 def visit_minutes(visit):
     """Return a done visit's whole minutes, or raise VisitNotDone or BadVisit."""
     started, ended = visit["checked_in_at"], visit["checked_out_at"]
@@ -370,29 +375,27 @@ def post_visit(db, assignment_id, *, rules=None, tz=None, actor="system"):
                         "minutes": minutes,
                         "points": earned.points,
                         "category": category,
-                        "started_at": visit["checked_in_at"],
-                        "ended_at": visit["checked_out_at"],
+                        "started_at": _utc(visit["checked_in_at"]),
+                        "ended_at": _utc(visit["checked_out_at"]),
                         "rules": json.dumps(list(earned.applied)),
                         "created_at": stamp,
                     }
                 )
                 .last_pk
             )
-            to = _account_id(
+            volunteer = _account_id(
                 db, volunteer_account(visit["volunteer_id"]), "volunteer", visit["volunteer_id"]
             )
-            given = _account_id(db, source, "person" if person_id else "programme", person_id)
+            giver = _account_id(db, source, "person" if person_id else "programme", person_id)
             programme = _account_id(db, PROGRAMME, "programme", None)
-            for unit, amount, source_id in (
-                ("minutes", minutes, given),
+            for unit, amount, account in (
+                ("minutes", minutes, giver),
                 ("points", earned.points, programme),
             ):
                 db["ledger_entries"].insert_all(
-                    [
-                        {"transfer_id": transfer_id, "account_id": account, "unit": unit}
-                        | {"amount": signed, "created_at": stamp}
-                        for account, signed in ((source_id, -amount), (to, amount))
-                    ]
+                    {"transfer_id": transfer_id, "account_id": to, "unit": unit}
+                    | {"amount": signed, "created_at": stamp}
+                    for to, signed in ((account, -amount), (volunteer, amount))
                 )
             record_event(
                 db,

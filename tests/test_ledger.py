@@ -522,3 +522,12 @@ def test_posting_inside_a_check_out_commits_or_rolls_back_with_it(db):
 
 def test_the_point_rules_are_not_a_language(app):
     assert "points" not in available_languages(app.config["FLOWS_DIR"])
+
+
+def test_visit_times_are_kept_in_utc_so_ranges_compare(db):
+    visit = add_visit(db, add_volunteer(db), minutes=30, start="2026-12-02T05:00:00-05:00")
+    transfer, _ = ledger.post_visit(db, visit, rules=RULES, tz=UTC)
+    assert (transfer.started_at, transfer.ended_at) == (
+        "2026-12-02T10:00:00+00:00",
+        "2026-12-02T10:30:20+00:00",
+    )
