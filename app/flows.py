@@ -29,7 +29,7 @@ ACTIONS = frozenset(
 )
 PACES = ("normal", "slow")
 # Files in ivr_flows/ that are not phone flows.
-NOT_FLOWS = frozenset({"categories", "matching", "places", "queue"})
+NOT_FLOWS = frozenset({"categories", "matching", "places", "points", "queue"})
 
 
 class FlowError(ValueError):

@@ -634,3 +634,65 @@ def m0014_supervision(db):
         not_null={"volunteer_id", "decision", "reason", "actor", "created_at"},
     )
     db["volunteer_decisions"].create_index(["volunteer_id", "id"])
+
+
+@migrations(name="0012_ledger")
+def m0012_ledger(db):
+    """Create the time-bank ledger: accounts, one transfer per visit, its double entries."""
+    db.execute(
+        """CREATE TABLE ledger_accounts (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,  -- volunteer:3, person:7 or programme
+            kind TEXT NOT NULL CHECK (kind IN ('volunteer', 'person', 'programme')),
+            owner_id INTEGER,  -- the volunteer's or person's id; NULL for the programme
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        "INSERT INTO ledger_accounts (key, kind, created_at) VALUES ('programme', 'programme', ?)",
+        [datetime.now(UTC).isoformat(timespec="seconds")],
+    )
+    db.execute(
+        """CREATE TABLE ledger_transfers (
+            id INTEGER PRIMARY KEY,
+            assignment_id INTEGER NOT NULL REFERENCES assignments(id),
+            request_id INTEGER NOT NULL REFERENCES requests(id),
+            volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+            person_id INTEGER REFERENCES people(id),
+            source TEXT NOT NULL,  -- the account key the minutes left
+            minutes INTEGER NOT NULL CHECK (minutes >= 0),
+            points INTEGER NOT NULL CHECK (points >= 0),
+            category TEXT NOT NULL,
+            started_at TEXT NOT NULL,  -- check-in and check-out, UTC
+            ended_at TEXT NOT NULL,
+            rules TEXT NOT NULL,  -- JSON list: the point rules applied, in words
+            created_at TEXT NOT NULL
+        )"""
+    )
+    # One transfer per visit: a replayed or racing post cannot count an hour twice.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_ledger_transfers_assignment ON ledger_transfers(assignment_id)"
+    )
+    db.execute(
+        "CREATE INDEX idx_ledger_transfers_volunteer ON ledger_transfers(volunteer_id, started_at)"
+    )
+    db.execute("CREATE INDEX idx_ledger_transfers_started ON ledger_transfers(started_at)")
+    db.execute(
+        """CREATE TABLE ledger_entries (
+            id INTEGER PRIMARY KEY,
+            transfer_id INTEGER NOT NULL REFERENCES ledger_transfers(id),
+            account_id INTEGER NOT NULL REFERENCES ledger_accounts(id),
+            unit TEXT NOT NULL CHECK (unit IN ('minutes', 'points')),
+            amount INTEGER NOT NULL,  -- negative leaves the account, positive enters it
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_ledger_entries_account ON ledger_entries(account_id, unit)")
+    db.execute("CREATE INDEX idx_ledger_entries_transfer ON ledger_entries(transfer_id)")
+    # The ledger is append-only: a correction is a new transfer, never an edit.
+    for table in ("ledger_transfers", "ledger_entries"):
+        for event in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table}"
+                f" BEGIN SELECT RAISE(ABORT, '{table} are never changed or deleted'); END"
+            )

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app
 
-from . import dispatch, jobs, outbox, people, pipeline, queue
+from . import dispatch, jobs, ledger, outbox, people, pipeline, queue
 from .db import get_db
 from .queue import now, record_event
 
@@ -244,7 +244,9 @@ def check_out(app, db, assignment_id, *, by, actor, at=None):
             db, assignment["request_id"], "check_out", actor=actor, detail=detail
         ):
             record_event(db, assignment["request_id"], actor, "checked out", detail)
-        # At merge the lead wires ledger.post_visit(db, assignment_id) and the rating call here.
+        # The hours enter the time bank in the same transaction: a visit is done and counted,
+        # or neither.
+        ledger.post_visit(db, assignment_id, actor=actor)
         return Visit.from_row(dispatch.get(db, assignment_id))
 
 

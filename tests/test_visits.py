@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import dispatch, jobs, queue, visits
+from app import dispatch, jobs, ledger, queue, visits
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
@@ -85,7 +85,12 @@ def test_offer_yes_in_out_makes_the_request_done_with_its_minutes(app, db, clien
     assert (stored["check_in_by"], stored["check_out_by"]) == ("sms", "sms")
     assert queue.get(db, request["id"])["status"] == "done"
     actions = [e["action"] for e in queue.events(db, request["id"])]
-    assert actions[-2:] == ["checked in", "checked out"]
+    assert actions[-3:] == ["checked in", "checked out", "hours_posted"]
+    # The same transaction put the 65 minutes in the time bank, once, whatever is replayed.
+    text(client, phone, f"OUT {first['code']}")
+    account = ledger.volunteer_account(volunteers[0]["id"])
+    assert ledger.balance(db, account).minutes == 65
+    assert db["ledger_transfers"].count == 1
 
 
 @pytest.mark.parametrize(
