@@ -189,6 +189,14 @@ def test_periodic_jobs_are_queued_once_a_period(app, db, times, queued):
     assert db["jobs"].count_where("kind = 'test.record'") == queued
 
 
+def test_standing_arrangements_are_looked_at_every_hour(app, db):
+    from datetime import UTC, datetime
+
+    for hour in (9, 9, 10):
+        jobs.enqueue_due(app, db, datetime(2026, 11, 29, hour, 30, tzinfo=UTC))
+    assert db["jobs"].count_where("kind = 'arrangements.due'") == 2
+
+
 def test_nightly_reconcile_waits_for_twilio_credentials(app, db):
     from datetime import UTC, datetime
 

@@ -23,7 +23,7 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
-from .. import accounts, queue
+from .. import accounts, arrangements, queue
 from ..classify import CATEGORY_KEYS, load_categories
 from ..db import get_db, lock_error
 from ..kiosk import devices
@@ -304,6 +304,7 @@ def detail(request_id):
         events=list(reversed(events)),
         kiosk=devices.kiosk_of(db, item),
         confirm_status=_backwards_asked(item, request.args.get("confirm")),
+        arrangement=arrangements.choices_for(db, request_id),
     )
 
 
