@@ -83,7 +83,8 @@ def localize(day, at, zone):
     forward by the gap, 01:30 in London's jump from 01:00 to 02:00 becoming 02:30: the same
     instant fold=0 names, with the wall-clock time people will actually see.
     """
-    naive = datetime.combine(day, at, tzinfo=ZoneInfo(zone))
+    # A time with fold=1 would name the later of two readings: the rule means the first.
+    naive = datetime.combine(day, at.replace(fold=0), tzinfo=ZoneInfo(zone))
     return naive.astimezone(UTC).astimezone(naive.tzinfo)
 
 
