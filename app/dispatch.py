@@ -668,6 +668,53 @@ def cascade(app, db, request_id):
     return made
 
 
+def request_closed(db, request_id, status, *, actor):
+    """After a coordinator closes a request: open offers are withdrawn, a job taken is cancelled.
+
+    Every volunteer concerned is told by SMS, so nobody goes to a visit nobody needs. A job
+    already checked in is left for its check-out: the volunteer is there. A request marked
+    done keeps its taken job for a visit entered by hand, and is never marked a no-show.
+    """
+    stamp = now()
+    with db.atomic():
+        told = []
+        for assignment in assignments(db, request_id=request_id, state="offered"):
+            if _close(db, assignment["id"], "withdrawn"):
+                told.append((assignment, "request_closed"))
+        if status == "cancelled":
+            for assignment in assignments(db, request_id=request_id, state="accepted"):
+                cursor = db.execute(
+                    "UPDATE assignments SET state = 'cancelled', updated_at = ?"
+                    " WHERE id = ? AND state = 'accepted'",
+                    [stamp, assignment["id"]],
+                )
+                if cursor.rowcount == 1:
+                    told.append((assignment, "job_cancelled"))
+        for assignment, key in told:
+            volunteer = people.get_volunteer(db, assignment["volunteer_id"])
+            outbox.send_sms(
+                db,
+                key=f"{key}:{assignment['id']}",
+                to=volunteer["phone"],
+                body=_text(volunteer, key, code=assignment["code"], number=request_id),
+                request_id=request_id,
+                assignment_id=assignment["id"],
+            )
+        if told:
+            record_event(
+                db,
+                request_id,
+                actor,
+                "offers_closed",
+                {
+                    "status": status,
+                    "withdrawn": sum(key == "request_closed" for _, key in told),
+                    "cancelled": sum(key == "job_cancelled" for _, key in told),
+                },
+            )
+    return [assignment["id"] for assignment, _ in told]
+
+
 def flag(db, request_id, reason, *, actor, action="needs_coordinator", **detail):
     """Put a request in front of a coordinator with the reason, as an event on it."""
     with db.atomic():

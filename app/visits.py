@@ -285,11 +285,14 @@ def no_show(app, db, assignment_id, *, actor="system"):
         stamp = now()
         cursor = db.execute(
             "UPDATE assignments SET state = 'no_show', updated_at = ?"
-            " WHERE id = ? AND state = 'accepted'",
+            " WHERE id = ? AND state = 'accepted' AND EXISTS (SELECT 1 FROM requests"
+            " WHERE requests.id = assignments.request_id AND requests.status = 'assigned')",
             [stamp, assignment_id],
         )
         if cursor.rowcount != 1:
-            return False  # checked in meanwhile, or marked already
+            # Checked in meanwhile, marked already, or a coordinator moved the request on
+            # (done by hand, in progress): nobody is late for a visit no longer awaited.
+            return False
         assignment = dispatch.get(db, assignment_id)
         volunteer = people.get_volunteer(db, assignment["volunteer_id"])
         detail = {"volunteer": volunteer["id"], "code": assignment["code"]}

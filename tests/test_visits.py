@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import dispatch, jobs, ledger, queue, visits
+from app import dispatch, jobs, ledger, outbox, queue, visits
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
@@ -466,3 +466,46 @@ def test_a_job_checked_in_still_counts_against_the_volunteer_s_load(app, db, cli
     )
     text(client, volunteers[0]["phone"], f"OUT {first['code']}")
     assert "the job is yours" in text(client, volunteers[0]["phone"], f"YES {other['code']}")
+
+
+@pytest.mark.parametrize(
+    ("status", "stage", "state", "sms"),
+    [
+        # Cancelled before anyone said yes: the open offers are withdrawn, each told.
+        ("cancelled", "offered", "withdrawn", "is no longer needed"),
+        # Cancelled after a yes: the job is cancelled and the volunteer told not to go.
+        ("cancelled", "taken", "cancelled", "has been cancelled: please do not go"),
+        # Done by hand after a yes: the job stays for a visit entered by hand, told nothing.
+        ("done", "taken", "accepted", None),
+        # Checked in, then cancelled: the volunteer is there; their check-out still counts.
+        ("cancelled", "checked_in", "checked_in", None),
+    ],
+)
+def test_a_request_closed_by_a_coordinator_closes_its_offers_and_jobs(
+    app, db, client, status, stage, state, sms
+):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR, region="riverside")
+    first, _ = offer(client, db, request["id"], top=2)
+    if stage != "offered":
+        text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    if stage == "checked_in":
+        text(client, volunteers[0]["phone"], f"IN {first['code']}")
+    coordinator = as_role(app, db, "coordinator")
+    path = f"/console/requests/{request['id']}/status"
+    assert post_form(coordinator, path, {"status": status, "confirm": "yes"}).status_code == 303
+    assert row(db, first["id"])["state"] == state
+    bodies = [r["body"] for r in outbox.rows(db) if r["to_phone"] == volunteers[0]["phone"]]
+    closing = [b for b in bodies if "no longer needed" in b or "please do not go" in b]
+    assert closing == ([] if sms is None else [next(b for b in bodies if sms in b)])
+    # The no-show check finds nobody late for a visit no longer awaited.
+    later = datetime.now(UTC) + timedelta(hours=2)
+    with app.app_context():
+        assert visits.miss_due(app, db, later) == []
+    if state == "cancelled":
+        late = text(client, volunteers[0]["phone"], f"IN {first['code']}")
+        assert "is closed, so nothing changed" in late
+    if state == "checked_in":
+        text(client, volunteers[0]["phone"], f"OUT {first['code']}")
+        assert row(db, first["id"])["state"] == "done"

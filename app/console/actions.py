@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from rapidfuzz import fuzz, utils
 
-from .. import pipeline, queue
+from .. import dispatch, pipeline, queue
 from ..classify import CATEGORY_KEYS
 from .search import LIST_COLUMNS, row_dict
 
@@ -117,6 +117,8 @@ def change(db, request_id, changes, *, actor, confirmed=True):
             )
         if status and pipeline.transition(db, request_id, f"status:{status}", actor=actor):
             result = queue.get(db, request_id)
+            if status in ("done", "cancelled"):
+                dispatch.request_closed(db, request_id, status, actor=actor)
     return result
 
 
