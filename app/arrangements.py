@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app
 
-from . import dispatch, jobs, people, queue
+from . import dispatch, jobs, people, pipeline, queue
 from .availability import DAYS
 from .db import get_db
 from .queue import now, record_event
@@ -212,6 +212,22 @@ def create(
         raise ArrangementError(str(exc)) from exc
     stamp = now()
     with db.atomic():
+        # The same form sent twice (a double click, a retry) makes one arrangement, not two.
+        same = db.execute(
+            "SELECT id FROM arrangements WHERE request_id = ? AND volunteer_id = ?"
+            " AND weekdays = ? AND local_time = ? AND starts_on = ? AND ends_on IS ?"
+            " AND ended_at IS NULL",
+            [
+                request["id"],
+                volunteer["id"],
+                ",".join(DAYS[d] for d in days),
+                f"{at:%H:%M}",
+                starts_on.isoformat(),
+                ends_on.isoformat() if ends_on else None,
+            ],
+        ).fetchone()
+        if same is not None:
+            return get(db, same[0])
         arrangement_id = (
             db["arrangements"]
             .insert(
@@ -249,17 +265,25 @@ def create(
                 "volunteer": volunteer["id"],
             },
         )
+        # Its first occurrence may come before the hourly run: the worker makes it now.
+        jobs.enqueue(db, DUE, {}, key=f"{DUE}:arrangement:{arrangement_id}")
     return arrangement
 
 
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _date(value, what):
-    """Return value as a date, or raise ArrangementError naming what it is."""
+    """Return value as a date (plain YYYY-MM-DD), or raise ArrangementError naming what it is."""
     if isinstance(value, date):
         return value
+    text = (value or "").strip()
     try:
-        return date.fromisoformat((value or "").strip())
+        if _DAY.fullmatch(text):
+            return date.fromisoformat(text)
     except ValueError:
-        raise ArrangementError(f"the {what} must be a date like 2027-01-31") from None
+        pass
+    raise ArrangementError(f"the {what} must be a date like 2027-01-31")
 
 
 # (action, states it applies from, active after)
@@ -283,8 +307,28 @@ def change(db, arrangement_id, action, *, actor):
         if action == "end":
             changes["ended_at"] = stamp
         db["arrangements"].update(arrangement_id, changes)
-        record_event(db, arrangement["request_id"], actor, event, {"arrangement": arrangement_id})
+        detail = {"arrangement": arrangement_id}
+        if action == "end":
+            detail["cancelled"] = _cancel_upcoming(db, arrangement_id, actor=actor)
+        record_event(db, arrangement["request_id"], actor, event, detail)
     return get(db, arrangement_id)
+
+
+def _cancel_upcoming(db, arrangement_id, *, actor):
+    """Cancel an ended arrangement's occurrences still to come and not begun; return their ids."""
+    rows = db.execute(
+        "SELECT r.id FROM occurrences o JOIN requests r ON r.id = o.request_id"
+        " WHERE o.arrangement_id = ? AND r.status IN ('new', 'triaged', 'assigned')"
+        " ORDER BY r.id",
+        [arrangement_id],
+    ).fetchall()
+    cancelled = []
+    for (request_id,) in rows:
+        if pipeline.transition(db, request_id, "status:cancelled", actor=actor):
+            # The volunteers asked or coming are told: nobody goes to a visit nobody needs.
+            dispatch.request_closed(db, request_id, "cancelled", actor=actor)
+            cancelled.append(request_id)
+    return cancelled
 
 
 # ---- the job: occurrences become requests --------------------------------------------------

@@ -340,9 +340,12 @@ def offer(app, db, request_id, *, volunteer_ids=None, top=None, actor, wave=None
             "SELECT code FROM assignments WHERE state IN ('offered', 'accepted', 'checked_in')"
         )
     }
-    # Reads stay before the transaction: its first statement is a write, so a writer racing
-    # it waits for the lock instead of failing on a stale snapshot.
+    # The transaction takes the write lock as it begins (BEGIN IMMEDIATE): the request is
+    # read again under it, so a coordinator closing it a moment ago stops the offers here.
     with db.atomic():
+        status = queue.get(db, request_id)["status"]
+        if status not in OFFERABLE:
+            raise CannotOffer(f"request {request_id} is {status}: it cannot be offered")
         for volunteer in chosen:
             made.append(_make_offer(db, request, volunteer, taken, wave=wave, actor=actor))
         record_event(
@@ -662,7 +665,10 @@ def cascade(app, db, request_id):
         "request_id = ? AND state IN ('accepted', 'checked_in')", [request_id]
     ):
         return []
-    made = offer(app, db, request_id, top=1, actor="system")
+    try:
+        made = offer(app, db, request_id, top=1, actor="system")
+    except CannotOffer:
+        return []  # closed or taken a moment ago: nobody is waiting for the next volunteer
     if not made:
         flag(db, request_id, "no volunteer left to ask", actor="system", action="no_volunteer")
     return made

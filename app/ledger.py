@@ -11,6 +11,7 @@ Point rules live in ivr_flows/points.toml; `points_for` is pure.
 
 import csv
 import json
+import re
 import sqlite3
 import tomllib
 from dataclasses import asdict, dataclass
@@ -583,14 +584,23 @@ def write_csv(rows, stream):
     return len(rows)
 
 
+# Plain YYYY-MM-DD only ("2026-W49-1" and "20261201" are ISO too, but nobody means them),
+# within years a time bank has: the day after --to and the zone's offset must stay on the clock.
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(2999, 12, 31)
+
+
 def _date(value, option):
     """Return a YYYY-MM-DD option as a date, or fail naming the option."""
     try:
-        if len(value) == 10:
-            return date.fromisoformat(value)
+        day = date.fromisoformat(value) if _DAY.fullmatch(value) else None
     except ValueError:
-        pass
-    raise click.ClickException(f"{option} must be a date like 2026-12-01, not {value!r}")
+        day = None
+    if day is None:
+        raise click.ClickException(f"{option} must be a date like 2026-12-01, not {value!r}")
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise click.ClickException(f"{option} must be a date from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 @click.group("hours")

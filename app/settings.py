@@ -880,6 +880,14 @@ SETTINGS = (
     ),
     _s(
         "offers",
+        "VISIT_MAX",
+        Duration(15 * 60, 7 * 86400),
+        12 * 3600.0,
+        "A check-out making a visit longer than this is refused: entered by hand it is a slip;"
+        " sent by a volunteer, a coordinator is asked to enter the time they left.",
+    ),
+    _s(
+        "offers",
         "RECURRING_HORIZON",
         Duration(2 * 3600, 60 * 86400),
         2 * 86400.0,

@@ -65,6 +65,10 @@ class BadTime(VisitError, ValueError):
     """A time entered by hand is in the future, unreadable, or before the check-in."""
 
 
+class TooLong(VisitError):
+    """A check-out would make the visit longer than VISIT_MAX: a coordinator enters the time."""
+
+
 class NotNoShow(VisitError):
     """Only a no-show can be excused."""
 
@@ -117,14 +121,16 @@ def stamp_of(at, *, zone, moment=None):
     moment = moment or datetime.now(UTC)
     if at is None:
         return moment.isoformat(timespec="seconds")
-    if isinstance(at, str):
-        try:
+    shown = repr(at[:40] + "…" if isinstance(at, str) and len(at) > 40 else at)
+    try:
+        if isinstance(at, str):
             at = datetime.fromisoformat(at.strip())
-        except ValueError:
-            raise BadTime(f"{at!r} is not a time like 2026-12-01T10:30") from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=zone)
-    at = at.astimezone(UTC)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=zone)
+        at = at.astimezone(UTC)
+    except (ValueError, OverflowError):
+        # Unreadable, or a year so far off that it has no place on the clock (year 1, 9999).
+        raise BadTime(f"{shown} is not a time like 2026-12-01T10:30") from None
     if at > moment + FUTURE_SLACK:
         raise BadTime("a visit cannot be entered for a time still to come")
     return at.isoformat(timespec="seconds")
@@ -191,8 +197,16 @@ def check_in(app, db, assignment_id, *, by, actor, at=None, location=None):
         assignment = dispatch.get(db, assignment_id)
         _check_owner(assignment, actor)
         _refuse_unless(assignment, "accepted")
-        if queue.get(db, assignment["request_id"])["status"] in ("done", "cancelled"):
+        request = queue.get(db, assignment["request_id"])
+        if request["status"] in ("done", "cancelled"):
             raise RequestClosed(f"request {assignment['request_id']} is closed", assignment)
+        if at is not None and stamp < request["created_at"]:
+            # A year typed wrong would count years of hours, and the ledger's entries are final.
+            asked = datetime.fromisoformat(request["created_at"]).astimezone(_zone(app))
+            raise BadTime(
+                f"a check-in cannot be before the request was made ({asked:%Y-%m-%d %H:%M})",
+                assignment,
+            )
         db.execute(
             "UPDATE assignments SET state = 'checked_in', checked_in_at = ?, check_in_by = ?,"
             " manual = MAX(manual, ?), latitude = ?, longitude = ?, accuracy_m = ?,"
@@ -226,28 +240,57 @@ def check_out(app, db, assignment_id, *, by, actor, at=None):
         if at is not None and stamp < assignment["checked_in_at"]:
             raise BadTime("a check-out cannot be before the check-in", assignment)
         minutes = minutes_between(assignment["checked_in_at"], stamp)
-        db.execute(
-            "UPDATE assignments SET state = 'done', checked_out_at = ?, check_out_by = ?,"
-            " minutes = ?, manual = MAX(manual, ?), updated_at = ?"
-            " WHERE id = ? AND state = 'checked_in'",
-            [stamp, by, minutes, manual, now(), assignment_id],
-        )
-        detail = {
-            "volunteer": assignment["volunteer_id"],
-            "code": assignment["code"],
-            "at": stamp,
-            "by": by,
-            "manual": manual,
-            "minutes": minutes,
-        }
-        if not pipeline.transition(
-            db, assignment["request_id"], "check_out", actor=actor, detail=detail
-        ):
-            record_event(db, assignment["request_id"], actor, "checked out", detail)
-        # The hours enter the time bank in the same transaction: a visit is done and counted,
-        # or neither.
-        ledger.post_visit(db, assignment_id, actor=actor)
-        return Visit.from_row(dispatch.get(db, assignment_id))
+        too_long = minutes * 60 > app.config["VISIT_MAX"]
+        if too_long and manual:
+            raise BadTime(
+                f"that makes a visit of {_duration(minutes)}, longer than CARECALL_VISIT_MAX"
+                f" ({app.config['VISIT_MAX'] / 3600:g} h): check the times",
+                assignment,
+            )
+        if not too_long:
+            return _checked_out(db, assignment, stamp, by, manual, minutes, actor)
+    # A volunteer who forgot to check out: the hours are a coordinator's to enter, by hand.
+    dispatch.flag(
+        db,
+        assignment["request_id"],
+        f"check-out for job {assignment['code']} came {_duration(minutes)} after the check-in:"
+        " enter the real check-out time by hand",
+        actor=actor,
+        action="visit_too_long",
+        volunteer=assignment["volunteer_id"],
+    )
+    raise TooLong(f"a visit of {_duration(minutes)} needs a coordinator", assignment)
+
+
+def _duration(minutes):
+    """Return minutes as "3 h 05 min"."""
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _checked_out(db, assignment, stamp, by, manual, minutes, actor):
+    """Write a check-out, audited, and post its hours; inside the caller's transaction."""
+    db.execute(
+        "UPDATE assignments SET state = 'done', checked_out_at = ?, check_out_by = ?,"
+        " minutes = ?, manual = MAX(manual, ?), updated_at = ?"
+        " WHERE id = ? AND state = 'checked_in'",
+        [stamp, by, minutes, manual, now(), assignment["id"]],
+    )
+    detail = {
+        "volunteer": assignment["volunteer_id"],
+        "code": assignment["code"],
+        "at": stamp,
+        "by": by,
+        "manual": manual,
+        "minutes": minutes,
+    }
+    if not pipeline.transition(
+        db, assignment["request_id"], "check_out", actor=actor, detail=detail
+    ):
+        record_event(db, assignment["request_id"], actor, "checked out", detail)
+    # The hours enter the time bank in the same transaction: a visit is done and counted,
+    # or neither.
+    ledger.post_visit(db, assignment["id"], actor=actor)
+    return Visit.from_row(dispatch.get(db, assignment["id"]))
 
 
 # ---- a missed check-in --------------------------------------------------------------------
@@ -444,6 +487,8 @@ def refusal_text(volunteer, error):
         )
     if isinstance(error, NotCheckedIn):
         return dispatch._text(volunteer, "not_in", code=code)
+    if isinstance(error, TooLong):
+        return dispatch._text(volunteer, "too_long", code=code)
     if isinstance(error, NotYours):
         return dispatch._text(volunteer, "not_yours", code=code)
     if isinstance(error, NotAccepted) and assignment.get("state") == "offered":

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app import arrangements, dispatch, jobs, people, queue
+from app import arrangements, dispatch, jobs, outbox, people, queue
 from app.arrangements import Rule, localize, occurrences
 from app.db import connect
 from tests.browser import assert_accessible, chromium, live_server
@@ -331,8 +331,9 @@ def test_the_scheduled_job_makes_the_occurrences_when_a_worker_runs_it(app, db):
     with app.app_context():
         jobs.enqueue_due(app, db)
     assert jobs.drain(app) >= 1
-    [job] = db["jobs"].rows_where("kind = ?", [arrangements.DUE])
-    assert job["state"] == "done"
+    # The hourly run, and the run its creation asked for: both done, the occurrences once.
+    done = [j["state"] for j in db["jobs"].rows_where("kind = ?", [arrangements.DUE])]
+    assert done == ["done", "done"]
     # 12:00 London falls once or twice in the next 48 hours, so two days' requests at most.
     made = db["requests"].count_where("source_key LIKE 'arrangement:%'")
     assert made in (1, 2) and db["occurrences"].count == made
@@ -566,3 +567,49 @@ def test_arrangements_in_chromium(app, db):
         page.get_by_text("Standing arrangement 1 paused.").wait_for()
         assert_accessible(page, "arrangements-paused-390")
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_the_same_form_sent_twice_makes_one_arrangement(app, db):
+    first = standing(app, db)
+    template = arrangements.get(db, first["id"])["request_id"]
+    again = arrangements.create(
+        db,
+        template,
+        volunteer_id=3,
+        weekdays="tue",
+        local_time="10:00",
+        zone=app.config["COORDINATOR_TIMEZONE"],
+        starts_on="2026-01-01",
+        actor="user:amy",
+    )
+    assert again["id"] == first["id"] and db["arrangements"].count == 1
+
+
+def test_a_new_arrangement_asks_the_worker_to_make_its_first_occurrence_now(app, db):
+    arrangement = standing(app, db)
+    [job] = db["jobs"].rows_where(
+        "key = ?", [f"{arrangements.DUE}:arrangement:{arrangement['id']}"]
+    )
+    assert job["state"] == "queued" and job["run_after"] <= datetime.now(UTC).timestamp() + 1
+
+
+def test_ending_an_arrangement_cancels_its_visits_still_to_come(app, db, client):
+    arrangement = standing(app, db)
+    [request] = due(app, db, utc("2026-12-07T12:00"))
+    [offer] = dispatch.assignments(db, request_id=request["id"])
+    with app.app_context():  # the volunteer's SMS is in their language's words
+        arrangements.change(db, arrangement["id"], "end", actor="user:amy")
+    assert queue.get(db, request["id"])["status"] == "cancelled"
+    assert dispatch.get(db, offer["id"])["state"] == "withdrawn"
+    [told] = [r for r in outbox.rows(db) if r["key"] == f"request_closed:{offer['id']}"]
+    assert "is no longer needed" in told["body"]
+    [ended] = [
+        e for e in queue.events(db, arrangement["request_id"]) if e["action"] == "arrangement_ended"
+    ]
+    assert ended["detail"] == {"arrangement": arrangement["id"], "cancelled": [request["id"]]}
+
+
+@pytest.mark.parametrize("value", ["2026-W49-1", "20261203", "2026-12-3", " "])
+def test_dates_are_plain_year_month_day(app, db, value):
+    with pytest.raises(arrangements.ArrangementError, match="must be a date like 2027-01-31"):
+        standing(app, db, starts_on=value)

@@ -451,6 +451,11 @@ def test_hours_export_dates_are_the_coordinators(make_app, tmp_path):
         ("2026-12-01", "31/12/2026", "--to must be a date like 2026-12-01, not '31/12/2026'"),
         ("2026-12-01", "2026-1-5", "--to must be a date"),
         ("2026-12-31", "2026-12-01", "--to (2026-12-01) is before --from (2026-12-31)"),
+        # ISO 8601 too, but not what anyone types for a day.
+        ("2026-W49-1", "2026-12-31", "--from must be a date like 2026-12-01"),
+        ("2026-12-01", "20261231", "--to must be a date like 2026-12-01"),
+        # The day after 9999-12-31 is off the clock: a traceback before.
+        ("2026-01-01", "9999-12-31", "--to must be a date from 1900-01-01 to 2999-12-31"),
     ],
 )
 def test_hours_export_refuses_bad_dates(runner, start, end, words):

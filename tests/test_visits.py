@@ -62,6 +62,12 @@ def taken(app, db, client):
     return request, volunteers, first, second
 
 
+def made_earlier(db, request_id, *, hours):
+    """Move a request's creation back, as if the senior had asked hours ago."""
+    stamp = (datetime.now(UTC) - timedelta(hours=hours)).isoformat(timespec="seconds")
+    db.execute("UPDATE requests SET created_at = ? WHERE id = ?", [stamp, request_id])
+
+
 def row(db, assignment_id):
     """Return an assignment as stored now."""
     return dispatch.get(db, assignment_id)
@@ -237,8 +243,9 @@ def test_a_time_entered_by_hand_must_be_readable_and_past(
 
 
 def test_a_check_out_entered_before_the_check_in_is_refused(context, app, db, client, taken):
-    _, _, first, _ = taken
+    request, _, first, _ = taken
     start = datetime.now(UTC) - timedelta(hours=2)
+    made_earlier(db, request["id"], hours=3)
     visits.check_in(app, db, first["id"], by="console", actor="user:1", at=start)
     with pytest.raises(visits.BadTime):
         visits.check_out(
@@ -509,3 +516,54 @@ def test_a_request_closed_by_a_coordinator_closes_its_offers_and_jobs(
     if state == "checked_in":
         text(client, volunteers[0]["phone"], f"OUT {first['code']}")
         assert row(db, first["id"])["state"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("at", "says"),
+    [
+        # A year typed wrong: before the request was made.
+        ("2000-01-01T00:00", "before the request was made"),
+        # Years the clock cannot hold in the coordinators' zone or in UTC.
+        ("0001-01-01T00:00+05:00", "is not a time like"),
+        ("9999-12-31T23:59:59-05:00", "is not a time like"),
+        # A huge value is named, not echoed whole.
+        ("9" * 5000, "9999999…"),
+    ],
+)
+def test_a_check_in_by_hand_at_an_impossible_time_is_refused_on_the_page(
+    app, db, client, taken, at, says
+):
+    request, _, first, _ = taken
+    coordinator = as_role(app, db, "coordinator")
+    path = f"/console/requests/{request['id']}/visits/{first['id']}/check-in"
+    page = f"/console/requests/{request['id']}"
+    response = post_form(coordinator, path, {"at": at}, page=page)
+    assert response.status_code == 303
+    shown = coordinator.get(page).get_data(as_text=True)
+    assert says in shown and "9" * 100 not in shown
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_visit_longer_than_visit_max_is_refused_by_hand_and_flagged_by_sms(
+    context, app, db, client, taken
+):
+    request, volunteers, first, _ = taken
+    made_earlier(db, request["id"], hours=20)
+    start = datetime.now(UTC) - timedelta(hours=13)
+    visits.check_in(app, db, first["id"], by="console", actor="user:1", at=start)
+    # By hand: a slip in the times, refused with the length it would make.
+    with pytest.raises(visits.BadTime, match="13 h 00 min, longer than CARECALL_VISIT_MAX"):
+        visits.check_out(app, db, first["id"], by="console", actor="user:1")
+    # By SMS: the volunteer forgot to check out; a coordinator is asked for the real time.
+    reply = text(client, volunteers[0]["phone"], f"OUT {first['code']}")
+    assert "a coordinator will enter the time you left" in reply
+    assert row(db, first["id"])["state"] == "checked_in"
+    assert db["ledger_transfers"].count == 0
+    [flagged] = [e for e in queue.events(db, request["id"]) if e["action"] == "visit_too_long"]
+    assert "enter the real check-out time" in flagged["detail"]["reason"]
+    assert queue.get(db, request["id"])["needs_review"]
+    done = visits.check_out(
+        app, db, first["id"], by="console", actor="user:1", at=start + timedelta(hours=2)
+    )
+    assert (done.state, done.minutes) == ("done", 120)
+    assert db["ledger_transfers"].count == 1
