@@ -8,6 +8,7 @@ import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app import dispatch, jobs, links, queue
+from app.security import SECURITY_HEADERS
 from app.settings import SettingsError
 from tests import test_dispatch
 from tests.test_api import bearer
@@ -94,8 +95,10 @@ def test_only_a_good_link_opens_the_page_and_a_bad_one_changes_nothing(
     assert page.status_code == status
     assert words in page.get_data(as_text=True)
     assert page.headers["Cache-Control"] == "no-store"
+    # The app's headers, with a stricter Referrer-Policy: the address is the credential.
     assert page.headers["Referrer-Policy"] == "no-referrer"
-    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for name, value in SECURITY_HEADERS.items():
+        assert page.headers[name] == value or name == "Referrer-Policy"
     # A good form token (the real link's) under a bad link acts on nothing either.
     real = path if status == 200 else "/v/" + links.make(SECRET, o["id"], o["volunteer_id"])
     good = form_token(client, real)
@@ -244,6 +247,18 @@ def test_a_form_without_this_links_token_changes_nothing(
     response = client.post(path, data=fields)
     assert response.status_code == status and words in response.get_data(as_text=True)
     assert states(db, request["id"]) == {1: "offered", 2: "offered"}
+
+
+def test_an_oversized_form_is_refused_and_changes_nothing(app, db, client, rest, scene):
+    request, volunteers = scene
+    offer(client, db, request["id"], volunteer_ids=[1])
+    jobs.drain(app)
+    path = link_in_sms(rest, volunteers[0]["phone"])
+    token = form_token(client, path)
+    padding = "x" * (2 * 1024 * 1024)
+    response = client.post(path, data={"csrf_token": token, "action": "accept", "pad": padding})
+    assert response.status_code == 413
+    assert states(db, request["id"]) == {1: "offered"}
 
 
 @pytest.mark.parametrize(
