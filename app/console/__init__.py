@@ -1,7 +1,16 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-# people_api and people_views add their routes to the api and console blueprints.
-from . import api, cli, offers_api, offers_views, people_api, people_views, views  # noqa: F401
+# people_api, people_views and visits_views add their routes to the api and console blueprints.
+from . import (  # noqa: F401
+    api,
+    cli,
+    offers_api,
+    offers_views,
+    people_api,
+    people_views,
+    views,
+    visits_views,
+)
 
 
 def init_app(app):
