@@ -1,27 +1,36 @@
 """The volunteer's page for one offer, opened by the signed link in its SMS, with no login.
 
     GET  /v/<token>    the offer (or the job) and only the buttons that apply to it now
-    POST /v/<token>    action=accept | decline, with the form token of that link
+    POST /v/<token>    action=accept | decline | check_in | check_out, with the form token
+                       of that link; a check-in may carry latitude, longitude and accuracy_m
+                       (sent by static/mobile/locate.js only when the volunteer allows it)
 
 The link is the credential, so the page shows that one assignment and no more of the senior
 than the volunteer needs: first name, street, kind of help and time; the door once taken.
 Each answer is the one the SMS would give, and a second tap changes nothing.
 """
 
+import math
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, render_template, request
 
-from . import dispatch, links, people
+from . import dispatch, links, people, visits
 from .db import get_db
 
 bp = Blueprint("mobile", __name__, url_prefix="/v")
 
 # The buttons each state offers; any other state shows where the job stands, nothing to press.
-BUTTONS = {"offered": ("accept", "decline")}
+BUTTONS = {
+    "offered": ("accept", "decline"),
+    "accepted": ("check_in",),
+    "checked_in": ("check_out",),
+}
 # While the volunteer holds the job they need the door; before, and after, the street will do.
 HELD = ("accepted", "checked_in")
+# What a check-in's position may be: degrees, and metres up to half the Earth round.
+LOCATION = {"latitude": (-90, 90), "longitude": (-180, 180), "accuracy_m": (0, 20_000_000)}
 
 
 class Refused(Exception):
@@ -60,22 +69,60 @@ def page(token):
 
 @bp.post("/<token>")
 def act(token):
-    """Accept or decline the offer a link names; answer as the SMS would."""
+    """Accept, decline, check in or out of the job a link names; answer as the SMS would."""
     db, assignment = _open(token)
     if not links.form_token_ok(
         current_app.config["SECRET_KEY"], token, request.form.get("csrf_token")
     ):
         raise Refused(400, "stale")
     action = request.form.get("action")
-    actor = f"volunteer:{assignment['volunteer_id']}"
-    volunteer = people.get_volunteer(db, assignment["volunteer_id"])
-    if action == "accept":
-        outcome = dispatch.accept(current_app, db, assignment["id"], actor=actor, by="link")
-    elif action == "decline":
-        outcome = dispatch.decline(current_app, db, assignment["id"], actor=actor, by="link")
-    else:
+    if action not in ("accept", "decline", "check_in", "check_out"):
         raise Refused(400, "unreadable")
-    return _render(token, db, assignment["id"], said=dispatch.outcome_text(db, volunteer, outcome))
+    volunteer = people.get_volunteer(db, assignment["volunteer_id"])
+    actor = f"volunteer:{volunteer['id']}"
+    if action in ("accept", "decline"):
+        answer = dispatch.accept if action == "accept" else dispatch.decline
+        outcome = answer(current_app, db, assignment["id"], actor=actor, by="link")
+        said = dispatch.outcome_text(db, volunteer, outcome)
+    elif action == "check_in":
+        location = _location(request.form)
+        said = _visit(db, volunteer, assignment, visits.check_in, location=location)
+    else:
+        said = _visit(db, volunteer, assignment, visits.check_out)
+    return _render(token, db, assignment["id"], said=said)
+
+
+def _visit(db, volunteer, assignment, step, **extra):
+    """Check in or out by the link; return the words the SMS would answer."""
+    actor = f"volunteer:{volunteer['id']}"
+    try:
+        step(current_app, db, assignment["id"], by="link", actor=actor, **extra)
+    except visits.VisitError as error:
+        # A second tap, or a job closed meanwhile: nothing changed, and the page says why.
+        return visits.refusal_text(volunteer, error)
+    return visits.done_text(db, volunteer, dispatch.get(db, assignment["id"]))
+
+
+def _location(form):
+    """Return the position a check-in carries ({} parts), None without one, or raise Refused."""
+    sent = {name: form.get(name, "").strip() for name in LOCATION}
+    if not any(sent.values()):
+        return None  # the volunteer did not allow it, or the page ran without its script
+    if not (sent["latitude"] and sent["longitude"]):
+        raise Refused(400, "unreadable")
+    position = {}
+    for name, raw in sent.items():
+        if not raw:
+            continue  # accuracy is optional
+        try:
+            value = float(raw)
+        except ValueError:
+            raise Refused(400, "unreadable") from None
+        low, high = LOCATION[name]
+        if not (math.isfinite(value) and low <= value <= high):
+            raise Refused(400, "unreadable")
+        position[name] = value
+    return position
 
 
 def _open(token):

@@ -249,6 +249,121 @@ def test_a_form_without_this_links_token_changes_nothing(
     assert states(db, request["id"]) == {1: "offered", 2: "offered"}
 
 
+def taken_job(app, db, client, rest, scene):
+    """Offer the request to volunteer 1, who takes it on the page; return (request, path)."""
+    request, volunteers = scene
+    offer(client, db, request["id"], volunteer_ids=[1])
+    jobs.drain(app)
+    path = link_in_sms(rest, volunteers[0]["phone"])
+    assert "the job is yours" in press(client, path, "accept").get_data(as_text=True)
+    return request, path
+
+
+def said(response):
+    """Return the answer a page shows after a button was pressed."""
+    html = response.get_data(as_text=True)
+    return re.search(r'class="said" role="status">([^<]+)<', html).group(1)
+
+
+@pytest.mark.parametrize(
+    ("position", "stored"),
+    [
+        ({}, (None, None, None)),
+        (
+            {"latitude": "51.5072", "longitude": "-0.1276", "accuracy_m": "12.5"},
+            (51.5072, -0.1276, 12.5),
+        ),
+        ({"latitude": "-33.86", "longitude": "151.21"}, (-33.86, 151.21, None)),
+        ({"latitude": "90", "longitude": "-180", "accuracy_m": "0"}, (90.0, -180.0, 0.0)),
+    ],
+    ids=["not allowed", "allowed", "no accuracy", "at the edges"],
+)
+def test_check_in_and_out_on_the_page(app, db, client, rest, scene, position, stored):
+    request, path = taken_job(app, db, client, rest, scene)
+    page = client.get(path).get_data(as_text=True)
+    assert "Check in: I have arrived" in page and "data-locate" in page
+    tap = {"csrf_token": form_token(client, path), "action": "check_in", **position}
+
+    first, again = client.post(path, data=tap), client.post(path, data=tap)
+    assert "you are checked in at" in said(first)
+    assert "You checked in already" in said(again) and "nothing changed" in said(again)
+    [row] = dispatch.assignments(db, request_id=request["id"])
+    assert row["state"] == "checked_in" and row["check_in_by"] == "link"
+    assert (row["latitude"], row["longitude"], row["accuracy_m"]) == stored
+    html = again.get_data(as_text=True)
+    assert "Check out: I am leaving" in html and "Check in: I have arrived" not in html
+
+    out = {"csrf_token": tap["csrf_token"], "action": "check_out"}
+    first, again = client.post(path, data=out), client.post(path, data=out)
+    assert "you are checked out at" in said(first) and "You checked out already" in said(again)
+    [row] = dispatch.assignments(db, request_id=request["id"])
+    assert row["state"] == "done" and row["check_out_by"] == "link" and row["minutes"] == 0
+    assert queue.get(db, request["id"])["status"] == "done"
+    html = again.get_data(as_text=True)
+    assert "<button" not in html and "Job done" in html and "4 Elm St" not in html
+    # Each step once in the audit trail: the volunteer, by the link.
+    steps = [
+        (e["action"], e["actor"], e["detail"].get("by"))
+        for e in queue.events(db, request["id"])
+        if e["detail"].get("by")
+    ]
+    assert steps == [
+        ("accepted", "volunteer:1", "link"),
+        ("checked in", "volunteer:1", "link"),
+        ("checked out", "volunteer:1", "link"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        {"latitude": "91", "longitude": "0"},
+        {"latitude": "0", "longitude": "-180.5"},
+        {"latitude": "nan", "longitude": "0"},
+        {"latitude": "inf", "longitude": "0"},
+        {"latitude": "51.5"},
+        {"longitude": "0", "accuracy_m": "5"},
+        {"latitude": "51.5", "longitude": "0", "accuracy_m": "-1"},
+        {"latitude": "north", "longitude": "0"},
+    ],
+)
+def test_a_position_out_of_range_is_refused_and_changes_nothing(
+    app, db, client, rest, scene, position
+):
+    request, path = taken_job(app, db, client, rest, scene)
+    tap = {"csrf_token": form_token(client, path), "action": "check_in", **position}
+    response = client.post(path, data=tap)
+    assert response.status_code == 400 and "could not read" in response.get_data(as_text=True)
+    [row] = dispatch.assignments(db, request_id=request["id"])
+    assert row["state"] == "accepted" and row["latitude"] is None
+
+
+@pytest.mark.parametrize(
+    ("action", "words"),
+    [
+        ("check_out", "You have not checked in to job"),
+        ("decline", "the job is yours"),  # a NO after a YES, as by SMS
+    ],
+)
+def test_a_step_that_does_not_apply_changes_nothing(app, db, client, rest, scene, action, words):
+    request, path = taken_job(app, db, client, rest, scene)
+    token = form_token(client, path)
+    response = client.post(path, data={"csrf_token": token, "action": action})
+    assert response.status_code == 200 and words in said(response)
+    assert states(db, request["id"]) == {1: "accepted"}
+
+
+def test_before_the_job_is_taken_check_in_is_refused(app, db, client, rest, scene):
+    request, volunteers = scene
+    [o] = offer(client, db, request["id"], volunteer_ids=[1])
+    jobs.drain(app)
+    path = link_in_sms(rest, volunteers[0]["phone"])
+    response = press(client, path, "check_in", latitude="51.5", longitude="0")
+    assert f"Reply YES {o['code']} to take it first" in said(response)
+    [row] = dispatch.assignments(db, request_id=request["id"])
+    assert row["state"] == "offered" and row["latitude"] is None
+
+
 def test_an_oversized_form_is_refused_and_changes_nothing(app, db, client, rest, scene):
     request, volunteers = scene
     offer(client, db, request["id"], volunteer_ids=[1])
