@@ -2,6 +2,7 @@
 buttons, with JavaScript on and off, and axe-core on every state."""
 
 import re
+import time
 
 import pytest
 
@@ -94,3 +95,50 @@ def test_a_volunteer_says_no_and_a_bad_link_says_so(app, db, browser):
         assert page.get_by_role("heading", level=1).inner_text() == "This link does not work"
         assert fits(page)
         assert_accessible(page, "mobile-bad-link")
+
+
+POSITION = {"latitude": 51.5072, "longitude": -0.1276, "accuracy": 25.0}
+CHECK_IN_CASES = [
+    ("allowed", {"permissions": ["geolocation"], "geolocation": POSITION}, POSITION),
+    ("not allowed", {}, None),
+    ("no javascript", {"java_script_enabled": False}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "options", "position"), CHECK_IN_CASES, ids=[c[0] for c in CHECK_IN_CASES]
+)
+def test_a_volunteer_checks_in_and_out_on_the_phone(app, db, browser, case, options, position):
+    javascript = options.get("java_script_enabled", True)
+    with live_server(app) as base:
+        request, [o], [link] = offered_links(app, db, base)
+        context = browser.new_context(viewport=PHONE, **options)
+        page = context.new_page()
+        page.set_default_timeout(30000)
+        page.goto(link)
+        page.get_by_role("button", name="Yes, I will help").click()
+        page.get_by_role("button", name="Check in: I have arrived").wait_for()
+        audit(page, f"mobile-check-in-{case.replace(' ', '-')}", javascript)
+
+        started = time.monotonic()
+        page.get_by_role("button", name="Check in: I have arrived").click()
+        page.get_by_role("status").filter(has_text="you are checked in at").wait_for()
+        waited = time.monotonic() - started
+        [row] = dispatch.assignments(db, request_id=request["id"])
+        assert row["state"] == "checked_in" and row["check_in_by"] == "link"
+        if position is None:
+            assert (row["latitude"], row["longitude"], row["accuracy_m"]) == (None, None, None)
+        else:
+            assert row["latitude"] == pytest.approx(position["latitude"])
+            assert row["longitude"] == pytest.approx(position["longitude"])
+            assert row["accuracy_m"] == pytest.approx(position["accuracy"])
+        assert waited < 15, f"checking in took {waited:.1f} s"
+        assert fits(page)
+        audit(page, f"mobile-checked-in-{case.replace(' ', '-')}", javascript)
+
+        page.get_by_role("button", name="Check out: I am leaving").click()
+        page.get_by_role("status").filter(has_text="you are checked out at").wait_for()
+        assert page.get_by_role("heading", level=1).inner_text() == "Job done"
+        assert dispatch.get(db, o["id"])["state"] == "done"
+        audit(page, f"mobile-done-{case.replace(' ', '-')}", javascript)
+        context.close()
