@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # kind -> Handler (what runs inside an app context, and what runs when it dies); filled by @handler.
 HANDLERS = {}
-# Jobs queued once a day by any running worker; filled by daily().
+# Jobs queued once a day or once a period by any running worker; filled by daily() and every().
 SCHEDULE = []
 MAX_BACKOFF_SECONDS = 300.0
 # A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
@@ -68,6 +68,32 @@ class Daily:
     def key(self, day):
         """Return the idempotency key that makes it one job per day, however many workers."""
         return f"{self.kind}:{day.isoformat()}"
+
+    def due(self, now):
+        """Return whether today's job may be queued at now."""
+        return now.hour >= self.hour
+
+    def key_at(self, now):
+        """Return the idempotency key of the job due at now."""
+        return self.key(now.date())
+
+
+@dataclass(frozen=True)
+class Every:
+    """A job to queue once in each period of seconds (counted from the epoch) while enabled."""
+
+    kind: str
+    seconds: float
+    payload: dict
+    enabled: Callable
+
+    def due(self, now):
+        """Return True: a period's job is due as soon as the period begins."""
+        return True
+
+    def key_at(self, now):
+        """Return the idempotency key that makes it one job per period, however many workers."""
+        return f"{self.kind}:{int(now.timestamp() // self.seconds)}"
 
 
 @dataclass(frozen=True)
@@ -112,13 +138,18 @@ def daily(kind, *, hour, payload=None, enabled=lambda app: True):
     SCHEDULE.append(Daily(kind, hour, payload or {}, enabled))
 
 
+def every(kind, *, seconds, payload=None, enabled=lambda app: True):
+    """Schedule a kind of job to be queued once in every period of seconds."""
+    SCHEDULE.append(Every(kind, seconds, payload or {}, enabled))
+
+
 def enqueue_due(app, db, now=None):
-    """Queue today's scheduled jobs whose hour has come; return their ids."""
+    """Queue the scheduled jobs whose time has come (once per day or period); return their ids."""
     now = now or datetime.now(UTC)
     return [
-        enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
+        enqueue(db, entry.kind, entry.payload, key=entry.key_at(now))
         for entry in SCHEDULE
-        if now.hour >= entry.hour and entry.enabled(app)
+        if entry.due(now) and entry.enabled(app)
     ]
 
 

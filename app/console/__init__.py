@@ -1,8 +1,10 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-# people_api, people_views and visits_views add their routes to the api and console blueprints.
+# The people, visits and arrangements modules add their routes to the api and console blueprints.
 from . import (  # noqa: F401
     api,
+    arrangements_api,
+    arrangements_views,
     cli,
     offers_api,
     offers_views,
