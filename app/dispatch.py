@@ -915,11 +915,11 @@ def page_words(db, assignment_id):
     request = queue.get(db, assignment["request_id"])
     volunteer = people.get_volunteer(db, assignment["volunteer_id"])
     flow = flow_for(_volunteer_language(volunteer), SMS_NEEDS)
-    # Once taken, the time agreed; before, when the volunteer is next free (as the SMS said).
+    # Once taken, the time agreed; before, the time the SMS gave (agreed start or next free).
     if assignment["visit_at"]:
         visit_at = datetime.fromisoformat(assignment["visit_at"])
     else:
-        visit_at = _visit_time(volunteer)
+        visit_at = _visit_time(volunteer, request=request)
     values = _words(db, request, flow.language, visit_at)
     return flow, values | {"code": assignment["code"], "first_name": first_name(values["person"])}
 

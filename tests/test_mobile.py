@@ -3,6 +3,7 @@ real twilio client against the loopback fake of Twilio's REST API, the Flask tes
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
@@ -130,6 +131,22 @@ def test_the_offer_sms_carries_the_link_and_the_page_shows_only_what_is_needed(
     taken = press(client, path, "accept").get_data(as_text=True)
     assert "the job is yours" in taken and "4 Elm St" in taken
     assert "Yes, I will help" not in taken and "No, I cannot" not in taken
+
+
+def test_the_page_gives_the_time_the_sms_gave_for_a_standing_arrangement(app, db, client, rest):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 1)
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(hour=10, minute=17, second=0)
+    request = add_request(
+        db, phone=SENIOR, region="riverside", wanted_at=start.isoformat(timespec="minutes")
+    )
+    offer(client, db, request["id"], volunteer_ids=[1])
+    jobs.drain(app)
+    path = link_in_sms(rest, volunteers[0]["phone"])
+    sms = rest.messages[-1]["body"]
+    assert "at 10:17" in sms and "at 10:17" in client.get(path).get_data(as_text=True)
+    taken = press(client, path, "accept").get_data(as_text=True)
+    assert "at 10:17" in taken
 
 
 def test_without_a_public_address_the_sms_has_no_link(make_app, db, rest):
