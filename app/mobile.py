@@ -11,7 +11,6 @@ Each answer is the one the SMS would give, and a second tap changes nothing.
 """
 
 import math
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, render_template, request
@@ -27,8 +26,6 @@ BUTTONS = {
     "accepted": ("check_in",),
     "checked_in": ("check_out",),
 }
-# While the volunteer holds the job they need the door; before, and after, the street will do.
-HELD = ("accepted", "checked_in")
 # What a check-in's position may be: degrees, and metres up to half the Earth round.
 LOCATION = {"latitude": (-90, 90), "longitude": (-180, 180), "accuracy_m": (0, 20_000_000)}
 
@@ -156,18 +153,17 @@ def _render(token, db, assignment_id, said=None):
         assignment=assignment,
         state=state,
         words=words,
-        place=words["address"] if state in HELD else words["place"],
+        # While the volunteer holds the job they need the door; before and after, the street.
+        place=words["address"] if state in dispatch.HELD else words["place"],
         buttons=BUTTONS.get(state, ()),
         form_token=links.form_token(current_app.config["SECRET_KEY"], token),
         said=said,
-        checked_in=_clock(assignment.get("checked_in_at"), zone),
-        checked_out=_clock(assignment.get("checked_out_at"), zone),
+        checked_in=_clock(assignment["checked_in_at"], zone),
+        checked_out=_clock(assignment["checked_out_at"], zone),
         minutes=assignment.get("minutes"),
     )
 
 
 def _clock(stamp, zone):
     """Return a UTC stamp as HH:MM in the coordinators' zone, or None."""
-    if not stamp:
-        return None
-    return f"{datetime.fromisoformat(stamp).astimezone(zone):%H:%M}"
+    return visits.clock(stamp, zone) if stamp else None
