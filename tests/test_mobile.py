@@ -127,6 +127,9 @@ def test_the_offer_sms_carries_the_link_and_the_page_shows_only_what_is_needed(
     assert "4 Elm St" not in html and SENIOR not in html
     assert "Yes, I will help" in html and "No, I cannot" in html
     assert "Check in" not in html
+    # CSP-friendly: no inline script or style; the position script is a static file.
+    assert "<script>" not in html and "style=" not in html and "<style" not in html
+    assert '<script src="/static/mobile/locate.js" defer></script>' in html
 
     taken = press(client, path, "accept").get_data(as_text=True)
     assert "the job is yours" in taken and "4 Elm St" in taken
