@@ -49,6 +49,10 @@ def create_app(test_config=None):
     people.init_app(app)
     outbox.init_app(app)
     ledger.init_app(app)
+    # The volunteer's page for one offer, opened by the signed link in its SMS.
+    from . import mobile
+
+    app.register_blueprint(mobile.bp)
     app.register_blueprint(web.bp)
     # Last: CSRF exemptions name blueprints, so every blueprint must be registered by now.
     security.init_app(app)

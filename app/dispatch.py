@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from flask import current_app
 from rapidfuzz.distance import OSA
 
-from . import jobs, outbox, people, pipeline, queue
+from . import jobs, links, outbox, people, pipeline, queue
 from .availability import next_free, parse_exceptions, parse_slots
 from .classify import UnknownLanguage
 from .db import get_db
@@ -443,15 +443,23 @@ def _make_offer(db, request, volunteer, taken, *, wave, actor):
             assignment_id=assignment_id,
         )
     else:
+        link = links.url(current_app.config, assignment_id, volunteer["id"])
         outbox.send_sms(
             db,
             key=key,
             to=volunteer["phone"],
-            body=_text(volunteer, "offer", code=code, **words),
+            body=offer_text(volunteer, code=code, link=link, **words),
             request_id=request["id"],
             assignment_id=assignment_id,
         )
     return get(db, assignment_id)
+
+
+def offer_text(volunteer, *, link=None, **values):
+    """Return an offer's SMS: the reply words, and the page's link when there is one."""
+    if link is None:
+        return _text(volunteer, "offer", **values)
+    return _text(volunteer, "offer_link", link=link, **values)
 
 
 # ---- answers ------------------------------------------------------------------------------
@@ -465,8 +473,11 @@ class Outcome:
     assignment: dict
 
 
-def accept(app, db, assignment_id, *, actor):
-    """Accept an offer if nobody else has: the first yes wins, atomically; return Outcome."""
+def accept(app, db, assignment_id, *, actor, by=None):
+    """Accept an offer if nobody else has: the first yes wins, atomically; return Outcome.
+
+    by names the way the yes came (sms, call, link) for the audit trail.
+    """
     stamp = now()
     try:
         with db.atomic():
@@ -499,7 +510,7 @@ def accept(app, db, assignment_id, *, actor):
                 detail={"volunteer": volunteer["id"]},
             ):
                 raise _Refuse("closed")
-            _accepted(app, db, assignment, volunteer, actor=actor)
+            _accepted(app, db, assignment, volunteer, actor=actor, by=by)
     except _Refuse as refusal:
         if refusal.result == "closed":
             _close(db, assignment_id, "withdrawn")
@@ -531,7 +542,7 @@ def _why_not(db, assignment_id):
     return Outcome("taken" if winner else "closed", assignment)
 
 
-def _accepted(app, db, assignment, volunteer, *, actor):
+def _accepted(app, db, assignment, volunteer, *, actor, by=None):
     """After a yes: withdraw the other offers, tell those volunteers, and call the senior."""
     request = queue.get(db, assignment["request_id"])
     visit_at = _visit_time(volunteer, request=request)
@@ -565,6 +576,7 @@ def _accepted(app, db, assignment, volunteer, *, actor):
             "name": volunteer["name"],
             "code": assignment["code"],
             "visit_at": visit_at.isoformat(timespec="minutes") if visit_at else None,
+            **({"by": by} if by else {}),
             "offers_withdrawn": len(others),  # a count: the audit trail reads 2-lists as changes
         },
     )
@@ -597,8 +609,8 @@ def _close(db, assignment_id, state):
     return cursor.rowcount == 1
 
 
-def decline(app, db, assignment_id, *, actor):
-    """Record a no and ask the next candidate; return Outcome."""
+def decline(app, db, assignment_id, *, actor, by=None):
+    """Record a no and ask the next candidate; return Outcome (by: sms, call, link)."""
     with db.atomic():
         if not _close(db, assignment_id, "declined"):
             return _why_not(db, assignment_id)
@@ -608,7 +620,11 @@ def decline(app, db, assignment_id, *, actor):
             assignment["request_id"],
             actor,
             "declined",
-            {"volunteer": assignment["volunteer_id"], "code": assignment["code"]},
+            {
+                "volunteer": assignment["volunteer_id"],
+                "code": assignment["code"],
+                **({"by": by} if by else {}),
+            },
         )
     cascade(app, db, assignment["request_id"])
     return Outcome("declined", get(db, assignment_id))
@@ -823,9 +839,9 @@ def _act(app, db, volunteer, reply, body):
     if assignment is None:
         return problem, None
     if reply.meaning == "yes":
-        outcome = accept(app, db, assignment["id"], actor=actor)
+        outcome = accept(app, db, assignment["id"], actor=actor, by="sms")
     else:
-        outcome = decline(app, db, assignment["id"], actor=actor)
+        outcome = decline(app, db, assignment["id"], actor=actor, by="sms")
     return outcome_text(db, volunteer, outcome), assignment
 
 
@@ -944,6 +960,33 @@ def offer_call_words(db, assignment_id):
     flow = flow_for(_volunteer_language(volunteer), OFFER_CALL_NEEDS)
     values = _words(db, request, flow.language, _visit_time(volunteer, request=request))
     return flow, values | {"code": " ".join(assignment["code"])}
+
+
+def page_words(db, assignment_id):
+    """Return (flow, values) for an offer's mobile page, in its volunteer's language."""
+    assignment = get(db, assignment_id)
+    request = queue.get(db, assignment["request_id"])
+    volunteer = people.get_volunteer(db, assignment["volunteer_id"])
+    flow = flow_for(_volunteer_language(volunteer), SMS_NEEDS)
+    # Once taken, the time agreed; before, the time the SMS gave (agreed start or next free).
+    if assignment["visit_at"]:
+        visit_at = datetime.fromisoformat(assignment["visit_at"])
+    else:
+        visit_at = _visit_time(volunteer, request=request)
+    values = _words(db, request, flow.language, visit_at)
+    return flow, values | {"code": assignment["code"], "first_name": first_name(values["person"])}
+
+
+# Titles that stand before a surname: "Mrs Chen" is how she is named, not "Mrs".
+TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "sir", "dame"})
+
+
+def first_name(name):
+    """Return the name a volunteer needs: "Ann Lee" -> "Ann", "Mrs Mei Chen" -> "Mrs Chen"."""
+    words = (name or "").split()
+    if len(words) > 1 and words[0].lower().rstrip(".") in TITLES:
+        return f"{words[0]} {words[-1]}"
+    return words[0] if words else ""
 
 
 def senior_answer(db, assignment_id, answer):

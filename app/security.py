@@ -9,9 +9,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 csrf = CSRFProtect()
 
-# These blueprints authenticate each request themselves (Twilio signature, bearer token),
-# never by session cookie, so a cross-site form cannot act through them.
-CSRF_EXEMPT_BLUEPRINTS = ("telephony", "telephony_sms", "kiosk", "api")
+# These blueprints authenticate each request themselves (Twilio signature, bearer token, the
+# signed link of a volunteer's page, whose forms carry a token bound to that link), never by
+# session cookie, so a cross-site form cannot act through them.
+CSRF_EXEMPT_BLUEPRINTS = ("telephony", "telephony_sms", "kiosk", "api", "mobile")
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

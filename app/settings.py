@@ -901,6 +901,14 @@ SETTINGS = (
         6,
         "Tries to hand one SMS or call to Twilio before a coordinator is told.",
     ),
+    _s(
+        "offers",
+        "VOLUNTEER_LINK_LIFETIME",
+        # A job may be offered days before the visit; its link must still open on the day.
+        Duration(3600, 366 * 86400),
+        14 * 86400.0,
+        "How long the link in an offer SMS opens its page (accept, decline, check in and out).",
+    ),
     # Kiosk
     _s(
         "kiosk",

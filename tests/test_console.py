@@ -145,6 +145,7 @@ def test_pages_have_no_inline_scripts_or_styles(app, db, coordinator):
         coordinator.get("/console/"),
         coordinator.get(f"/console/requests/{item['id']}"),
         app.test_client().get("/console/login"),
+        app.test_client().get("/v/not-a-link"),  # the volunteer's page (tests/test_mobile.py)
     ]
     for page in pages:
         html = page.get_data(as_text=True)

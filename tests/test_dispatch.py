@@ -145,7 +145,10 @@ def test_two_yeses_at_once_one_wins_and_the_senior_is_called(app, db, client, re
     jobs.drain(app)
     bodies = {m["to"]: m["body"] for m in rest.messages}
     for o, v in zip(offers, volunteers, strict=False):
-        assert f"Reply YES {o['code']} to accept or NO {o['code']}" in bodies[v["phone"]]
+        assert (
+            f"Reply YES {o['code']} or NO {o['code']}, or open http://localhost/v/"
+            in (bodies[v["phone"]])
+        )
         # Several volunteers read an offer: the street, not the door.
         assert "Mrs Chen, Elm St," in bodies[v["phone"]] and "4 Elm" not in bodies[v["phone"]]
     assert all(m["from"] == FROM for m in rest.messages)

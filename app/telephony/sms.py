@@ -176,9 +176,9 @@ def offer_call_answer(assignment_id):
         )
         return _twiml(speak.goodbye(speaker, [flow.sms["answer_call"]]))
     if meaning == "yes":
-        outcome = dispatch.accept(current_app, db, assignment_id, actor=volunteer_actor)
+        outcome = dispatch.accept(current_app, db, assignment_id, actor=volunteer_actor, by="call")
     else:
-        outcome = dispatch.decline(current_app, db, assignment_id, actor=volunteer_actor)
+        outcome = dispatch.decline(current_app, db, assignment_id, actor=volunteer_actor, by="call")
     volunteer = people.get_volunteer(db, assignment["volunteer_id"])
     return _twiml(speak.goodbye(speaker, [dispatch.outcome_text(db, volunteer, outcome)]))
 
