@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import dispatch, jobs, ledger, outbox, rating, supervision
+from app import dispatch, jobs, ledger, outbox, people, rating, supervision, visits
 from scripts.simulate_call import FlaskTransport, Twilio
 from tests.test_api import bearer
 from tests.test_console import add_request, as_role
@@ -45,9 +45,9 @@ def app(make_app, rest):
     return make_app(**twilio_settings(rest))
 
 
-def checked_out(app, db, client, *, minutes=65, phone=SENIOR):
+def checked_out(app, db, client, *, minutes=65, phone=SENIOR, registered=False):
     """Offer a request, and by SMS: YES, IN and OUT (minutes later); return (request, offer)."""
-    if phone == SENIOR:
+    if phone == SENIOR and not registered:
         add_senior(app, db)
     [volunteer] = add_volunteers(app, db, 1)
     request = add_request(db, phone=phone, region="riverside")
@@ -401,3 +401,49 @@ def test_the_question_names_the_day_of_the_visit(app, checked_out_at, today, wor
     flow = load_flow(app.config["FLOWS_DIR"], "en")
     day = rating.day_words(utc(checked_out_at), datetime.fromisoformat(today).date(), flow)
     assert day == words
+
+
+def test_hours_entered_by_hand_stay_unverified_when_the_senior_says_yes(app, db, client, rest):
+    add_senior(app, db)
+    [volunteer] = add_volunteers(app, db, 1)
+    request = add_request(db, phone=SENIOR)
+    [made] = offer(client, db, request["id"], top=1)
+    text(client, volunteer["phone"], f"YES {made['code']}")
+    text(client, volunteer["phone"], f"IN {made['code']}")
+    with app.app_context():
+        visits.check_out(app, db, made["id"], by="console", actor="user:coordinator1")
+    run_rating_job(app, db, made["id"])
+    answer(app, rating_call(rest, made["id"]), ["1", "4"])
+    stored = dispatch.get(db, made["id"])
+    assert (stored["senior_came"], stored["manual"], stored["verified"]) == ("yes", 1, 0)
+    assert stored["rating"] == 4
+
+
+@pytest.mark.parametrize("translated", [True, False])
+def test_the_senior_is_asked_in_their_language(make_app, rest, db, tmp_path, translated):
+    import shutil
+
+    flows = tmp_path / "flows"
+    shutil.copytree("ivr_flows", flows)
+    korean = (flows / "en.toml").read_text()
+    korean = korean.replace('language = "en"', 'language = "ko"').replace('"9"', '"8"')
+    korean = korean.replace('say_language = "en-US"', 'say_language = "ko-KR"')
+    english = 'rating_came = "Did {volunteer} come to help you {day}?'
+    if translated:
+        korean = korean.replace(english, 'rating_came = "{volunteer} 님이 {day} 왔습니까?')
+        korean = korean.replace('today = "today"', 'today = "오늘"')
+    else:  # half a language is worse than the default one
+        korean = korean.replace(english, 'missing = "{volunteer}')
+    (flows / "ko.toml").write_text(korean)
+    app = make_app(**twilio_settings(rest, FLOWS_DIR=str(flows)))
+    client = app.test_client()
+    rules = people.rules_for(app)[0]
+    people.add_person(db, {"name": "Mrs Kim", "phones": SENIOR, "language": "ko"}, rules, actor="t")
+    _, made = checked_out(app, db, client, phone=SENIOR, registered=True)
+    run_rating_job(app, db, made["id"])
+    call = answer(app, rating_call(rest, made["id"]), ["1", "5"])
+    if translated:
+        assert any(line.startswith("Volunteer 101 님이 오늘 왔습니까?") for line in call.heard())
+    else:
+        assert "Did Volunteer 101 come to help you today?" in " ".join(call.heard())
+    assert dispatch.get(db, made["id"])["rating"] == 5
