@@ -282,6 +282,12 @@ def _words(db, request, language, visit_at=None):
     }
 
 
+def senior_phone(db, request):
+    """Return the phone a senior is called on: their person's first, else the request's."""
+    person = _person(db, request)
+    return (person.get("phones") or [None])[0] or request.get("phone")
+
+
 def street_of(address):
     """Return an address without its house number: "4 Elm St, Flat 2" -> "Elm St"."""
     if not address:
@@ -583,8 +589,7 @@ def _accepted(app, db, assignment, volunteer, *, actor, by=None):
     from . import visits  # visits builds on dispatch: imported when first needed
 
     visits.schedule_missed(app, db, assignment["id"], visit_at)
-    person = _person(db, request)
-    phone = (person.get("phones") or [None])[0] or request.get("phone")
+    phone = senior_phone(db, request)
     if phone:
         outbox.place_call(
             db,

@@ -297,13 +297,25 @@ class Url:
 
 @dataclass(frozen=True)
 class HourRange:
-    """Opening hours in one day: 9-17, or [9, 17]."""
+    """Hours in one day: 9-17, or [9, 17]; quiet hours may cross midnight (21-8) or be off."""
 
-    what: str = "hours like 9-17 (start before end, 0 to 24)"
+    # wraps: a range may run past midnight, start after end; off: "off" (or none) unsets it.
+    wraps: bool = False
+    off: bool = False
+
+    @property
+    def what(self):
+        """Describe the kind for people."""
+        if self.wraps:
+            off = ", or off" if self.off else ""
+            return f"hours like 21-8 (may cross midnight, 0 to 24){off}"
+        return "hours like 9-17 (start before end, 0 to 24)"
 
     def parse(self, raw):
-        """Parse START-END or a JSON pair."""
+        """Parse START-END or a JSON pair (or off, when it may be off)."""
         text = raw.strip()
+        if self.off and text.lower() in ("off", "none"):
+            return ""
         if text.startswith("["):
             return _json(text, self.what)
         parts = re.fullmatch(r"(\d{1,2})(?::00)?\s*[-,]\s*(\d{1,2})(?::00)?", text)
@@ -316,13 +328,16 @@ class HourRange:
         return f"{value[0]}-{value[1]}"
 
     def check(self, value):
-        """Return (start, end) if 0 <= start < end <= 24."""
+        """Return (start, end) if 0 <= start < end <= 24 (or start != end when it wraps)."""
         if not isinstance(value, list | tuple) or len(value) != 2:
             raise _Bad(f"expected {self.what}")
         start, end = value
         if not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
             raise _Bad(f"expected {self.what}")
-        if not 0 <= start < end <= 24:
+        if self.wraps:
+            if not (0 <= start < 24 and 0 <= end <= 24 and start != end % 24):
+                raise _Bad(f"expected {self.what}")
+        elif not 0 <= start < end <= 24:
             raise _Bad(f"expected {self.what}")
         return (start, end)
 
@@ -893,6 +908,22 @@ SETTINGS = (
         2 * 86400.0,
         "How far ahead each occurrence of a standing arrangement becomes a request and is"
         " offered (checked hourly, so at least 2h).",
+    ),
+    _s(
+        "offers",
+        "RATING_CALL_DELAY",
+        Duration(0, 7 * 86400),
+        60.0,
+        "How long after check-out the senior is called to confirm the visit and rate it.",
+    ),
+    _s(
+        "offers",
+        "RATING_QUIET_HOURS",
+        HourRange(wraps=True, off=True),
+        None,
+        "No rating calls in these hours (COORDINATOR_TIMEZONE), e.g. 20-9; one due then is"
+        " placed when they end. Unset or off: calls at any hour.",
+        optional=True,
     ),
     _s(
         "offers",

@@ -1,7 +1,8 @@
 """The visit: a volunteer who took a job checks in when they arrive and out when they leave.
 
     check_in()      accepted -> checked_in, the request in_progress (SMS, call, link, console)
-    check_out()     checked_in -> done with the whole minutes between, the request done
+    check_out()     checked_in -> done with the whole minutes between, the request done;
+                    the hours posted and the senior's rating call queued, all at once
     miss_due()      no check-in CHECKIN_GRACE after the agreed start: a no-show, the
                     coordinator flagged, and the request offered to the next volunteer
     excuse()        a coordinator excuses a no-show, with a reason
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app
 
-from . import dispatch, jobs, ledger, outbox, people, pipeline, queue
+from . import dispatch, jobs, ledger, outbox, people, pipeline, queue, rating
 from .db import get_db
 from .queue import now, record_event
 
@@ -248,7 +249,7 @@ def check_out(app, db, assignment_id, *, by, actor, at=None):
                 assignment,
             )
         if not too_long:
-            return _checked_out(db, assignment, stamp, by, manual, minutes, actor)
+            return _checked_out(app, db, assignment, stamp, by, manual, minutes, actor)
     # A volunteer who forgot to check out: the hours are a coordinator's to enter, by hand.
     dispatch.flag(
         db,
@@ -267,7 +268,7 @@ def _duration(minutes):
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def _checked_out(db, assignment, stamp, by, manual, minutes, actor):
+def _checked_out(app, db, assignment, stamp, by, manual, minutes, actor):
     """Write a check-out, audited, and post its hours; inside the caller's transaction."""
     db.execute(
         "UPDATE assignments SET state = 'done', checked_out_at = ?, check_out_by = ?,"
@@ -290,6 +291,8 @@ def _checked_out(db, assignment, stamp, by, manual, minutes, actor):
     # The hours enter the time bank in the same transaction: a visit is done and counted,
     # or neither.
     ledger.post_visit(db, assignment["id"], actor=actor)
+    # The senior is asked whether the volunteer came, and how it was (app/rating.py).
+    rating.schedule(app, db, assignment["id"])
     return Visit.from_row(dispatch.get(db, assignment["id"]))
 
 

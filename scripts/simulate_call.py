@@ -239,7 +239,8 @@ class Call:
     """One simulated call: what was said, what was pressed, and how each webhook went."""
 
     call_sid: str
-    caller: str
+    caller: str  # the other party: who rang CareCall, or whom CareCall rang (outbound-api)
+    direction: str = "inbound"
     lines: list = field(default_factory=list)
     webhooks: list = field(default_factory=list)  # (path, status, seconds)
     recordings: list = field(default_factory=list)  # RecordingSids made in this call
@@ -302,16 +303,19 @@ class Twilio:
 
     def call_params(self, call, status="in-progress"):
         """Return the parameters Twilio sends with every voice webhook of a call."""
+        # A call CareCall placed through the REST API comes from its number to the other party.
+        ours, theirs = self.number, call.caller
+        source, target = (ours, theirs) if call.direction == "outbound-api" else (theirs, ours)
         return {
             "AccountSid": self.account_sid,
             "ApiVersion": API_VERSION,
             "CallSid": call.call_sid,
             "CallStatus": status,
-            "Called": self.number,
-            "Caller": call.caller,
-            "Direction": "inbound",
-            "From": call.caller,
-            "To": self.number,
+            "Called": target,
+            "Caller": source,
+            "Direction": call.direction,
+            "From": source,
+            "To": target,
         }
 
     def call(
@@ -322,9 +326,11 @@ class Twilio:
         call_sid=None,
         voice_path="/twilio/voice",
         status_path="/twilio/call-status",
+        direction="inbound",
     ):
-        """Ring CareCall, answer its prompts in order, and return the Call."""
-        call = Call(call_sid or sid("CA"), caller)
+        """Ring CareCall (or answer a call it placed: outbound-api), answer its prompts in order,
+        and return the Call."""
+        call = Call(call_sid or sid("CA"), caller, direction)
         answers = iter(answers)
         started = time.monotonic()
         step = (urljoin(self.base_url + "/", voice_path.lstrip("/")), {}, None)

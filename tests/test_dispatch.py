@@ -648,6 +648,11 @@ FUZZ_PATHS = st.one_of(
             "/twilio/offer-call/2",
             "/twilio/offer-call/2/answer",
             "/twilio/offer-call/99",
+            "/twilio/rating/1",
+            "/twilio/rating/1/came",
+            "/twilio/rating/1/how?silences=x",
+            "/twilio/rating/99/came",
+            "/twilio/rating/1/dialed",
         ]
     ),
 )

@@ -54,6 +54,14 @@ def loaded(**environ):
         ("WORKER", "None", "none"),
         ("RECURRING_HORIZON", "2d", 2 * 86400.0),
         ("RECURRING_HORIZON", "6h", 6 * 3600.0),
+        ("RATING_CALL_DELAY", "5m", 300.0),
+        ("RATING_CALL_DELAY", "0", 0.0),
+        # Quiet hours may cross midnight, lie within a day, or be off.
+        ("RATING_QUIET_HOURS", "21-8", (21, 8)),
+        ("RATING_QUIET_HOURS", "12-14", (12, 14)),
+        ("RATING_QUIET_HOURS", "[20, 9]", (20, 9)),
+        ("RATING_QUIET_HOURS", "off", None),
+        ("RATING_QUIET_HOURS", "None", None),
     ],
 )
 def test_environment_values_are_parsed_by_type(name, raw, expected):
@@ -68,6 +76,11 @@ def test_environment_values_are_parsed_by_type(name, raw, expected):
         ("TRUST_FORWARDED_HEADERS", "maybe", "true or false"),
         ("COORDINATOR_HOURS", "17-9", "hours like 9-17"),
         ("COORDINATOR_HOURS", "9 to 5", "hours like 9-17"),
+        ("RATING_QUIET_HOURS", "9-9", "hours like 21-8"),  # no hours, or every hour
+        ("RATING_QUIET_HOURS", "0-24", "hours like 21-8"),
+        ("RATING_QUIET_HOURS", "25-8", "hours like 21-8"),
+        ("RATING_QUIET_HOURS", "always", "hours like 21-8"),
+        ("RATING_CALL_DELAY", "-1", "seconds, or a time like"),
         ("COORDINATOR_DAYS", "funday", "not a day"),
         ("KIOSK_MAX_AUDIO_BYTES", "50 parsecs", "size in bytes"),
         ("KIOSK_MAX_AUDIO_BYTES", "0", "between"),
@@ -193,6 +206,8 @@ def test_the_default_engines_use_only_models_that_scripts_run_installs():
     ("name", "raw", "shown"),
     [
         ("COORDINATOR_HOURS", "9-17", "9-17"),
+        ("RATING_QUIET_HOURS", "21-8", "21-8"),
+        ("RATING_CALL_DELAY", "1m", "1m"),
         ("COORDINATOR_DAYS", "mon-fri", "mon-fri"),
         ("COORDINATOR_DAYS", "sat,sun,wed", "wed,sat,sun"),
         ("COORDINATOR_DAYS", "0,1,2,4", "mon-wed,fri"),

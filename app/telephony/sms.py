@@ -1,5 +1,6 @@
 """Twilio's webhooks for offers: volunteers' SMS replies, outbox status callbacks, and the
-calls the outbox places (a job offered by keypad, a senior told who will come and when).
+calls the outbox places (a job offered by keypad, a senior told who will come and when, and
+the senior asked after the visit whether the volunteer came and how it was).
 
 Every webhook is signed like the voice webhooks; a replayed one changes nothing twice.
 """
@@ -10,12 +11,13 @@ from flask import Blueprint, Response, abort, current_app, request, url_for
 from twilio.twiml.messaging_response import MessagingResponse
 from werkzeug.exceptions import HTTPException
 
-from .. import dispatch, outbox, people
+from .. import dispatch, outbox, people, rating
 from ..db import get_db
 from ..flows import KEYS
 from . import speak
 from .signature import twilio_only
 from .views import _coordinator as coordinator_now
+from .views import _duty_coordinator
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,106 @@ def visit_dialed():
     """After the coordinator was dialled from a visit call: the coordinator is already told."""
     flow = dispatch.flow_for(current_app.config["DEFAULT_LANGUAGE"])
     return _twiml(speak.goodbye(_speaker(flow), [flow.prompt("goodbye")]))
+
+
+def _rating_step(flow, values, assignment, *, first=False, before=(), silences=0):
+    """Say what comes next on the rating call, from what the senior has answered so far."""
+    speaker = _speaker(flow)
+    if assignment["state"] != "done":
+        return _twiml(speak.goodbye(speaker, [flow.prompt("rating_not_done")]))
+    if assignment["senior_came"] == "no":
+        return _twiml(speak.goodbye(speaker, [flow.prompt("rating_not_came")]))
+    if assignment["senior_came"] is None:
+        texts = [*before, flow.prompt("rating_came", **values), flow.prompt("rating_menu")]
+        if first:
+            texts.insert(0, flow.prompt("rating_hello", **values))
+        action = url_for(".rating_came", assignment_id=assignment["id"], silences=silences)
+        return _menu(flow, texts, action)
+    if assignment["rating"] is None:
+        texts = [*before, flow.prompt("rating_how"), flow.prompt("rating_menu")]
+        action = url_for(".rating_how", assignment_id=assignment["id"], silences=silences)
+        return _menu(flow, texts, action)
+    last = "rating_sorry" if assignment["rating"] <= rating.LOW else "rating_thanks"
+    return _twiml(speak.goodbye(speaker, [flow.prompt(last)]))
+
+
+def _rating_call(assignment_id):
+    """Return (flow, values, assignment) for a step of the rating call."""
+    db = get_db()
+    flow, values = rating.words(db, assignment_id)
+    return flow, values, dispatch.get(db, assignment_id)
+
+
+def _rating_silence(flow, values, assignment, last):
+    """Ask again after silence or a key that is no choice; after a few times, say last."""
+    silences = request.args.get("silences", 0, type=int) + 1
+    if silences >= flow.timing.silence_retries:
+        return _twiml(speak.goodbye(_speaker(flow), [flow.prompt(last)]))
+    before = flow.prompt("no_key_heard" if not request.form.get("Digits") else "unknown_key")
+    return _rating_step(flow, values, assignment, before=[before], silences=silences)
+
+
+def _rating_person(flow, assignment):
+    """Open a "person_asked" item and dial the coordinator on duty, if anyone is."""
+    rating.ask_person(get_db(), assignment["id"])
+    number = _duty_coordinator(current_app.config)
+    speaker = _speaker(flow)
+    if not number:
+        return _twiml(speak.goodbye(speaker, [flow.prompt("rating_person_later")]))
+    action = url_for(".rating_dialed", assignment_id=assignment["id"])
+    return _twiml(speak.connect(speaker, [flow.prompt("connecting")], number, action))
+
+
+@bp.post("/rating/<int:assignment_id>")
+@twilio_only
+def rating_call(assignment_id):
+    """Greet the senior after a visit and ask the question not yet answered."""
+    flow, values, assignment = _rating_call(assignment_id)
+    return _rating_step(flow, values, assignment, first=True)
+
+
+@bp.post("/rating/<int:assignment_id>/came")
+@twilio_only
+def rating_came(assignment_id):
+    """Act on the senior's key: 1 the volunteer came, 2 they did not, * again, 0 a person."""
+    flow, values, assignment = _rating_call(assignment_id)
+    if assignment["state"] != "done":
+        return _rating_step(flow, values, assignment)  # refused politely, nothing kept
+    meaning = KEYS.get(request.form.get("Digits", "")[:1])
+    if meaning == "person":
+        return _rating_person(flow, assignment)
+    if meaning in ("yes", "no"):
+        assignment = rating.came(get_db(), assignment_id, meaning)
+    elif meaning != "repeat":
+        return _rating_silence(flow, values, assignment, "rating_no_answer")
+    return _rating_step(flow, values, assignment)
+
+
+@bp.post("/rating/<int:assignment_id>/how")
+@twilio_only
+def rating_how(assignment_id):
+    """Act on the senior's key: 1 very poor up to 5 very good, * again, 0 a person."""
+    flow, values, assignment = _rating_call(assignment_id)
+    if assignment["state"] != "done":
+        return _rating_step(flow, values, assignment)
+    digits = request.form.get("Digits", "")[:1]
+    if digits and digits in "12345":
+        assignment = rating.rate(get_db(), assignment_id, int(digits))
+    elif KEYS.get(digits) == "person":
+        return _rating_person(flow, assignment)
+    elif KEYS.get(digits) != "repeat":
+        return _rating_silence(flow, values, assignment, "rating_thanks")
+    return _rating_step(flow, values, assignment)
+
+
+@bp.post("/rating/<int:assignment_id>/dialed")
+@twilio_only
+def rating_dialed(assignment_id):
+    """After a coordinator was dialled from the rating call: goodbye, or a call back promised."""
+    flow, _ = rating.words(get_db(), assignment_id)
+    answered = request.form.get("DialCallStatus") == "completed"
+    last = "bye" if answered else "rating_person_later"
+    return _twiml(speak.goodbye(_speaker(flow), [flow.prompt(last)]))
 
 
 @bp.post("/offer-call/<int:assignment_id>")
