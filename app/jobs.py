@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # kind -> Handler (what runs inside an app context, and what runs when it dies); filled by @handler.
 HANDLERS = {}
-# Jobs queued once a day by any running worker; filled by daily().
+# Jobs queued once a day or once a period by any running worker; filled by daily() and every().
 SCHEDULE = []
 MAX_BACKOFF_SECONDS = 300.0
 # A worker silent for this many heartbeats is taken for dead, and its jobs are taken over.
@@ -68,6 +68,25 @@ class Daily:
     def key(self, day):
         """Return the idempotency key that makes it one job per day, however many workers."""
         return f"{self.kind}:{day.isoformat()}"
+
+    def due(self, app, now):
+        """Return today's key once the hour has come, else None."""
+        return self.key(now.date()) if now.hour >= self.hour else None
+
+
+@dataclass(frozen=True)
+class Every:
+    """A job to queue once per period, the period in seconds read from a setting."""
+
+    kind: str
+    setting: str
+    payload: dict
+    enabled: Callable
+
+    def due(self, app, now):
+        """Return this period's key: one job per period, however many workers ask."""
+        period = app.config[self.setting]
+        return f"{self.kind}:{int(now.timestamp() // period)}"
 
 
 @dataclass(frozen=True)
@@ -112,14 +131,16 @@ def daily(kind, *, hour, payload=None, enabled=lambda app: True):
     SCHEDULE.append(Daily(kind, hour, payload or {}, enabled))
 
 
+def every(kind, *, setting, payload=None, enabled=lambda app: True):
+    """Schedule a kind of job to be queued once every `setting` seconds."""
+    SCHEDULE.append(Every(kind, setting, payload or {}, enabled))
+
+
 def enqueue_due(app, db, now=None):
-    """Queue today's scheduled jobs whose hour has come; return their ids."""
+    """Queue the scheduled jobs that are due (today's, this period's); return their ids."""
     now = now or datetime.now(UTC)
-    return [
-        enqueue(db, entry.kind, entry.payload, key=entry.key(now.date()))
-        for entry in SCHEDULE
-        if now.hour >= entry.hour and entry.enabled(app)
-    ]
+    due = ((entry, entry.due(app, now)) for entry in SCHEDULE if entry.enabled(app))
+    return [enqueue(db, entry.kind, entry.payload, key=key) for entry, key in due if key]
 
 
 def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=None):
