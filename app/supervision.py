@@ -250,6 +250,8 @@ def decisions(db, volunteer_id):
 
 def complain(db, text, *, actor, key, volunteer_id=None, request_id=None):
     """Open a complaint a coordinator took down, about a volunteer, a request or both."""
+    if not (text or "").strip():
+        raise BadSupervision("write what the complaint is")
     if not (volunteer_id or request_id):
         raise BadSupervision("a complaint is about a volunteer or a request: name one")
     if volunteer_id:

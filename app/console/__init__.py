@@ -1,7 +1,17 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-# people_api and people_views add their routes to the api and console blueprints.
-from . import api, cli, offers_api, offers_views, people_api, people_views, views  # noqa: F401
+# people_*, offers_* and supervision_* add their routes to the api and console blueprints.
+from . import (  # noqa: F401
+    api,
+    cli,
+    offers_api,
+    offers_views,
+    people_api,
+    people_views,
+    supervision_api,
+    supervision_views,
+    views,
+)
 
 
 def init_app(app):
