@@ -1,8 +1,8 @@
 """The supervision page, a volunteer's record and GET /api/v1/supervision, on the real app."""
 
 import re
-from html import unescape
 from datetime import UTC, datetime
+from html import unescape
 
 import pytest
 
