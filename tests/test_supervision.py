@@ -164,7 +164,9 @@ def waiting_long(app, db, volunteer):
     """A high-urgency request nobody has taken, after its two-hour target."""
     request = add_request(db, urgency="high")
     add_request(db, urgency="low")  # three days: not yet
-    return NOW + timedelta(hours=2, minutes=5), {"request_id": request["id"]}
+    reason = f"request {request['id']} (high) has waited 2 h 05 min, past its 2 h 00 min target"
+    moment = datetime.fromisoformat(request["created_at"]) + timedelta(hours=2, minutes=5)
+    return moment, {"request_id": request["id"], "reason": reason + ", and nobody has taken it"}
 
 
 @pytest.mark.parametrize(
