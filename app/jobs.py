@@ -69,24 +69,31 @@ class Daily:
         """Return the idempotency key that makes it one job per day, however many workers."""
         return f"{self.kind}:{day.isoformat()}"
 
-    def due(self, app, now):
-        """Return today's key once the hour has come, else None."""
-        return self.key(now.date()) if now.hour >= self.hour else None
+    def due(self, now):
+        """Return whether today's job may be queued at now."""
+        return now.hour >= self.hour
+
+    def key_at(self, now):
+        """Return the idempotency key of the job due at now."""
+        return self.key(now.date())
 
 
 @dataclass(frozen=True)
 class Every:
-    """A job to queue once per period, the period in seconds read from a setting."""
+    """A job to queue once in each period of seconds (counted from the epoch) while enabled."""
 
     kind: str
-    setting: str
+    seconds: float
     payload: dict
     enabled: Callable
 
-    def due(self, app, now):
-        """Return this period's key: one job per period, however many workers ask."""
-        period = app.config[self.setting]
-        return f"{self.kind}:{int(now.timestamp() // period)}"
+    def due(self, now):
+        """Return True: a period's job is due as soon as the period begins."""
+        return True
+
+    def key_at(self, now):
+        """Return the idempotency key that makes it one job per period, however many workers."""
+        return f"{self.kind}:{int(now.timestamp() // self.seconds)}"
 
 
 @dataclass(frozen=True)
@@ -131,16 +138,19 @@ def daily(kind, *, hour, payload=None, enabled=lambda app: True):
     SCHEDULE.append(Daily(kind, hour, payload or {}, enabled))
 
 
-def every(kind, *, setting, payload=None, enabled=lambda app: True):
-    """Schedule a kind of job to be queued once every `setting` seconds."""
-    SCHEDULE.append(Every(kind, setting, payload or {}, enabled))
+def every(kind, *, seconds, payload=None, enabled=lambda app: True):
+    """Schedule a kind of job to be queued once in every period of seconds."""
+    SCHEDULE.append(Every(kind, seconds, payload or {}, enabled))
 
 
 def enqueue_due(app, db, now=None):
-    """Queue the scheduled jobs that are due (today's, this period's); return their ids."""
+    """Queue the scheduled jobs whose time has come (once per day or period); return their ids."""
     now = now or datetime.now(UTC)
-    due = ((entry, entry.due(app, now)) for entry in SCHEDULE if entry.enabled(app))
-    return [enqueue(db, entry.kind, entry.payload, key=key) for entry, key in due if key]
+    return [
+        enqueue(db, entry.kind, entry.payload, key=entry.key_at(now))
+        for entry in SCHEDULE
+        if entry.due(now) and entry.enabled(app)
+    ]
 
 
 def enqueue(db, kind, payload, *, key=None, priority=0, delay=0.0, max_attempts=None):

@@ -967,13 +967,6 @@ SETTINGS = (
     # Supervision
     _s(
         "supervision",
-        "SUPERVISION_SWEEP_EVERY",
-        Duration(60, 86400),
-        15 * 60.0,
-        "How often a worker looks for what needs a coordinator (also when the page is opened).",
-    ),
-    _s(
-        "supervision",
         "INACTIVE_AFTER",
         Duration(86400, 366 * 86400),
         60 * 86400.0,

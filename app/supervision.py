@@ -46,6 +46,8 @@ SUBJECTS = {
     "waiting_long": "request_id",
 }
 SWEEP = "supervision.sweep"
+# A no-show or a dead job is seen within a quarter of an hour (and whenever the page opens).
+SWEEP_SECONDS = 15 * 60.0
 # The console's cue: a complaint form's one-time key, so a double submit is one complaint.
 COMPLAINT_KEY_CHARS = frozenset("0123456789abcdef")
 
@@ -463,8 +465,8 @@ def sweep(db, *, moment, config):
 
 @jobs.handler(SWEEP)
 def sweep_job(payload):
-    """Job: look for what needs a coordinator, every SUPERVISION_SWEEP_EVERY."""
+    """Job: look for what needs a coordinator, every SWEEP_SECONDS."""
     sweep(get_db(), moment=datetime.now(UTC), config=current_app.config)
 
 
-jobs.every(SWEEP, setting="SUPERVISION_SWEEP_EVERY")
+jobs.every(SWEEP, seconds=SWEEP_SECONDS)
