@@ -42,12 +42,13 @@ def create_app(test_config=None):
     # The rooms of the house: storage and jobs first, then each way in, then the guards.
     for room in (db, jobs, pipeline, cli, accounts, telephony, kiosk, console):
         room.init_app(app)
-    # Volunteers, people served and the outbox of offers: their commands (their API and
-    # pages are part of the console's).
-    from . import outbox, people
+    # Volunteers, people served, the outbox of offers and the ledger of hours: their
+    # commands (their API and pages are part of the console's).
+    from . import ledger, outbox, people
 
     people.init_app(app)
     outbox.init_app(app)
+    ledger.init_app(app)
     app.register_blueprint(web.bp)
     # Last: CSRF exemptions name blueprints, so every blueprint must be registered by now.
     security.init_app(app)

@@ -1,4 +1,4 @@
-"""Weekly availability slots and holidays: `mon 09:00-12:00; wed 14:00-18:00`.
+"""Weekly availability slots and holidays: `mon-fri 09:00-12:00; sat, sun 14:00-18:00`.
 
 Pure core: no Flask, no I/O. Times are wall-clock times in the service's time zone.
 """
@@ -13,7 +13,8 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY = 24 * 60
 MINUTES_PER_WEEK = 7 * MINUTES_PER_DAY
 
-_SLOT_RE = re.compile(r"^([a-z]{3})[a-z]*\s+(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+# Days first ("mon", "mon-fri", "mon, wed", "tuesday"), then one window; 9:00 or 09:00.
+_SLOT_RE = re.compile(r"^([a-z][a-z,\s-]*?)\s+(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
 _RANGE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:\s*\.\.\s*(\d{4}-\d{2}-\d{2}))?$")
 
 
@@ -48,23 +49,37 @@ def _split(text: str) -> list[str]:
     return [part.strip() for part in (text or "").split(";") if part.strip()]
 
 
+def _days(words: str, part: str) -> list[int]:
+    """Return the days `mon-fri, sun` names (weekday numbers), or raise BadAvailability."""
+    days = []
+    for item in (w.strip() for w in words.split(",")):
+        ends = [e.strip()[:3] for e in item.split("-")]
+        if len(ends) > 2 or not all(ends) or any(e not in DAYS for e in ends):
+            raise BadAvailability(
+                f"{part!r}: day must be one of {', '.join(DAYS)}, or a range mon-fri"
+            )
+        first, last = DAYS.index(ends[0]), DAYS.index(ends[-1])
+        # A range may wrap past Sunday: "sat-mon" is Saturday, Sunday and Monday.
+        days.extend((first + n) % 7 for n in range((last - first) % 7 + 1))
+    return days
+
+
 def parse_slots(text: str) -> tuple[Slot, ...]:
-    """Parse `mon 09:00-12:00; wed 14:00-18:00` into sorted slots."""
+    """Parse `mon-fri 09:00-12:00; wed 14:00-18:00` into sorted slots, one per day."""
     slots = []
     for part in _split(text):
         m = _SLOT_RE.match(part.lower())
         if not m:
-            raise BadAvailability(f"{part!r} is not like 'mon 09:00-12:00'")
-        day, h1, m1, h2, m2 = m.groups()
-        if day not in DAYS:
-            raise BadAvailability(f"{part!r}: day must be one of {', '.join(DAYS)}")
+            raise BadAvailability(f"{part!r} is not like 'mon 09:00-12:00' or 'mon-fri 9:00-17:00'")
+        words, h1, m1, h2, m2 = m.groups()
+        days = _days(words, part)
         start, end = int(h1) * 60 + int(m1), int(h2) * 60 + int(m2)
         if int(m1) > 59 or int(m2) > 59 or start >= MINUTES_PER_DAY or end > MINUTES_PER_DAY:
             raise BadAvailability(f"{part!r}: not a time of day")
         if end <= start:
             # Overnight windows are two slots, so every slot lies inside one day.
             raise BadAvailability(f"{part!r}: the end must be after the start")
-        slots.append(Slot(DAYS.index(day), start, end))
+        slots.extend(Slot(day, start, end) for day in days)
     return tuple(sorted(set(slots)))
 
 

@@ -33,9 +33,22 @@ from .queue import now, record_event
 from .sentences import fill
 
 EXPIRE = "offers.expire"
-STATES = ("offered", "accepted", "declined", "expired", "withdrawn")
+# An offer, then (app/visits.py) the visit: accepted -> checked_in -> done, or no_show.
+STATES = (
+    "offered",
+    "accepted",
+    "declined",
+    "expired",
+    "withdrawn",
+    "checked_in",
+    "done",
+    "no_show",
+    "cancelled",
+)
+# A volunteer holds a job from their yes until they check out; one holder per request.
+HELD = ("accepted", "checked_in")
 CHANNELS = ("sms", "call")
-MEANINGS = ("yes", "no", "help", "stop", "start")
+MEANINGS = ("yes", "no", "help", "stop", "start", "in", "out")
 # Requests a volunteer can still be offered.
 OFFERABLE = ("new", "triaged")
 MAX_TOP = 20
@@ -314,7 +327,13 @@ def offer(app, db, request_id, *, volunteer_ids=None, top=None, actor, wave=None
             [request_id],
         ).fetchone()
         wave = row[0]
-    taken = {r[0] for r in db.execute("SELECT code FROM assignments WHERE state = 'offered'")}
+    # A held job's code still names it (IN 427, OUT 427): no new offer shares it.
+    taken = {
+        r[0]
+        for r in db.execute(
+            "SELECT code FROM assignments WHERE state IN ('offered', 'accepted', 'checked_in')"
+        )
+    }
     # Reads stay before the transaction: its first statement is a write, so a writer racing
     # it waits for the lock instead of failing on a stale snapshot.
     with db.atomic():
@@ -447,7 +466,8 @@ def accept(app, db, assignment_id, *, actor):
             cursor = db.execute(
                 "UPDATE assignments SET state = 'accepted', answered_at = ?, updated_at = ?"
                 " WHERE id = ? AND state = 'offered' AND NOT EXISTS (SELECT 1 FROM assignments"
-                " a WHERE a.request_id = assignments.request_id AND a.state = 'accepted')",
+                " a WHERE a.request_id = assignments.request_id"
+                " AND a.state IN ('accepted', 'checked_in'))",
                 [stamp, stamp, assignment_id],
             )
             if cursor.rowcount != 1:
@@ -456,7 +476,7 @@ def accept(app, db, assignment_id, *, actor):
             volunteer = people.get_volunteer(db, assignment["volunteer_id"])
             busy = db.execute(
                 "SELECT COUNT(*) FROM assignments a JOIN requests r ON r.id = a.request_id"
-                " WHERE a.volunteer_id = ? AND a.state = 'accepted'"
+                " WHERE a.volunteer_id = ? AND a.state IN ('accepted', 'checked_in')"
                 " AND r.status NOT IN ('done', 'cancelled')",
                 [volunteer["id"]],
             ).fetchone()[0]
@@ -492,10 +512,11 @@ class _Refuse(Exception):
 def _why_not(db, assignment_id):
     """Say why an offer could not be accepted: another volunteer took it, or it closed."""
     assignment = get(db, assignment_id)
-    if assignment["state"] == "accepted":
+    if assignment["state"] in (*HELD, "done"):
         return Outcome("accepted", assignment)  # a replayed yes
     winner = db.execute(
-        "SELECT 1 FROM assignments WHERE request_id = ? AND state = 'accepted' AND id != ?",
+        "SELECT 1 FROM assignments WHERE request_id = ? AND state IN ('accepted', 'checked_in')"
+        " AND id != ?",
         [assignment["request_id"], assignment_id],
     ).fetchone()
     return Outcome("taken" if winner else "closed", assignment)
@@ -538,6 +559,9 @@ def _accepted(app, db, assignment, volunteer, *, actor):
             "offers_withdrawn": len(others),  # a count: the audit trail reads 2-lists as changes
         },
     )
+    from . import visits  # visits builds on dispatch: imported when first needed
+
+    visits.schedule_missed(app, db, assignment["id"], visit_at)
     person = _person(db, request)
     phone = (person.get("phones") or [None])[0] or request.get("phone")
     if phone:
@@ -628,7 +652,9 @@ def cascade(app, db, request_id):
     request = queue.get(db, request_id)
     if request["status"] not in OFFERABLE:
         return []
-    if db["assignments"].count_where("request_id = ? AND state = 'accepted'", [request_id]):
+    if db["assignments"].count_where(
+        "request_id = ? AND state IN ('accepted', 'checked_in')", [request_id]
+    ):
         return []
     made = offer(app, db, request_id, top=1, actor="system")
     if not made:
@@ -711,6 +737,10 @@ def _act(app, db, volunteer, reply, body):
     if reply.meaning == "start":
         opt_in(db, volunteer["id"], actor=f"sms:{volunteer['phone']}")
         return _text(volunteer, "started"), None
+    if reply.meaning in ("in", "out"):
+        from . import visits  # visits builds on dispatch: imported when first needed
+
+        return visits.answer_sms(app, db, volunteer, reply)
     actor = f"volunteer:{volunteer['id']}"
     if reply.meaning == "note":
         assignment = _latest(db, volunteer["id"])
@@ -784,7 +814,7 @@ def _latest(db, volunteer_id):
     """Return a volunteer's latest offer, open ones first, or None."""
     row = db.execute(
         "SELECT id FROM assignments WHERE volunteer_id = ?"
-        " ORDER BY state IN ('offered', 'accepted') DESC, id DESC LIMIT 1",
+        " ORDER BY state IN ('offered', 'accepted', 'checked_in') DESC, id DESC LIMIT 1",
         [volunteer_id],
     ).fetchone()
     return get(db, row[0]) if row else None

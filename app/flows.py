@@ -22,11 +22,14 @@ ACTIONS = frozenset(
         "main",
         "person",
         "emergency",
+        "check_in",  # a volunteer calling about a job taken (app/visits.py)
+        "check_out",
+        "caller",  # on to the greeting and main menu, as any caller hears them
     }
 )
 PACES = ("normal", "slow")
 # Files in ivr_flows/ that are not phone flows.
-NOT_FLOWS = frozenset({"categories", "matching", "places", "queue"})
+NOT_FLOWS = frozenset({"categories", "matching", "places", "points", "queue"})
 
 
 class FlowError(ValueError):
@@ -39,13 +42,15 @@ class UnknownFlowLanguage(FlowError):
 
 @dataclass(frozen=True)
 class Menu:
-    """One menu: what it says, and where yes, no and silence lead."""
+    """One menu: what it says, and where yes, no, other keys and silence lead."""
 
     name: str
     prompt: str
     yes: str | None
     no: str | None
     on_silence: str
+    # Keys beyond the contract's (e.g. 3), each with one meaning wherever it is offered.
+    keys: dict = field(default_factory=dict)
 
     def action_for(self, meaning):
         """Return the action a meaning leads to in this menu, or None."""
@@ -125,6 +130,7 @@ def parse_flow(data, source="<flow>"):
                 yes=menu.get("yes"),
                 no=menu.get("no"),
                 on_silence=menu.get("on_silence", "voicemail"),
+                keys=dict(menu.get("keys", {})),
             )
             for name, menu in data["menus"].items()
         }
@@ -147,7 +153,10 @@ def parse_flow(data, source="<flow>"):
     except (KeyError, TypeError) as exc:
         raise FlowError(f"{source}: missing or malformed {exc}") from None
     for menu in menus.values():
-        for target in (menu.yes, menu.no, menu.on_silence):
+        for key in menu.keys:
+            if key in KEYS or key == flow.select_key or len(key) != 1 or key not in "3456789#":
+                raise FlowError(f"{source}: menu {menu.name!r} key {key!r} is not free to use")
+        for target in (menu.yes, menu.no, menu.on_silence, *menu.keys.values()):
             if target is not None and target not in ACTIONS:
                 raise FlowError(f"{source}: menu {menu.name!r} leads to unknown {target!r}")
         if menu.prompt not in flow.prompts:

@@ -526,6 +526,60 @@ def m0009_assignments(db):
     db.execute("ALTER TABLE volunteers ADD COLUMN offer_channel TEXT NOT NULL DEFAULT 'sms'")
 
 
+@migrations(name="0011_visits")
+def m0011_visits(db):
+    """Record each visit: check-in and check-out, minutes, a no-show and its excuse."""
+    for column, kind in (
+        ("checked_in_at", "TEXT"),  # UTC ISO-8601, seconds
+        ("checked_out_at", "TEXT"),
+        ("check_in_by", "TEXT"),  # sms, call, link or console
+        ("check_out_by", "TEXT"),
+        ("manual", "INTEGER NOT NULL DEFAULT 0"),  # 1: a coordinator entered it by hand
+        ("minutes", "INTEGER"),  # whole minutes between check-in and check-out
+        ("latitude", "REAL"),  # only from the mobile page, when the volunteer allows it
+        ("longitude", "REAL"),
+        ("accuracy_m", "REAL"),
+        ("excused", "INTEGER NOT NULL DEFAULT 0"),  # a no-show a coordinator excused
+        ("excuse", "TEXT"),
+        ("senior_came", "TEXT"),  # yes or no: the senior's answer on the rating call
+        ("rating", "INTEGER"),  # 1-5
+        ("verified", "INTEGER NOT NULL DEFAULT 0"),  # hours the senior confirmed
+        ("rated_at", "TEXT"),
+    ):
+        # Plain ALTER TABLE keeps the volunteers_version triggers (a table rebuild drops them).
+        db.execute(f"ALTER TABLE assignments ADD COLUMN {column} {kind}")
+    # A volunteer holds a job from yes to check-out: accepted, then checked_in. The database
+    # refuses a second holder for a request, as 0009 did for accepted offers alone.
+    held = "state IN ('accepted', 'checked_in')"
+    db.execute(f"CREATE UNIQUE INDEX idx_assignments_held ON assignments(request_id) WHERE {held}")
+    # Matching's cached load counts held jobs: moving in or out of holding makes it stale.
+    bump = "BEGIN UPDATE volunteers_version SET version = version + 1 WHERE id = 1; END"
+    for name in (
+        "assignments_version_insert",
+        "assignments_version_update",
+        "assignments_version_delete",
+        "requests_status_version",
+    ):
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+    db.execute(
+        "CREATE TRIGGER assignments_version_insert AFTER INSERT ON assignments"
+        f" WHEN new.{held} {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_update AFTER UPDATE OF state ON assignments"
+        f" WHEN (old.{held}) != (new.{held}) {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER assignments_version_delete AFTER DELETE ON assignments"
+        f" WHEN old.{held} {bump}"
+    )
+    db.execute(
+        "CREATE TRIGGER requests_status_version AFTER UPDATE OF status ON requests"
+        " WHEN old.status IS NOT new.status AND EXISTS (SELECT 1 FROM assignments"
+        f" WHERE request_id = new.id AND {held}) {bump}"
+    )
+
+
 @migrations(name="0014_supervision")
 def m0014_supervision(db):
     """Create supervision items, the actions taken on them, and decisions about volunteers."""
@@ -580,3 +634,65 @@ def m0014_supervision(db):
         not_null={"volunteer_id", "decision", "reason", "actor", "created_at"},
     )
     db["volunteer_decisions"].create_index(["volunteer_id", "id"])
+
+
+@migrations(name="0012_ledger")
+def m0012_ledger(db):
+    """Create the time-bank ledger: accounts, one transfer per visit, its double entries."""
+    db.execute(
+        """CREATE TABLE ledger_accounts (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,  -- volunteer:3, person:7 or programme
+            kind TEXT NOT NULL CHECK (kind IN ('volunteer', 'person', 'programme')),
+            owner_id INTEGER,  -- the volunteer's or person's id; NULL for the programme
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        "INSERT INTO ledger_accounts (key, kind, created_at) VALUES ('programme', 'programme', ?)",
+        [datetime.now(UTC).isoformat(timespec="seconds")],
+    )
+    db.execute(
+        """CREATE TABLE ledger_transfers (
+            id INTEGER PRIMARY KEY,
+            assignment_id INTEGER NOT NULL REFERENCES assignments(id),
+            request_id INTEGER NOT NULL REFERENCES requests(id),
+            volunteer_id INTEGER NOT NULL REFERENCES volunteers(id),
+            person_id INTEGER REFERENCES people(id),
+            source TEXT NOT NULL,  -- the account key the minutes left
+            minutes INTEGER NOT NULL CHECK (minutes >= 0),
+            points INTEGER NOT NULL CHECK (points >= 0),
+            category TEXT NOT NULL,
+            started_at TEXT NOT NULL,  -- check-in and check-out, UTC
+            ended_at TEXT NOT NULL,
+            rules TEXT NOT NULL,  -- JSON list: the point rules applied, in words
+            created_at TEXT NOT NULL
+        )"""
+    )
+    # One transfer per visit: a replayed or racing post cannot count an hour twice.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_ledger_transfers_assignment ON ledger_transfers(assignment_id)"
+    )
+    db.execute(
+        "CREATE INDEX idx_ledger_transfers_volunteer ON ledger_transfers(volunteer_id, started_at)"
+    )
+    db.execute("CREATE INDEX idx_ledger_transfers_started ON ledger_transfers(started_at)")
+    db.execute(
+        """CREATE TABLE ledger_entries (
+            id INTEGER PRIMARY KEY,
+            transfer_id INTEGER NOT NULL REFERENCES ledger_transfers(id),
+            account_id INTEGER NOT NULL REFERENCES ledger_accounts(id),
+            unit TEXT NOT NULL CHECK (unit IN ('minutes', 'points')),
+            amount INTEGER NOT NULL,  -- negative leaves the account, positive enters it
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_ledger_entries_account ON ledger_entries(account_id, unit)")
+    db.execute("CREATE INDEX idx_ledger_entries_transfer ON ledger_entries(transfer_id)")
+    # The ledger is append-only: a correction is a new transfer, never an edit.
+    for table in ("ledger_transfers", "ledger_entries"):
+        for event in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table}"
+                f" BEGIN SELECT RAISE(ABORT, '{table} are never changed or deleted'); END"
+            )

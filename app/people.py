@@ -708,7 +708,8 @@ def find_person_by_phone(db, phone):
 def workload(db, *, window_days=30):
     """Return {volunteer id: (open, recent, total, rating, ratings)} from accepted offers.
 
-    Open jobs are accepted offers whose request is not done or cancelled; recent ones were
+    Accepted offers are those accepted, checked in or done (app/visits.py). Open jobs are
+    the ones whose request is not done or cancelled; recent ones were
     accepted within window_days. Ratings arrive with the senior's rating call (a later issue).
     """
     since = (datetime.now(UTC) - timedelta(days=window_days)).isoformat(timespec="seconds")
@@ -716,7 +717,7 @@ def workload(db, *, window_days=30):
         "SELECT a.volunteer_id, SUM(r.status NOT IN ('done', 'cancelled')),"
         " SUM(a.answered_at >= ?), COUNT(*) FROM assignments a"
         " JOIN requests r ON r.id = a.request_id"
-        " WHERE a.state = 'accepted' GROUP BY a.volunteer_id",
+        " WHERE a.state IN ('accepted', 'checked_in', 'done') GROUP BY a.volunteer_id",
         [since],
     ).fetchall()
     return {vid: (int(o or 0), int(rc or 0), int(t), None, 0) for vid, o, rc, t in rows}

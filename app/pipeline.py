@@ -8,7 +8,11 @@
     queue item      -> match          people.suggest(): volunteers ranked, with reasons
     match           -> dispatch       dispatch.offer(): SMS or keypad; the first yes wins,
                                       transition "assign", and the senior is called
-    dispatch        -> check-in/out   (visit and hours: a later issue)
+    dispatch        -> check-in       visits.check_in(): SMS "IN 427", a call from the
+                                      volunteer's phone, or a coordinator; "check_in"
+    check-in        -> check-out      visits.check_out(): minutes kept; "check_out", done
+    (no check-in)   -> no-show        visits.miss_due(): CHECKIN_GRACE after the agreed
+                                      start, "no_show" puts it back to be offered again
     check-in/out    -> rating         (the senior's rating by phone: a later issue)
 
 Every step that can be slow or fail runs as a durable job, so a crash loses nothing.
@@ -61,6 +65,14 @@ TRANSITIONS = {
     ),
     # A volunteer said yes first (dispatch.accept): only a request with nobody yet is assigned.
     "assign": Transition("assigned", {"status": "assigned"}, {"status": ("new", "triaged")}),
+    # The volunteer arrived (visits.check_in): the help is happening.
+    "check_in": Transition("checked in", {"status": "in_progress"}, {"status": ("assigned",)}),
+    # The volunteer left (visits.check_out): the request is done, checked in or not by status.
+    "check_out": Transition(
+        "checked out", {"status": "done"}, {"status": ("assigned", "in_progress")}
+    ),
+    # Nobody checked in in time (visits.miss_due): the request may be offered again.
+    "no_show": Transition("no show", {"status": "triaged"}, {"status": ("assigned",)}),
 }
 # A coordinator may move a request from any other status to this one ("status:done").
 TRANSITIONS |= {

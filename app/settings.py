@@ -873,6 +873,13 @@ SETTINGS = (
     ),
     _s(
         "offers",
+        "CHECKIN_GRACE",
+        Duration(1, 7 * 86400),
+        30 * 60.0,
+        "No check-in this long after the agreed start: a no-show, and the next volunteer is asked.",
+    ),
+    _s(
+        "offers",
         "OUTBOX_MAX_ATTEMPTS",
         Number(1, 50, integer=True),
         6,
@@ -1067,6 +1074,13 @@ def _check_folders(values):
             f"{PREFIX}DEFAULT_LANGUAGE={language!r}: no phone flow {flow}; add it, or choose"
             f" a language with a flow in {PREFIX}FLOWS_DIR"
         )
+    # Every check-out counts points by these rules: a bad file fails now, not at a visit's end.
+    from .ledger import PointsDataError, load_points
+
+    try:
+        load_points(Path(values["FLOWS_DIR"]) / "points.toml")
+    except PointsDataError as exc:
+        raise SettingsError(f"{PREFIX}FLOWS_DIR={values['FLOWS_DIR']!r}: {exc}") from None
     kiosk = values["KIOSK_LANGUAGE"]
     if kiosk is not None and kiosk not in wording.available():
         raise SettingsError(

@@ -715,6 +715,7 @@ def _flows(tmp_path, examples, heldout):
     (flows / "categories.toml").write_bytes(DEFAULT_PATH.read_bytes())
     # The app refuses a flows folder without a phone flow for its default language.
     (flows / "en.toml").write_bytes((DEFAULT_PATH.parent / "en.toml").read_bytes())
+    (flows / "points.toml").write_bytes((DEFAULT_PATH.parent / "points.toml").read_bytes())
     lines = ["text\tcategory\turgency"] + [f"{t}\t{c}\tnormal" for t, c in examples]
     (flows / "examples" / "en.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     lines = ["text\tcategory\temergency"] + [

@@ -57,6 +57,14 @@ def ids(ranking):
         ("Wednesday 14:00 - 18:00;mon 9:00-12:00;", "mon 09:00-12:00; wed 14:00-18:00"),
         ("sun 00:00-24:00", "sun 00:00-24:00"),
         ("", ""),
+        ("mon-wed 09:00-17:00", "mon 09:00-17:00; tue 09:00-17:00; wed 09:00-17:00"),
+        ("Saturday, Sunday 10:00-12:00", "sat 10:00-12:00; sun 10:00-12:00"),
+        ("sat-mon 8:00-9:00", "mon 08:00-09:00; sat 08:00-09:00; sun 08:00-09:00"),
+        ("mon, wed-thu 9:00-10:00", "mon 09:00-10:00; wed 09:00-10:00; thu 09:00-10:00"),
+        (
+            "mon-fri 9:00-12:00; mon 09:00-12:00",
+            "; ".join(f"{d} 09:00-12:00" for d in ("mon", "tue", "wed", "thu", "fri")),
+        ),
     ],
 )
 def test_slots_are_read_and_written_back(text, slots):
@@ -64,7 +72,18 @@ def test_slots_are_read_and_written_back(text, slots):
 
 
 @pytest.mark.parametrize(
-    "text", ["monday", "mon 9-12", "mon 12:00-09:00", "mon 09:60-10:00", "fun 09:00-10:00"]
+    "text",
+    [
+        "monday",
+        "mon 9-12",
+        "mon 12:00-09:00",
+        "mon 09:60-10:00",
+        "fun 09:00-10:00",
+        "mon-fun 09:00-10:00",
+        "mon-tue-wed 09:00-10:00",
+        "mon,,tue 09:00-10:00",
+        "- 09:00-10:00",
+    ],
 )
 def test_bad_slots_are_refused(text):
     with pytest.raises(BadAvailability):

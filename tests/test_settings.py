@@ -1,6 +1,7 @@
 """The typed settings table: environment values parsed by type, wrong ones refused by name."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -250,6 +251,27 @@ def test_a_flows_folder_without_the_default_language_is_refused(tmp_path):
     (tmp_path / "categories.toml").write_text("")
     with pytest.raises(SettingsError, match="CARECALL_DEFAULT_LANGUAGE='en': no phone flow"):
         loaded(FLOWS_DIR=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("points", "says"),
+    [
+        (None, "points.toml: [Errno 2]"),
+        ("per_hour = 10\nbogus = 1\n", "unknown key"),
+    ],
+)
+def test_a_flows_folder_with_bad_point_rules_is_refused(tmp_path, points, says):
+    """Every check-out counts points: bad rules stop start-up, not a volunteer's OUT."""
+    shutil.copytree(REPO_ROOT / "ivr_flows", tmp_path / "flows")
+    target = tmp_path / "flows" / "points.toml"
+    if points is None:
+        target.unlink()
+    else:
+        target.write_text(points)
+    with pytest.raises(SettingsError) as caught:
+        loaded(FLOWS_DIR=str(tmp_path / "flows"))
+    assert caught.value.message.startswith("CARECALL_FLOWS_DIR=")
+    assert says in caught.value.message
 
 
 def test_a_missing_flows_folder_stops_the_command_line_in_one_line(tmp_path):

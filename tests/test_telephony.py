@@ -171,6 +171,10 @@ def _broken(change):
         (lambda d: d["timing"].update(record_silence_seconds=2), "at least 5"),
         (lambda d: d["menus"]["main"].update(prompt="nowhere"), "missing prompt"),
         (lambda d: d.pop("voice"), "missing or malformed"),
+        # A key beyond the contract's may not take one of its keys, or a language's.
+        (lambda d: d["menus"]["volunteer"]["keys"].update({"1": "caller"}), "not free to use"),
+        (lambda d: d["menus"]["volunteer"]["keys"].update({"9": "caller"}), "not free to use"),
+        (lambda d: d["menus"]["volunteer"]["keys"].update({"3": "launch"}), "unknown 'launch'"),
     ],
 )
 def test_a_broken_flow_file_is_refused_with_a_reason(change, message):

@@ -1,6 +1,7 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-# people_*, offers_* and supervision_* add their routes to the api and console blueprints.
+# people_*, offers_*, visits_views and supervision_* add their routes to the api and console
+# blueprints.
 from . import (  # noqa: F401
     api,
     cli,
@@ -11,6 +12,7 @@ from . import (  # noqa: F401
     supervision_api,
     supervision_views,
     views,
+    visits_views,
 )
 
 

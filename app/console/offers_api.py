@@ -8,8 +8,14 @@ from .api import ApiError, bp, require
 
 
 def _public(assignment):
-    """Return an assignment as the API shows it."""
+    """Return an assignment as the API shows it, with its visit once there is one."""
+    minutes = assignment["minutes"]
     return {
+        "hours": None if minutes is None else round(minutes / 60, 2),
+        "verified": bool(assignment["verified"]),
+        "manual": bool(assignment["manual"]),
+        "excused": bool(assignment["excused"]),
+    } | {
         key: assignment[key]
         for key in (
             "id",
@@ -24,6 +30,13 @@ def _public(assignment):
             "expires_at",
             "visit_at",
             "senior_answer",
+            "checked_in_at",
+            "checked_out_at",
+            "minutes",
+            "rating",
+            "check_in_by",
+            "check_out_by",
+            "excuse",
         )
     }
 
@@ -64,6 +77,16 @@ def offer(request_id):
     if not made:
         raise ApiError(409, "no volunteer can be offered this request now")
     return jsonify(offers=[_public(a) for a in made]), 201
+
+
+@bp.get("/assignments/<int:assignment_id>")
+@require("view")
+def get_assignment(assignment_id):
+    """Return one offer or visit: its state, check-in and check-out, hours and rating."""
+    try:
+        return jsonify(_public(dispatch.get(get_db(), assignment_id)))
+    except dispatch.AssignmentNotFound as exc:
+        raise ApiError(404, str(exc)) from exc
 
 
 @bp.get("/assignments")

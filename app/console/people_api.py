@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app, g, jsonify, request
 
-from .. import people, queue
+from .. import ledger, people, queue
 from ..db import get_db
 from .api import ApiError, bp, require
 
@@ -114,6 +114,25 @@ def patch_volunteer(volunteer_id):
     except people.PeopleError as exc:
         raise _answer_people_error(exc) from exc
     return jsonify(volunteer)
+
+
+@bp.get("/volunteers/<int:volunteer_id>/ledger")
+@require("view")
+def volunteer_ledger(volunteer_id):
+    """Return a volunteer's time-bank balance, record and latest transfers."""
+    db = get_db()
+    try:
+        people.get_volunteer(db, volunteer_id)
+    except people.PeopleError as exc:
+        raise _answer_people_error(exc) from exc
+    account = ledger.volunteer_account(volunteer_id)
+    return jsonify(
+        volunteer_id=volunteer_id,
+        account=account,
+        balance=ledger.balance(db, account).to_dict(),
+        stats=ledger.volunteer_stats(db, volunteer_id).to_dict(),
+        transfers=[t.to_dict() for t in ledger.recent_transfers(db, volunteer_id)],
+    )
 
 
 @bp.get("/requests/<int:request_id>/matches")

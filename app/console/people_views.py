@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfo
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 
-from .. import dispatch, people, queue
+from .. import dispatch, ledger, people, queue
 from ..db import get_db
 from .views import bp, require
 
@@ -97,6 +97,7 @@ def _volunteer_page(volunteer, status=200, *, form=None, errors=None):
             form=form or _as_form(volunteer),
             errors=errors or {},
             skills=sorted(rules.skills),
+            stats=ledger.volunteer_stats(get_db(), volunteer["id"]),
         ),
         status,
     )

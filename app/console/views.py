@@ -291,6 +291,8 @@ def detail(request_id):
     events = queue.events(db, request_id)
     for event in events:
         event["text"] = actions.describe(event["action"], event["detail"], _label)
+    from . import visits_views  # it adds its routes to this blueprint: imported once it exists
+
     return render_template(
         "console/request.html",
         item=item,
@@ -304,6 +306,8 @@ def detail(request_id):
         events=list(reversed(events)),
         kiosk=devices.kiosk_of(db, item),
         confirm_status=_backwards_asked(item, request.args.get("confirm")),
+        visits=visits_views.visit_rows(db, request_id),
+        now_local=visits_views.now_local(),
     )
 
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, abort, current_app, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from .. import pipeline, queue, recordings
+from .. import dispatch, pipeline, queue, recordings, visits
 from ..classify import UnknownLanguage
 from ..db import get_db
 from ..flows import KEYS, available_languages, load_flow
@@ -164,9 +164,28 @@ def _farewell(call, texts, last, request_=None):
 @bp.post("/voice")
 @twilio_only
 def voice():
-    """Answer a new call: greet the caller, in their remembered language, with the main menu."""
-    config = _config()
+    """Answer a new call: greet the caller, in their remembered language, with the main menu.
+
+    A volunteer calling from their own phone with a job taken hears the check-in menu first.
+    """
     call, known = _start_call()
+    if call["menu"] == "volunteer":
+        return _ask(call, "volunteer")  # Twilio's retry of this webhook
+    if call["menu"] == "main" and call["outcome"] is None and (found := _held_visit(call)):
+        # An outcome: a volunteer who hangs up here is no missed call to call back.
+        call = store.update_call(
+            get_db(), call["call_sid"], menu="volunteer", pace="slow", outcome="volunteer"
+        )
+        flow = _flow(call["language"])
+        return _ask(
+            call, "volunteer", before=[flow.prompt("volunteer_hello", volunteer=found[0]["name"])]
+        )
+    return _greet(call, known)
+
+
+def _greet(call, known):
+    """Greet a caller with the danger advice and the main menu, offering other languages."""
+    config = _config()
     speaker = _speaker(call)
     flow = speaker.flow
     texts = [flow.prompt("welcome_back" if known else "greeting"), _danger(flow)]
@@ -194,6 +213,8 @@ def _menu_texts(call, name):
         return [*_readback_texts(flow, queue.get(db, call["request_id"])), flow.prompt(menu.prompt)]
     if name == "after_status":
         return [*_status_texts(flow, call), flow.prompt(menu.prompt)]
+    if name == "volunteer":
+        return [*_visit_texts(flow, call), flow.prompt(menu.prompt)]
     if name in ("emergency", "emergency_message"):
         # Said once per asking: a caller who wants it again presses star.
         return [_emergency_text(flow), flow.prompt(menu.prompt)]
@@ -247,7 +268,7 @@ def menu(name):
         return _ask(call, name)
     if meaning == "person":
         return _do(call, "person")
-    action = current.action_for(meaning) if meaning else None
+    action = current.action_for(meaning) if meaning else current.keys.get(digit)
     if action is None:
         return _ask(call, name, before=[flow.prompt("unknown_key")])
     return _do(call, action)
@@ -404,7 +425,66 @@ def _person(call):
     )
 
 
+def _held_visit(call):
+    """Return (volunteer, job) when the caller is a volunteer with a job taken, else None."""
+    volunteer = dispatch._volunteer_by_phone(get_db(), call["phone"]) if call["phone"] else None
+    held = visits.held_visits(get_db(), volunteer["id"]) if volunteer else []
+    return (volunteer, held[0]) if held else None
+
+
+def _visit_texts(flow, call):
+    """Say which visit 1 checks in to, or 2 checks out of."""
+    found = _held_visit(call)
+    if found is None:
+        return []
+    volunteer, assignment = found
+    words = dispatch._words(get_db(), queue.get(get_db(), assignment["request_id"]), flow.language)
+    key = "volunteer_check_in" if assignment["state"] == "accepted" else "volunteer_check_out"
+    return [flow.prompt(key, **words)]
+
+
+def _visit_step(call, act):
+    """Check the calling volunteer in or out of their job, and say so."""
+    db = get_db()
+    found = _held_visit(call)
+    if found is None:
+        return _as_any_caller(call)  # the job ended meanwhile: on as any caller
+    volunteer, assignment = found
+    flow = _flow(call["language"])
+    zone = ZoneInfo(_config()["COORDINATOR_TIMEZONE"])
+    try:
+        visit = act(
+            current_app, db, assignment["id"], by="call", actor=f"volunteer:{volunteer['id']}"
+        )
+    except visits.AlreadyCheckedIn as error:
+        at = visits.clock(error.assignment["checked_in_at"], zone)
+        return _ask(call, "volunteer", before=[flow.prompt("volunteer_already_in", time=at)])
+    except visits.NotCheckedIn:
+        return _ask(call, "volunteer", before=[flow.prompt("volunteer_not_in")])
+    except visits.VisitError:
+        call = store.update_call(db, call["call_sid"], menu="done")
+        return twiml(speak.goodbye(_speaker(call), [flow.prompt("volunteer_closed")]))
+    call = store.update_call(db, call["call_sid"], menu="done")
+    if visit.state == "checked_in":
+        text = flow.prompt("volunteer_checked_in", time=visits.clock(visit.checked_in_at, zone))
+    else:
+        minutes = visit.minutes or 0
+        duration = flow.prompt("volunteer_duration", hours=minutes // 60, minutes=minutes % 60)
+        at = visits.clock(visit.checked_out_at, zone)
+        text = flow.prompt("volunteer_checked_out", time=at, duration=duration)
+    return twiml(speak.goodbye(_speaker(call), [text]))
+
+
+def _as_any_caller(call):
+    """Go on as any caller: the greeting, the danger advice and the main menu."""
+    call = store.update_call(get_db(), call["call_sid"], menu="main", outcome=None, silences=0)
+    return _greet(call, known=False)
+
+
 ACTIONS = {
+    "check_in": lambda call: _visit_step(call, visits.check_in),
+    "check_out": lambda call: _visit_step(call, visits.check_out),
+    "caller": lambda call: _as_any_caller(call),
     "record": _record,
     "status": _status,
     "confirm": _confirm,

@@ -1,0 +1,468 @@
+"""Check-in and check-out of a job taken: the real app, signed webhooks as Twilio sends them,
+and the real twilio client against a loopback fake of Twilio's REST API."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app import dispatch, jobs, ledger, queue, visits
+from tests.browser import assert_accessible, chromium, live_server
+from tests.test_api import bearer
+from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
+from tests.test_dispatch import (
+    FROM,
+    SENIOR,
+    add_senior,
+    add_volunteers,
+    offer,
+    said,
+    signed,
+    states,
+    text,
+)
+from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
+
+
+@pytest.fixture
+def rest():
+    """Serve Twilio's REST API for messages and calls on loopback."""
+    with rest_server() as server:
+        yield server
+
+
+@pytest.fixture
+def app(make_app, rest):
+    """Build an app with Twilio set up and pointed at the fake."""
+    return make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        PUBLIC_BASE_URL="http://localhost",
+        OFFER_TIMEOUT=3600.0,
+    )
+
+
+@pytest.fixture
+def context(app):
+    """Call the core inside the app, as its views and jobs do (not around console requests:
+    one app context would share Flask's g, and its CSRF token, between two clients)."""
+    with app.app_context():
+        yield
+
+
+@pytest.fixture
+def taken(app, db, client):
+    """A groceries request for Mrs Chen, offered to two volunteers; the first said YES."""
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 3)
+    request = add_request(db, phone=SENIOR, region="riverside")
+    first, second = offer(client, db, request["id"], top=2)
+    assert "the job is yours" in text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    return request, volunteers, first, second
+
+
+def row(db, assignment_id):
+    """Return an assignment as stored now."""
+    return dispatch.get(db, assignment_id)
+
+
+def test_offer_yes_in_out_makes_the_request_done_with_its_minutes(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    phone = volunteers[0]["phone"]
+    reply = text(client, phone, f"IN {first['code']}")
+    assert "you are checked in at" in reply and "Mrs Chen" in reply
+    assert f"Reply OUT {first['code']}" in reply
+    assert row(db, first["id"])["state"] == "checked_in"
+    assert queue.get(db, request["id"])["status"] == "in_progress"
+    # An hour and five minutes later (the check-in is moved back, as if it had been).
+    earlier = (datetime.now(UTC) - timedelta(minutes=65, seconds=30)).isoformat(timespec="seconds")
+    db.execute("UPDATE assignments SET checked_in_at = ? WHERE id = ?", [earlier, first["id"]])
+    reply = text(client, phone, f"out {first['code']}")
+    assert "you are checked out at" in reply and "1 h 05 min" in reply
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["minutes"], stored["manual"]) == ("done", 65, 0)
+    assert (stored["check_in_by"], stored["check_out_by"]) == ("sms", "sms")
+    assert queue.get(db, request["id"])["status"] == "done"
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert actions[-3:] == ["checked in", "checked out", "hours_posted"]
+    # The same transaction put the 65 minutes in the time bank, once, whatever is replayed.
+    text(client, phone, f"OUT {first['code']}")
+    account = ledger.volunteer_account(volunteers[0]["id"])
+    assert ledger.balance(db, account).minutes == 65
+    assert db["ledger_transfers"].count == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "who", "body", "expected"),
+    [
+        # IN for a job offered but not taken: take it first; a job withdrawn is closed.
+        ("offer", 2, "IN {other}", "is an offer you have not taken yet"),
+        ("none", 1, "IN {second}", "is closed, so nothing changed"),
+        # OUT before IN.
+        ("none", 0, "OUT {first}", "You have not checked in to job"),
+        # A replayed OUT, and a replayed IN.
+        ("out", 0, "OUT {first}", "You checked out already"),
+        ("in", 0, "IN {first}", "You checked in already"),
+        ("out", 0, "OUT", "You checked out already"),
+        # Another volunteer's code.
+        ("in", 1, "OUT {first}", "is another volunteer's"),
+        ("none", 2, "IN {first}", "is another volunteer's"),
+        # A code nobody has, and no job at all.
+        ("none", 0, "IN 1", "You have no job with the number 1"),
+        ("none", 2, "IN", "You have no job to check in or out of"),
+    ],
+)
+def test_refusals_answer_clearly_and_change_nothing(
+    app, db, client, taken, setup, who, body, expected
+):
+    request, volunteers, first, second = taken
+    owner = volunteers[0]["phone"]
+    if setup in ("in", "out"):
+        text(client, owner, f"IN {first['code']}")
+    if setup == "out":
+        text(client, owner, f"OUT {first['code']}")
+    other = None
+    if setup == "offer":
+        later = add_request(db, phone=SENIOR, region="riverside")
+        [other] = offer(client, db, later["id"], volunteer_ids=[volunteers[2]["id"]])
+    codes = {"first": first["code"], "second": second["code"], "other": (other or {}).get("code")}
+    before = (list(db["assignments"].rows), list(db["requests"].rows), db["events"].count)
+    reply = text(client, volunteers[who]["phone"], body.format(**codes))
+    assert expected in reply
+    assert (list(db["assignments"].rows), list(db["requests"].rows), db["events"].count) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "state"),
+    [
+        ("inn {code}", "checked_in"),
+        ("In", "checked_in"),  # the code may be left out with one job held
+        ("checkin {code}", "checked_in"),
+        ("ni {code}", "accepted"),  # two letters forgive no typo: a note for the coordinator
+        ("oute {code}", "accepted"),  # OUT understood, but before IN: refused
+    ],
+)
+def test_typos_of_in_and_out(app, db, client, taken, body, state):
+    _, volunteers, first, _ = taken
+    text(client, volunteers[0]["phone"], body.format(code=first["code"]))
+    assert row(db, first["id"])["state"] == state
+
+
+def test_a_replayed_message_sid_is_answered_the_same_and_done_once(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    sid = "SM" + "ab" * 16
+    once = text(client, volunteers[0]["phone"], f"IN {first['code']}", message_sid=sid)
+    twice = text(client, volunteers[0]["phone"], f"IN {first['code']}", message_sid=sid)
+    assert once == twice and "you are checked in" in once
+    actions = [e["action"] for e in queue.events(db, request["id"])]
+    assert actions.count("checked in") == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "minutes"),
+    [
+        ("2026-12-01T10:00:00+00:00", "2026-12-01T10:00:59+00:00", 0),
+        ("2026-12-01T10:00:00+00:00", "2026-12-01T11:05:00+00:00", 65),
+        ("2026-12-01T10:00:00+00:00", "2026-12-01T09:59:00+00:00", 0),
+        ("2026-12-01T23:30:00+00:00", "2026-12-02T00:45:30+00:00", 75),
+    ],
+)
+def test_minutes_are_whole_and_never_negative(start, end, minutes):
+    assert visits.minutes_between(start, end) == minutes
+
+
+def test_a_missed_check_in_is_a_no_show_flagged_and_offered_to_the_next(
+    context, app, db, client, taken
+):
+    request, volunteers, first, second = taken
+    stored = row(db, first["id"])
+    assert stored["visit_at"]  # volunteers free at any time: the visit is now
+    [job] = [j for j in db["jobs"].rows_where("kind = ?", [visits.MISSED])]
+    assert job["key"] == f"{visits.MISSED}:{first['id']}"
+    assert job["run_after"] > datetime.now(UTC).timestamp() + 25 * 60  # the grace: 30 min
+    assert visits.miss_due(app, db) == []  # not yet
+    later = datetime.now(UTC) + timedelta(minutes=31)
+    assert visits.miss_due(app, db, later) == [first["id"]]
+    assert visits.miss_due(app, db, later) == []  # once
+    assert row(db, first["id"])["state"] == "no_show"
+    item = queue.get(db, request["id"])
+    assert item["needs_review"] and item["status"] == "triaged"
+    [flagged] = [e for e in queue.events(db, request["id"]) if e["action"] == "no_show"]
+    assert "did not check in" in flagged["detail"]["reason"]
+    # The cascade asks the next volunteer nobody asked yet; the one asked before was withdrawn.
+    assert states(db, request["id"]) == {1: "no_show", 2: "withdrawn", 3: "offered"}
+    jobs.drain(app)
+    late = text(client, volunteers[0]["phone"], f"IN {first['code']}")
+    assert "because no check-in came in time" in late
+    assert row(db, first["id"])["state"] == "no_show"
+
+
+def test_a_visit_without_an_agreed_start_is_never_marked_a_no_show(context, app, db, client, taken):
+    _, _, first, _ = taken
+    db.execute("UPDATE assignments SET visit_at = NULL WHERE id = ?", [first["id"]])
+    assert visits.miss_due(app, db, datetime.now(UTC) + timedelta(days=30)) == []
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_no_show_may_be_excused_once_with_a_reason(context, app, db, client, taken):
+    request, _, first, _ = taken
+    with pytest.raises(visits.NotNoShow):
+        visits.excuse(db, first["id"], reason="ill", actor="user:1")
+    visits.miss_due(app, db, datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(ValueError, match="reason"):
+        visits.excuse(db, first["id"], reason="  ", actor="user:1")
+    assert visits.excuse(db, first["id"], reason="car broke down", actor="user:1")
+    assert not visits.excuse(db, first["id"], reason="again", actor="user:1")
+    stored = row(db, first["id"])
+    assert (stored["excused"], stored["excuse"]) == (1, "car broke down")
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "no_show_excused"]
+    assert event["actor"] == "user:1" and event["detail"]["reason"] == "car broke down"
+
+
+@pytest.mark.parametrize(
+    ("at", "error"),
+    [
+        ("not a time", visits.BadTime),
+        (datetime.now(UTC) + timedelta(hours=2), visits.BadTime),
+    ],
+)
+def test_a_time_entered_by_hand_must_be_readable_and_past(
+    context, app, db, client, taken, at, error
+):
+    _, _, first, _ = taken
+    with pytest.raises(error):
+        visits.check_in(app, db, first["id"], by="console", actor="user:1", at=at)
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_check_out_entered_before_the_check_in_is_refused(context, app, db, client, taken):
+    _, _, first, _ = taken
+    start = datetime.now(UTC) - timedelta(hours=2)
+    visits.check_in(app, db, first["id"], by="console", actor="user:1", at=start)
+    with pytest.raises(visits.BadTime):
+        visits.check_out(
+            app, db, first["id"], by="console", actor="user:1", at=start - timedelta(minutes=1)
+        )
+    done = visits.check_out(
+        app, db, first["id"], by="console", actor="user:1", at=start + timedelta(minutes=90)
+    )
+    assert (done.state, done.minutes, done.manual) == ("done", 90, True)
+
+
+def test_the_api_shows_the_visit_in_hours_and_minutes(context, app, db, client, taken):
+    _, volunteers, first, _ = taken
+    viewer = bearer(db, "viewer")
+    path = f"/api/v1/assignments/{first['id']}"
+    shown = client.get(path, headers=viewer).json
+    assert shown["state"] == "accepted" and shown["checked_in_at"] is None
+    assert shown["hours"] is None and shown["minutes"] is None and shown["verified"] is False
+    start = datetime.now(UTC) - timedelta(minutes=100)
+    visits.check_in(app, db, first["id"], by="sms", actor="system", at=start)
+    assert client.get(path, headers=viewer).json["state"] == "checked_in"
+    visits.check_out(app, db, first["id"], by="console", actor="user:1")
+    shown = client.get(path, headers=viewer).json
+    assert (shown["state"], shown["minutes"], shown["hours"]) == ("done", 100, 1.67)
+    assert (shown["check_in_by"], shown["check_out_by"], shown["manual"]) == (
+        "sms",
+        "console",
+        True,
+    )
+    assert shown["checked_in_at"] == start.isoformat(timespec="seconds")
+    assert shown["rating"] is None
+    listed = client.get(
+        f"/api/v1/assignments?state=done&volunteer_id={volunteers[0]['id']}", headers=viewer
+    )
+    assert [a["id"] for a in listed.json] == [first["id"]]
+    assert client.get("/api/v1/assignments/999", headers=viewer).status_code == 404
+    assert client.get(path).status_code == 401
+
+
+_calls = iter(range(10**6))
+
+
+def call(client, phone):
+    """Start a call from phone to CareCall; return (a function pressing a key, what it heard)."""
+    params = {"CallSid": f"CA{next(_calls):032x}", "AccountSid": ACCOUNT_SID, "From": phone}
+    first = signed(client, "/twilio/voice", params)
+    assert first.status_code == 200
+
+    def press(digit, menu="volunteer"):
+        response = signed(client, f"/twilio/menu/{menu}", params | {"Digits": digit})
+        assert response.status_code == 200
+        return said(response.get_data(as_text=True))
+
+    return press, said(first.get_data(as_text=True)), first.get_data(as_text=True)
+
+
+def test_a_volunteer_calls_and_presses_1_then_later_2(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    press, heard, twiml = call(client, volunteers[0]["phone"])
+    assert "Hello Volunteer 101" in heard
+    assert "To check in to your visit to Mrs Chen for" in heard and "press 1" in heard
+    assert "calling for help for yourself, press 3" in heard and "press star" in heard
+    assert 'rate="75%"' in twiml  # slowly
+    assert "press 0" in heard and "check out" not in heard
+    assert "To check in to your visit" in press("*")  # star repeats
+    assert "You have not checked in to this visit yet" in press("2")  # OUT before IN
+    assert row(db, first["id"])["state"] == "accepted"
+    assert "You are checked in at" in press("1")
+    assert row(db, first["id"])["check_in_by"] == "call"
+    assert queue.get(db, request["id"])["status"] == "in_progress"
+    assert "Goodbye" in press("1")  # Twilio's retry of the press: nothing more
+    assert [e["action"] for e in queue.events(db, request["id"])].count("checked in") == 1
+
+    press, heard, _ = call(client, volunteers[0]["phone"])
+    assert "To check out of your visit to Mrs Chen" in heard and "press 2" in heard
+    assert "You checked in already" in press("1")
+    assert "You are checked out at" in press("2")
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["check_out_by"]) == ("done", "call")
+    assert queue.get(db, request["id"])["status"] == "done"
+    # No job held now: the next call is any caller's.
+    _, heard, _ = call(client, volunteers[0]["phone"])
+    assert "To ask for help, press 1" in heard and "check in" not in heard
+
+
+def test_a_volunteer_calling_for_help_themselves_presses_3(app, db, client, taken):
+    _, volunteers, first, _ = taken
+    press, _, _ = call(client, volunteers[0]["phone"])
+    heard = press("3")
+    assert "To ask for help, press 1" in heard and "hang up and dial 9 1 1" in heard
+    assert "what help you need after the tone" in press("1", menu="main")
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_volunteer_without_a_job_taken_hears_the_normal_greeting(app, db, client, taken):
+    _, volunteers, _, _ = taken
+    _, heard, _ = call(client, volunteers[2]["phone"])
+    assert "To ask for help, press 1" in heard and "check in" not in heard
+
+
+def test_a_coordinator_enters_a_visit_by_hand(app, db, client, taken):
+    request, _, first, _ = taken
+    page = f"/console/requests/{request['id']}"
+    base = f"{page}/visits/{first['id']}"
+    viewer = as_role(app, db, "viewer")
+    assert "Visit" in viewer.get(page).get_data(as_text=True)
+    assert "Check in by hand" not in viewer.get(page).get_data(as_text=True)
+    token = csrf_token(viewer, "/console/login")
+    refused = viewer.post(base + "/check-in", data={"at": "", "csrf_token": token})
+    assert refused.status_code == 403
+    coordinator = as_role(app, db, "coordinator")
+    assert coordinator.post(base + "/check-in", data={"at": ""}).status_code == 400  # no CSRF
+    assert row(db, first["id"])["state"] == "accepted"
+    html = coordinator.get(page).get_data(as_text=True)
+    assert "Check in by hand" in html and 'type="datetime-local"' in html
+    done = post_form(coordinator, base + "/check-in", {"at": "2026-12-01T09:30"}, page=page)
+    assert done.status_code == 303
+    stored = row(db, first["id"])
+    assert (stored["checked_in_at"], stored["check_in_by"], stored["manual"]) == (
+        "2026-12-01T09:30:00+00:00",
+        "console",
+        1,
+    )
+    post_form(coordinator, base + "/check-out", {"at": "2026-12-01T11:15"}, page=page)
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["minutes"]) == ("done", 105)
+    html = coordinator.get(page).get_data(as_text=True)
+    assert "105 minutes (1.75 hours), entered by hand" in html and "by hand" in html
+    assert queue.get(db, request["id"])["status"] == "done"
+    [event] = [e for e in queue.events(db, request["id"]) if e["action"] == "checked out"]
+    assert event["actor"].startswith("user:") and event["detail"]["manual"] == 1
+    # A replay changes nothing and says so.
+    again = post_form(coordinator, base + "/check-out", {"at": ""}, page=page)
+    assert "Nothing changed" in coordinator.get(again.location).get_data(as_text=True)
+    assert post_form(coordinator, f"{page}/visits/999/check-in", {}, page=page).status_code == 404
+
+
+def test_a_coordinator_excuses_a_no_show_on_the_request_page(app, db, client, taken):
+    request, _, first, _ = taken
+    with app.app_context():
+        visits.miss_due(app, db, datetime.now(UTC) + timedelta(hours=1))
+    page = f"/console/requests/{request['id']}"
+    coordinator = as_role(app, db, "coordinator")
+    html = coordinator.get(page).get_data(as_text=True)
+    assert "did not come" in html and "Excuse no-show" in html
+    post_form(coordinator, f"{page}/visits/{first['id']}/excuse", {"reason": "flu"}, page=page)
+    stored = row(db, first["id"])
+    assert (stored["excused"], stored["excuse"]) == (1, "flu")
+    assert "excused: flu" in coordinator.get(page).get_data(as_text=True)
+
+
+def test_the_missed_check_in_job_runs_when_the_grace_is_over(make_app, rest, db):
+    app = make_app(
+        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        TWILIO_FROM_NUMBER=FROM,
+        TWILIO_API_BASE_URL=rest.base_url,
+        CHECKIN_GRACE=1.0,
+    )
+    client = app.test_client()
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    [first] = offer(client, db, request["id"], top=1)
+    text(client, volunteers[0]["phone"], "yes")
+    # The agreed start is this minute (free at any time), so one second of grace is over.
+    jobs.drain(app)
+    assert states(db, request["id"]) == {1: "no_show", 2: "offered"}
+    assert any(
+        m["to"] == volunteers[0]["phone"] and "we asked another volunteer" in m["body"]
+        for m in rest.messages
+    )
+
+
+def test_a_volunteer_who_hangs_up_at_the_check_in_menu_is_no_missed_call(app, db, client, taken):
+    _, volunteers, _, _ = taken
+    sid = f"CA{next(_calls):032x}"
+    params = {"CallSid": sid, "AccountSid": ACCOUNT_SID, "From": volunteers[0]["phone"]}
+    assert "press 1" in said(signed(client, "/twilio/voice", params).get_data(as_text=True))
+    ended = signed(client, "/twilio/call-status", params | {"CallStatus": "completed"})
+    assert ended.status_code == 204
+    assert queue.find_by_source(db, f"callback:{sid}") is None
+
+
+@pytest.mark.browser
+def test_the_request_page_with_a_visit_is_accessible_and_checks_in_by_hand(make_app, db):
+    app = make_app()
+    add_senior(app, db)
+    add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR)
+    with app.app_context():
+        [first, _] = dispatch.offer(app, db, request["id"], top=2, actor="test")
+        dispatch.accept(app, db, first["id"], actor="test")
+    make_user(db, "amy", "coordinator")
+    with live_server(app) as base, chromium() as browser:
+        for width in (390, 1366):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(base + "/console/login")
+            page.get_by_label("Name").fill("amy")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(base + "/console/")
+            page.goto(f"{base}/console/requests/{request['id']}")
+            step = "in" if width == 390 else "out"
+            page.get_by_role("button", name=f"Check {step} by hand").wait_for()
+            assert_accessible(page, f"request-visit-{step}-{width}")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            page.get_by_role("button", name=f"Check {step} by hand").click()
+            page.get_by_text(f"Checked {step} by hand.").wait_for()
+            assert_accessible(page, f"request-visit-{step}ed-{width}")
+            page.close()
+    stored = row(db, first["id"])
+    assert (stored["state"], stored["manual"], stored["check_out_by"]) == ("done", 1, "console")
+
+
+def test_a_job_checked_in_still_counts_against_the_volunteer_s_load(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    db.execute("UPDATE volunteers SET max_open = 1 WHERE id = ?", [volunteers[0]["id"]])
+    text(client, volunteers[0]["phone"], f"IN {first['code']}")
+    later = add_request(db, phone=SENIOR, region="riverside")
+    [other] = offer(client, db, later["id"], volunteer_ids=[volunteers[0]["id"]])
+    assert other["code"] != first["code"]  # a held job's code is not given to a new offer
+    assert "as many open jobs as you asked for" in text(
+        client, volunteers[0]["phone"], f"YES {other['code']}"
+    )
+    text(client, volunteers[0]["phone"], f"OUT {first['code']}")
+    assert "the job is yours" in text(client, volunteers[0]["phone"], f"YES {other['code']}")
