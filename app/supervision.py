@@ -167,6 +167,8 @@ def act(db, item_id, action, *, actor, text=""):
         item = get(db, item_id)
         if action == "pause_volunteer":
             _pause(db, item, actor=actor)
+        elif action == "excuse_no_show":
+            _excuse(db, item, reason=text, actor=actor)
         if action == "resolve":
             db["supervision_items"].update(
                 item_id,
@@ -204,6 +206,23 @@ def _pause(db, item, *, actor):
     if not volunteer["active"]:
         raise BadSupervision(f"{volunteer['name']} is already paused")
     people.pause_volunteer(db, volunteer["id"], actor=actor)
+
+
+def _excuse(db, item, *, reason, actor):
+    """Excuse the no-show an item is about, through the visits module (audited there too)."""
+    # Imported here: visits reaches the rating call, which opens items in this module.
+    from . import visits
+
+    if item["kind"] != "no_show" or not item["assignment_id"]:
+        raise BadSupervision("only a no-show can be excused")
+    if not reason:
+        raise BadSupervision("give a reason to excuse the no-show")
+    try:
+        changed = visits.excuse(db, item["assignment_id"], reason=reason, actor=actor)
+    except visits.NotNoShow as exc:
+        raise BadSupervision(str(exc)) from None
+    if not changed:
+        raise BadSupervision("this no-show was excused already")
 
 
 def decide(db, volunteer_id, decision, *, reason, actor):
@@ -342,8 +361,11 @@ def _over_load(db, moment, config):
 def _inactive(db, moment, config):
     """Active volunteers registered before the cut-off with no visit accepted since."""
     cutoff = _stamp(moment - timedelta(seconds=config["INACTIVE_AFTER"]))
+    # A visit counts from its check-out, else its check-in, else the yes that took it.
     rows = db.execute(
-        "SELECT v.id, v.name, v.created_at, MAX(a.answered_at) AS last FROM volunteers v"
+        "SELECT v.id, v.name, v.created_at,"
+        " MAX(COALESCE(a.checked_out_at, a.checked_in_at, a.answered_at)) AS last"
+        " FROM volunteers v"
         " LEFT JOIN assignments a ON a.volunteer_id = v.id"
         "  AND a.state IN ('accepted', 'checked_in', 'done')"
         " WHERE v.active = 1 AND v.created_at < ? GROUP BY v.id"
@@ -413,7 +435,51 @@ def _waiting_long(db, moment, config):
     ]
 
 
-FINDERS = (_over_load, _inactive, _dead_jobs, _waiting_long)
+def _no_shows(db, moment, config):
+    """Jobs marked no-show (no check-in in time) that no coordinator has excused."""
+    rows = db.execute(
+        "SELECT a.id, a.request_id, a.volunteer_id, v.name, a.code, a.visit_at"
+        " FROM assignments a JOIN volunteers v ON v.id = a.volunteer_id"
+        " WHERE a.state = 'no_show' AND a.excused = 0"
+    )
+    return [
+        Condition(
+            "no_show",
+            f"no_show:{aid}",
+            f"{name} did not check in to job {code} for request {rid}"
+            + (f" (agreed start {visit_at.replace('T', ' ')})" if visit_at else ""),
+            volunteer_id=vid,
+            request_id=rid,
+            assignment_id=aid,
+        )
+        for aid, rid, vid, name, code, visit_at in rows
+    ]
+
+
+def _unconfirmed(db, moment, config):
+    """Visits done before the cut-off that the senior has not confirmed (nor denied)."""
+    cutoff = _stamp(moment - timedelta(seconds=config["UNCONFIRMED_AFTER"]))
+    rows = db.execute(
+        "SELECT a.id, a.request_id, a.volunteer_id, v.name, a.checked_out_at"
+        " FROM assignments a JOIN volunteers v ON v.id = a.volunteer_id"
+        " WHERE a.state = 'done' AND a.senior_came IS NULL AND a.checked_out_at < ?",
+        [cutoff],
+    )
+    return [
+        Condition(
+            "unconfirmed",
+            f"unconfirmed:{aid}",
+            f"the senior has not confirmed {name}'s visit for request {rid},"
+            f" checked out {out[:16].replace('T', ' ')} UTC: its hours stay unverified",
+            volunteer_id=vid,
+            request_id=rid,
+            assignment_id=aid,
+        )
+        for aid, rid, vid, name, out in rows
+    ]
+
+
+FINDERS = (_no_shows, _unconfirmed, _over_load, _inactive, _dead_jobs, _waiting_long)
 
 
 def conditions(db, *, moment, config):

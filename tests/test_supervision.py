@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import dispatch, jobs, people, queue, supervision
+from app import dispatch, jobs, people, queue, supervision, visits
 
 ALWAYS = "mon 09:00-12:00"
 
@@ -124,6 +124,7 @@ def add_request(db, urgency="normal"):
 
 def give_jobs(app, db, volunteer, count):
     """Offer count new requests to the volunteer and accept them, as a YES would."""
+    offers = []
     with app.app_context():
         for _ in range(count):
             request_id = add_request(db)["id"]
@@ -131,6 +132,45 @@ def give_jobs(app, db, volunteer, count):
                 app, db, request_id, volunteer_ids=[volunteer["id"]], actor="t"
             )
             assert dispatch.accept(app, db, offer["id"], actor="t").result == "accepted"
+            offers.append(offer)
+    return offers
+
+
+def missed(app, db, volunteer):
+    """An accepted job nobody checked in to: a no-show; return the offer."""
+    [offer] = give_jobs(app, db, volunteer, 1)
+    with app.app_context():
+        assert visits.no_show(app, db, offer["id"])
+    return offer
+
+
+def visited(app, db, volunteer):
+    """A visit checked in and out now; return the offer."""
+    [offer] = give_jobs(app, db, volunteer, 1)
+    actor = f"volunteer:{volunteer['id']}"
+    with app.app_context():
+        visits.check_in(app, db, offer["id"], by="sms", actor=actor)
+        visits.check_out(app, db, offer["id"], by="sms", actor=actor)
+    return offer
+
+
+def about_offer(offer, volunteer):
+    """Return the item columns of an item about an offer."""
+    return {
+        "assignment_id": offer["id"],
+        "request_id": offer["request_id"],
+        "volunteer_id": volunteer["id"],
+    }
+
+
+def no_show(app, db, volunteer):
+    """No check-in in time, not excused."""
+    return NOW, about_offer(missed(app, db, volunteer), volunteer)
+
+
+def unconfirmed(app, db, volunteer):
+    """A visit done a day ago that the senior never confirmed."""
+    return NOW + timedelta(days=1, minutes=5), about_offer(visited(app, db, volunteer), volunteer)
 
 
 def set_max_open(app, db, volunteer, most):
@@ -172,6 +212,8 @@ def waiting_long(app, db, volunteer):
 @pytest.mark.parametrize(
     ("kind", "setup"),
     [
+        ("no_show", no_show),
+        ("unconfirmed", unconfirmed),
         ("over_load", over_load),
         ("inactive", inactive),
         ("dead_job", dead_job),
@@ -214,8 +256,32 @@ def taken_or_not_yet_late(app, db, volunteer):
     return NOW + timedelta(hours=1, minutes=55)
 
 
+def excused(app, db, volunteer):
+    """A no-show a coordinator excused."""
+    offer = missed(app, db, volunteer)
+    visits.excuse(db, offer["id"], reason="her bus broke down", actor="user:cy")
+    return NOW
+
+
+def confirmed_or_not_yet(app, db, volunteer):
+    """One visit the senior confirmed, one done less than UNCONFIRMED_AFTER ago."""
+    set_max_open(app, db, volunteer, 2)
+    offer = visited(app, db, volunteer)
+    db.execute("UPDATE assignments SET senior_came = 'yes' WHERE id = ?", [offer["id"]])
+    visited(app, db, volunteer)
+    return NOW + timedelta(hours=23)
+
+
 @pytest.mark.parametrize(
-    "setup", [paused_for_long, not_yet_inactive, at_their_load, taken_or_not_yet_late]
+    "setup",
+    [
+        paused_for_long,
+        not_yet_inactive,
+        at_their_load,
+        taken_or_not_yet_late,
+        excused,
+        confirmed_or_not_yet,
+    ],
 )
 def test_what_is_fine_opens_nothing(app, db, volunteer, setup):
     moment = setup(app, db, volunteer)
@@ -299,3 +365,39 @@ def test_a_complaint_sent_twice_is_one(db, volunteer, request_id):
     first = supervision.complain(db, "late", actor="user:cy", key="c0ffee", **about)
     second = supervision.complain(db, "late", actor="user:cy", key="c0ffee", **about)
     assert (first[1], second[1], second[0]["id"]) == (True, False, first[0]["id"])
+
+
+def test_excusing_a_no_show_goes_through_visits_once_and_clears_it(app, db, volunteer):
+    offer = missed(app, db, volunteer)
+    [item] = supervision.sweep(db, moment=NOW, config=app.config).opened
+    with pytest.raises(supervision.BadSupervision, match="give a reason"):
+        supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text=" ")
+    supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text="bus broke down")
+    row = db["assignments"].get(offer["id"])
+    assert (row["excused"], row["excuse"]) == (1, "bus broke down")
+    with pytest.raises(supervision.BadSupervision, match="excused already"):
+        supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text="again")
+    assert supervision.sweep(db, moment=NOW, config=app.config).holds(item) is False
+    assert [a["action"] for a in supervision.actions(db, item["id"])] == ["excuse_no_show"]
+    excused_events = [
+        e for e in queue.events(db, offer["request_id"]) if e["action"] == "no_show_excused"
+    ]
+    assert len(excused_events) == 1
+
+
+def test_only_a_no_show_can_be_excused(db, volunteer, request_id):
+    item, _ = supervision.complain(db, "late", actor="user:cy", key="e1", request_id=request_id)
+    with pytest.raises(supervision.BadSupervision, match="only a no-show"):
+        supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text="why not")
+    assert supervision.actions(db, item["id"]) == []
+
+
+def test_a_visit_counts_from_its_check_out_for_inactivity(app, db, volunteer):
+    offer = visited(app, db, volunteer)
+    # Accepted 70 days ago, visited only now: not inactive.
+    db.execute(
+        "UPDATE assignments SET answered_at = ? WHERE id = ?",
+        [(NOW - timedelta(days=70)).isoformat(timespec="seconds"), offer["id"]],
+    )
+    db.execute("UPDATE volunteers SET created_at = ?", [(NOW - timedelta(days=90)).isoformat()])
+    assert supervision.sweep(db, moment=NOW, config=app.config).opened == []

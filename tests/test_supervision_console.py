@@ -10,6 +10,7 @@ from app import jobs, people, queue, supervision
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
+from tests.test_supervision import missed
 
 PAGE = "/console/supervision"
 
@@ -329,6 +330,7 @@ def test_the_api_refuses_a_bad_filter(client, db, query, message):
 def test_supervision_in_chromium_is_accessible(app, db, complaint, width):
     make_user(db, "amy", "coordinator")
     dead_job(app, db)
+    missed(app, db, people.get_volunteer(db, complaint["volunteer_id"]))
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": width, "height": 900})
         page.goto(base + "/console/login")
@@ -337,8 +339,12 @@ def test_supervision_in_chromium_is_accessible(app, db, complaint, width):
         page.get_by_role("button", name="Log in").click()
         page.wait_for_url(base + "/console/")
         page.get_by_role("link", name="Supervision").click()
-        page.get_by_text("1 new item found just now.").wait_for()
+        page.get_by_text("2 new items found just now.").wait_for()
         assert_accessible(page, f"supervision-{width}")
+        [no_show] = supervision.items(db, kind="no_show")
+        page.get_by_label(f"Why the no-show of #{no_show['id']} is excused").fill("Bus broke down")
+        page.get_by_role("button", name="Excuse the no-show").click()
+        page.get_by_text("No-show excused.").wait_for()
         item = page.locator(f"#item-{complaint['id']}")
         item.get_by_label(f"What was done or said about #{complaint['id']}").fill("Called Ana")
         item.get_by_role("button", name="Log follow-up call").click()
@@ -364,3 +370,19 @@ def test_supervision_in_chromium_is_accessible(app, db, complaint, width):
     ]
     assert supervision.get(db, complaint["id"])["state"] == "resolved"
     assert [i["reason"] for i in supervision.items(db, kind="complaint")] == ["Late twice"]
+
+
+def test_a_no_show_is_excused_from_the_page(app, db, coordinator, volunteer):
+    offer = missed(app, db, volunteer)
+    html = coordinator.get(PAGE).get_data(as_text=True)
+    [item] = supervision.items(db, kind="no_show")
+    assert f"Why the no-show of #{item['id']} is excused" in html
+    response = post(
+        coordinator,
+        f"{PAGE}/{item['id']}/actions",
+        {"action": "excuse_no_show", "text": "Her bus broke down"},
+    )
+    html = coordinator.get(response.headers["Location"]).get_data(as_text=True)
+    assert "No-show excused." in html and "cleared since: no longer so" in html
+    assert "Why the no-show of" not in html
+    assert db["assignments"].get(offer["id"])["excused"] == 1
