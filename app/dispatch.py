@@ -225,8 +225,14 @@ def _tz():
     return ZoneInfo(current_app.config["COORDINATOR_TIMEZONE"])
 
 
-def _visit_time(volunteer, moment=None):
-    """Return when a volunteer is next free, in the coordinators' zone, or None."""
+def _visit_time(volunteer, moment=None, request=None):
+    """Return the request's agreed start, else when a volunteer is next free; or None.
+
+    Both are in the coordinators' zone.
+    """
+    if request and request.get("wanted_at"):
+        # A standing arrangement's occurrence: the time was agreed with the senior.
+        return datetime.fromisoformat(request["wanted_at"]).astimezone(_tz())
     _, weights = people.rules_for(current_app)
     local = (moment or datetime.now(UTC)).astimezone(_tz())
     free = next_free(
@@ -421,7 +427,7 @@ def _make_offer(db, request, volunteer, taken, *, wave, actor):
     else:
         raise DispatchError("no free offer code; try again")
     language = _volunteer_language(volunteer)
-    visit_at = _visit_time(volunteer)
+    visit_at = _visit_time(volunteer, request=request)
     words = _words(db, request, language, visit_at)
     key = f"offer:{assignment_id}"
     if channel == "call":
@@ -525,7 +531,7 @@ def _why_not(db, assignment_id):
 def _accepted(app, db, assignment, volunteer, *, actor):
     """After a yes: withdraw the other offers, tell those volunteers, and call the senior."""
     request = queue.get(db, assignment["request_id"])
-    visit_at = _visit_time(volunteer)
+    visit_at = _visit_time(volunteer, request=request)
     db["assignments"].update(
         assignment["id"],
         {"visit_at": visit_at.isoformat(timespec="minutes") if visit_at else None},
@@ -883,7 +889,7 @@ def offer_call_words(db, assignment_id):
     request = queue.get(db, assignment["request_id"])
     volunteer = people.get_volunteer(db, assignment["volunteer_id"])
     flow = flow_for(_volunteer_language(volunteer), OFFER_CALL_NEEDS)
-    values = _words(db, request, flow.language, _visit_time(volunteer))
+    values = _words(db, request, flow.language, _visit_time(volunteer, request=request))
     return flow, values | {"code": " ".join(assignment["code"])}
 
 

@@ -696,3 +696,57 @@ def m0012_ledger(db):
                 f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table}"
                 f" BEGIN SELECT RAISE(ABORT, '{table} are never changed or deleted'); END"
             )
+
+
+@migrations(name="0013_arrangements")
+def m0013_arrangements(db):
+    """Create standing arrangements, their occurrences, and the agreed start of a request."""
+    db["arrangements"].create(
+        {
+            "id": int,
+            "request_id": int,  # the request it was made from: its template
+            "person_id": int,
+            "phone": str,  # the senior's number, copied: each occurrence is a request from it
+            "category": str,
+            "language": str,
+            "place": str,  # the request's region, copied
+            "notes": str,  # what was asked, copied from the request's transcript
+            "volunteer_id": int,  # asked first for every occurrence
+            "weekdays": str,  # "tue" or "mon,thu": availability.DAYS
+            "local_time": str,  # HH:MM wall-clock time in timezone
+            "timezone": str,  # COORDINATOR_TIMEZONE when it was made: later changes leave it
+            "starts_on": str,  # local dates, ISO
+            "ends_on": str,  # the last day an occurrence may fall on; NULL: no end
+            "active": int,  # 0: paused, or ended (ended_at set)
+            "ended_at": str,
+            "created_by": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[
+            ("request_id", "requests", "id"),
+            ("person_id", "people", "id"),
+            ("volunteer_id", "volunteers", "id"),
+        ],
+        not_null={"request_id", "weekdays", "local_time", "timezone", "starts_on", "active"},
+        defaults={"active": 1},
+    )
+    db["arrangements"].create_index(["active"])
+    db["arrangements"].create_index(["request_id"])
+    db["occurrences"].create(
+        {
+            "id": int,
+            "arrangement_id": int,
+            "date": str,  # the local date of the occurrence
+            "request_id": int,  # the request created for it
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("arrangement_id", "arrangements", "id"), ("request_id", "requests", "id")],
+        not_null={"arrangement_id", "date", "created_at"},
+    )
+    # A replayed job or a second worker finds the occurrence taken and creates nothing.
+    db["occurrences"].create_index(["arrangement_id", "date"], unique=True)
+    # Plain ALTER TABLE keeps the full-text triggers. ISO 8601 with the zone's offset.
+    db.execute("ALTER TABLE requests ADD COLUMN wanted_at TEXT")

@@ -880,6 +880,14 @@ SETTINGS = (
     ),
     _s(
         "offers",
+        "RECURRING_HORIZON",
+        Duration(2 * 3600, 60 * 86400),
+        2 * 86400.0,
+        "How far ahead each occurrence of a standing arrangement becomes a request and is"
+        " offered (checked hourly, so at least 2h).",
+    ),
+    _s(
+        "offers",
         "OUTBOX_MAX_ATTEMPTS",
         Number(1, 50, integer=True),
         6,

@@ -167,6 +167,36 @@ def test_daily_jobs_are_queued_once_a_day_after_their_hour(app, db, hour, enable
         assert rows[0]["key"] == "test.record:2026-11-29"
 
 
+@pytest.mark.parametrize(
+    ("times", "queued"),
+    [
+        (("10:00", "10:00", "10:59"), 1),  # one period, however many workers look
+        (("10:59", "11:00"), 2),  # a new period, a new job
+        (("10:00", "13:30"), 2),  # a worker down for hours queues one, not the missed ones
+    ],
+)
+def test_periodic_jobs_are_queued_once_a_period(app, db, times, queued):
+    from datetime import UTC, datetime
+
+    entry = jobs.Every("test.record", 3600.0, {"every": True}, lambda app: True)
+    jobs.SCHEDULE.append(entry)
+    try:
+        for clock in times:
+            now = datetime.fromisoformat(f"2026-11-29T{clock}").replace(tzinfo=UTC)
+            jobs.enqueue_due(app, db, now)
+    finally:
+        jobs.SCHEDULE.remove(entry)
+    assert db["jobs"].count_where("kind = 'test.record'") == queued
+
+
+def test_standing_arrangements_are_looked_at_every_hour(app, db):
+    from datetime import UTC, datetime
+
+    for hour in (9, 9, 10):
+        jobs.enqueue_due(app, db, datetime(2026, 11, 29, hour, 30, tzinfo=UTC))
+    assert db["jobs"].count_where("kind = 'arrangements.due'") == 2
+
+
 def test_nightly_reconcile_waits_for_twilio_credentials(app, db):
     from datetime import UTC, datetime
 

@@ -52,6 +52,8 @@ def loaded(**environ):
         ("COORDINATOR_NUMBER", "+15551234567", "+15551234567"),
         ("COORDINATOR_TIMEZONE", "Europe/London", "Europe/London"),
         ("WORKER", "None", "none"),
+        ("RECURRING_HORIZON", "2d", 2 * 86400.0),
+        ("RECURRING_HORIZON", "6h", 6 * 3600.0),
     ],
 )
 def test_environment_values_are_parsed_by_type(name, raw, expected):
@@ -82,6 +84,8 @@ def test_environment_values_are_parsed_by_type(name, raw, expected):
         ("EMERGENCY_NUMBER", "nine one one", "digits"),
         ("COORDINATOR_TIMEZONE", "Mars/Olympus", "time zone"),
         ("WORKER", "threads", "one of inprocess, none"),
+        ("RECURRING_HORIZON", "30m", "from 7200 to"),
+        ("RECURRING_HORIZON", "soon", "seconds, or a time like 15m"),
         ("DEFAULT_LANGUAGE", "fr", "no speech engine"),
         ("LOCKOUT_BASE_SECONDS", "7200", "must not exceed"),
     ],

@@ -1,9 +1,11 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-# people_*, offers_*, visits_views and supervision_* add their routes to the api and console
-# blueprints.
+# The people, offers, visits, arrangements and supervision modules add their routes to the
+# api and console blueprints.
 from . import (  # noqa: F401
     api,
+    arrangements_api,
+    arrangements_views,
     cli,
     offers_api,
     offers_views,

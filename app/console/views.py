@@ -23,7 +23,7 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
-from .. import accounts, queue
+from .. import accounts, arrangements, queue
 from ..classify import CATEGORY_KEYS, load_categories
 from ..db import get_db, lock_error
 from ..kiosk import devices
@@ -308,6 +308,7 @@ def detail(request_id):
         confirm_status=_backwards_asked(item, request.args.get("confirm")),
         visits=visits_views.visit_rows(db, request_id),
         now_local=visits_views.now_local(),
+        arrangement=arrangements.choices_for(db, request_id),
     )
 
 
