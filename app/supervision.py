@@ -333,7 +333,7 @@ class Swept:
 
 def _stamp(moment):
     """Return an aware datetime as the database writes times (UTC, seconds)."""
-    return moment.isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _over_load(db, moment, config):
@@ -408,7 +408,11 @@ def _dead_jobs(db, moment, config):
 
 
 def _waiting_long(db, moment, config):
-    """Requests nobody has taken yet that have waited past their urgency's target."""
+    """Requests nobody has taken yet that have waited past their urgency's target.
+
+    A request for a later time (a standing arrangement's occurrence, made days ahead) waits
+    for nobody until that time has come.
+    """
     # Imported here: the console package imports this module's views.
     from .console.waiting import load_targets, words
 
@@ -418,10 +422,18 @@ def _waiting_long(db, moment, config):
         "SELECT id, COALESCE(urgency, 'normal'),"
         " CAST(ROUND((julianday(?) - julianday(created_at)) * 86400) AS INTEGER) / 60"
         " FROM requests"
-        " WHERE status IN ('new', 'triaged') AND merged_into IS NULL AND created_at <"
+        " WHERE status IN ('new', 'triaged') AND merged_into IS NULL"
+        " AND (wanted_at IS NULL OR julianday(wanted_at) <= julianday(?)) AND created_at <"
         " CASE COALESCE(urgency, 'normal') WHEN 'critical' THEN ? WHEN 'high' THEN ?"
         " WHEN 'low' THEN ? ELSE ? END",
-        [_stamp(moment), cutoffs["critical"], cutoffs["high"], cutoffs["low"], cutoffs["normal"]],
+        [
+            _stamp(moment),
+            _stamp(moment),
+            cutoffs["critical"],
+            cutoffs["high"],
+            cutoffs["low"],
+            cutoffs["normal"],
+        ],
     )
     return [
         Condition(

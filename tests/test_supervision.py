@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -401,3 +402,19 @@ def test_a_visit_counts_from_its_check_out_for_inactivity(app, db, volunteer):
     )
     db.execute("UPDATE volunteers SET created_at = ?", [(NOW - timedelta(days=90)).isoformat()])
     assert supervision.sweep(db, moment=NOW, config=app.config).opened == []
+
+
+def test_a_request_for_a_later_time_waits_for_nobody_until_then(app, db):
+    # An occurrence of a standing arrangement, made two days ahead (wanted_at has an offset).
+    start = (NOW + timedelta(days=2)).astimezone(ZoneInfo("America/New_York"))
+    request = queue.create(
+        db,
+        channel="manual",
+        category="groceries",
+        urgency="normal",
+        wanted_at=start.isoformat(timespec="minutes"),
+    )[0]
+    before = start - timedelta(minutes=1)
+    assert supervision.sweep(db, moment=before, config=app.config).opened == []
+    [item] = supervision.sweep(db, moment=start + timedelta(minutes=1), config=app.config).opened
+    assert (item["kind"], item["request_id"]) == ("waiting_long", request["id"])
