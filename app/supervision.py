@@ -3,7 +3,9 @@
     open_item()   something to look into (a low rating, "did not come", a no-show ...), once per key
     act()         a note, a follow-up call logged, or resolving it; each action is kept
     decide()      recognition, training or ending the role, recorded with a reason
+    complain()    a complaint a coordinator takes down, about a volunteer or a request
     sweep()       open an item for each condition found in the data (no-shows, dead jobs ...)
+    standing()    which of those conditions hold now: an item says when its own has cleared
 
 Everything is audited: the actions table is the item's history, and each change is also an
 event on the request it is about.
@@ -48,7 +50,7 @@ SUBJECTS = {
 SWEEP = "supervision.sweep"
 # A no-show or a dead job is seen within a quarter of an hour (and whenever the page opens).
 SWEEP_SECONDS = 15 * 60.0
-# The console's cue: a complaint form's one-time key, so a double submit is one complaint.
+# A complaint form carries a one-time key (hex): submitted twice, it is one complaint.
 COMPLAINT_KEY_CHARS = frozenset("0123456789abcdef")
 
 

@@ -87,11 +87,14 @@ def supervision_context():
 def _record(volunteer_id):
     """Return a volunteer's supervision items and the decisions about them, for their page."""
     db = get_db()
-    swept = supervision.standing(db, moment=moment(), config=current_app.config)
+    rows = supervision.items(db, state=None, volunteer_id=volunteer_id)
+    # Looking at every condition costs a sweep's reading: only when an item has one.
+    if any(row["kind"] in supervision.SUBJECTS for row in rows):
+        standing = supervision.standing(db, moment=moment(), config=current_app.config)
+    else:
+        standing = supervision.Swept(opened=[], holding=frozenset())
     return {
-        "items": _with_history(
-            db, supervision.items(db, state=None, volunteer_id=volunteer_id), swept
-        ),
+        "items": _with_history(db, rows, standing),
         "decisions": supervision.decisions(db, volunteer_id),
     }
 
@@ -110,25 +113,20 @@ def supervision_page():
     swept = supervision.sweep(db, moment=moment(), config=current_app.config)
     rows = supervision.items(db, state=state, kind=kind)
     volunteers = {v["id"]: v for v in people.list_volunteers(db)}
-    response = current_app.make_response(
-        (
-            render_template(
-                "console/supervision.html",
-                items=_with_history(db, rows, swept),
-                state=state or "all",
-                kind=kind,
-                counts=supervision.counts(db, state=state),
-                volunteers=volunteers,
-                opened=len(swept.opened),
-                filter_error=error,
-                complaint_key=secrets.token_hex(16),
-                kinds=supervision.KINDS,
-                states=STATE_FILTERS,
-            ),
-            400 if error else 200,
-        )
+    html = render_template(
+        "console/supervision.html",
+        items=_with_history(db, rows, swept),
+        state=state or "all",
+        kind=kind,
+        counts=supervision.counts(db, state=state),
+        volunteers=volunteers,
+        opened=len(swept.opened),
+        filter_error=error,
+        complaint_key=secrets.token_hex(16),
+        kinds=supervision.KINDS,
+        states=STATE_FILTERS,
     )
-    return response
+    return html, 400 if error else 200
 
 
 def _back(item_id=None):
