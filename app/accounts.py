@@ -19,8 +19,9 @@ from .queue import now, record_event
 
 # What each role may do; a permission is checked, never a role name.
 PERMISSIONS = {
-    "admin": frozenset({"view", "act", "manage_users", "manage_kiosks"}),
-    "coordinator": frozenset({"view", "act"}),
+    "admin": frozenset({"view", "act", "supervise", "manage_users", "manage_kiosks"}),
+    # Supervision (complaints, no-shows, decisions about volunteers) is not for viewers.
+    "coordinator": frozenset({"view", "act", "supervise"}),
     "viewer": frozenset({"view"}),
 }
 ROLES = tuple(PERMISSIONS)

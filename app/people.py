@@ -453,7 +453,7 @@ def update_volunteer(db, volunteer_id, changes, rules, *, actor):
     (a skill since retired): stopping suggestions must always work.
     """
     if set(changes) == {"active"} and parse_flag(changes["active"], "active") is False:
-        return _pause(db, volunteer_id, actor=actor)
+        return pause_volunteer(db, volunteer_id, actor=actor)
     with db.atomic():
         before = get_volunteer(db, volunteer_id)
         _unknown(changes, VOLUNTEER_FIELDS)
@@ -472,7 +472,7 @@ def update_volunteer(db, volunteer_id, changes, rules, *, actor):
     return after
 
 
-def _pause(db, volunteer_id, *, actor):
+def pause_volunteer(db, volunteer_id, *, actor):
     """Pause a volunteer, audited; return them."""
     with db.atomic():
         before = get_volunteer(db, volunteer_id)

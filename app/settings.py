@@ -1026,6 +1026,21 @@ SETTINGS = (
         90.0,
         "Past this the page thanks the person without a readback (e.g. no worker running).",
     ),
+    # Supervision
+    _s(
+        "supervision",
+        "INACTIVE_AFTER",
+        Duration(86400, 366 * 86400),
+        60 * 86400.0,
+        "An active volunteer with no visit accepted or done for this long is looked into.",
+    ),
+    _s(
+        "supervision",
+        "UNCONFIRMED_AFTER",
+        Duration(60, 30 * 86400),
+        86400.0,
+        "A visit done this long ago that the senior has not confirmed is looked into.",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 BY_ENV = {s.env: s for s in SETTINGS}

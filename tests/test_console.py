@@ -144,6 +144,7 @@ def test_pages_have_no_inline_scripts_or_styles(app, db, coordinator):
     pages = [
         coordinator.get("/console/"),
         coordinator.get(f"/console/requests/{item['id']}"),
+        coordinator.get("/console/supervision"),
         app.test_client().get("/console/login"),
         app.test_client().get("/v/not-a-link"),  # the volunteer's page (tests/test_mobile.py)
     ]

@@ -1,10 +1,12 @@
 """Supervision items, their actions and decisions about volunteers, on a real database."""
 
 import json
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import people, queue, supervision
+from app import dispatch, jobs, people, queue, supervision, visits
 
 ALWAYS = "mon 09:00-12:00"
 
@@ -102,3 +104,317 @@ def test_decisions_about_a_volunteer_need_a_reason_and_are_audited(db, volunteer
         "volunteer": volunteer["id"],
         "reason": "20 visits, all 5",
     }
+
+
+# ---- the sweep: conditions in the data open items -----------------------------------------
+
+NOW = datetime.now(UTC)
+
+
+def add_request(db, urgency="normal"):
+    """Queue a transcribed request for groceries."""
+    return queue.create(
+        db,
+        channel="manual",
+        transcript="milk and bread please",
+        category="groceries",
+        urgency=urgency,
+        stage="transcribed",
+    )[0]
+
+
+def give_jobs(app, db, volunteer, count):
+    """Offer count new requests to the volunteer and accept them, as a YES would."""
+    offers = []
+    with app.app_context():
+        for _ in range(count):
+            request_id = add_request(db)["id"]
+            [offer] = dispatch.offer(
+                app, db, request_id, volunteer_ids=[volunteer["id"]], actor="t"
+            )
+            assert dispatch.accept(app, db, offer["id"], actor="t").result == "accepted"
+            offers.append(offer)
+    return offers
+
+
+def missed(app, db, volunteer):
+    """An accepted job nobody checked in to: a no-show; return the offer."""
+    [offer] = give_jobs(app, db, volunteer, 1)
+    with app.app_context():
+        assert visits.no_show(app, db, offer["id"])
+    return offer
+
+
+def visited(app, db, volunteer):
+    """A visit checked in and out now; return the offer."""
+    [offer] = give_jobs(app, db, volunteer, 1)
+    actor = f"volunteer:{volunteer['id']}"
+    with app.app_context():
+        visits.check_in(app, db, offer["id"], by="sms", actor=actor)
+        visits.check_out(app, db, offer["id"], by="sms", actor=actor)
+    return offer
+
+
+def about_offer(offer, volunteer):
+    """Return the item columns of an item about an offer."""
+    return {
+        "assignment_id": offer["id"],
+        "request_id": offer["request_id"],
+        "volunteer_id": volunteer["id"],
+    }
+
+
+def no_show(app, db, volunteer):
+    """No check-in in time, not excused."""
+    return NOW, about_offer(missed(app, db, volunteer), volunteer)
+
+
+def unconfirmed(app, db, volunteer):
+    """A visit done a day ago that the senior never confirmed."""
+    return NOW + timedelta(days=1, minutes=5), about_offer(visited(app, db, volunteer), volunteer)
+
+
+def set_max_open(app, db, volunteer, most):
+    """Change how many open jobs the volunteer asks for at most."""
+    rules = people.rules_for(app)[0]
+    people.update_volunteer(db, volunteer["id"], {"max_open": most}, rules, actor="t")
+
+
+def over_load(app, db, volunteer):
+    """Two accepted jobs, then the volunteer asks for at most one."""
+    set_max_open(app, db, volunteer, 2)
+    give_jobs(app, db, volunteer, 2)
+    set_max_open(app, db, volunteer, 1)
+    return NOW, {"volunteer_id": volunteer["id"]}
+
+
+def inactive(app, db, volunteer):
+    """Nothing, for longer than INACTIVE_AFTER."""
+    return NOW + timedelta(days=61), {"volunteer_id": volunteer["id"]}
+
+
+def dead_job(app, db, volunteer):
+    """A job whose kind nobody handles, tried once, about a request."""
+    request = add_request(db)
+    job_id = jobs.enqueue(db, "test.nobody", {"request_id": request["id"]}, max_attempts=1)
+    jobs.drain(app)
+    return NOW, {"job_id": job_id, "request_id": request["id"]}
+
+
+def waiting_long(app, db, volunteer):
+    """A high-urgency request nobody has taken, after its two-hour target."""
+    request = add_request(db, urgency="high")
+    add_request(db, urgency="low")  # three days: not yet
+    reason = f"request {request['id']} (high) has waited 2 h 05 min, past its 2 h 00 min target"
+    moment = datetime.fromisoformat(request["created_at"]) + timedelta(hours=2, minutes=5)
+    return moment, {"request_id": request["id"], "reason": reason + ", and nobody has taken it"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "setup"),
+    [
+        ("no_show", no_show),
+        ("unconfirmed", unconfirmed),
+        ("over_load", over_load),
+        ("inactive", inactive),
+        ("dead_job", dead_job),
+        ("waiting_long", waiting_long),
+    ],
+)
+def test_each_condition_opens_exactly_one_item_however_often_swept(app, db, volunteer, kind, setup):
+    moment, about = setup(app, db, volunteer)
+    first = supervision.sweep(db, moment=moment, config=app.config)
+    second = supervision.sweep(db, moment=moment, config=app.config)
+    [item] = supervision.items(db)
+    assert item["kind"] == kind and item["opened_by"] == "system"
+    assert {k: item[k] for k in about} == about
+    assert [i["id"] for i in first.opened] == [item["id"]] and second.opened == []
+    assert second.holds(item) is True
+
+
+def paused_for_long(app, db, volunteer):
+    """A paused volunteer is not looked for."""
+    people.pause_volunteer(db, volunteer["id"], actor="t")
+    return NOW + timedelta(days=61)
+
+
+def not_yet_inactive(app, db, volunteer):
+    """59 days without a visit is not yet long."""
+    return NOW + timedelta(days=59)
+
+
+def at_their_load(app, db, volunteer):
+    """Two jobs for a volunteer who asked for two."""
+    set_max_open(app, db, volunteer, 2)
+    give_jobs(app, db, volunteer, 2)
+    return NOW
+
+
+def taken_or_not_yet_late(app, db, volunteer):
+    """A taken request waits for nobody; an untaken one is inside its target."""
+    give_jobs(app, db, volunteer, 1)
+    add_request(db, urgency="high")
+    return NOW + timedelta(hours=1, minutes=55)
+
+
+def excused(app, db, volunteer):
+    """A no-show a coordinator excused."""
+    offer = missed(app, db, volunteer)
+    visits.excuse(db, offer["id"], reason="her bus broke down", actor="user:cy")
+    return NOW
+
+
+def confirmed_or_not_yet(app, db, volunteer):
+    """One visit the senior confirmed, one done less than UNCONFIRMED_AFTER ago."""
+    set_max_open(app, db, volunteer, 2)
+    offer = visited(app, db, volunteer)
+    db.execute("UPDATE assignments SET senior_came = 'yes' WHERE id = ?", [offer["id"]])
+    visited(app, db, volunteer)
+    return NOW + timedelta(hours=23)
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        paused_for_long,
+        not_yet_inactive,
+        at_their_load,
+        taken_or_not_yet_late,
+        excused,
+        confirmed_or_not_yet,
+    ],
+)
+def test_what_is_fine_opens_nothing(app, db, volunteer, setup):
+    moment = setup(app, db, volunteer)
+    assert supervision.sweep(db, moment=moment, config=app.config).opened == []
+    assert supervision.items(db, state=None) == []
+
+
+def test_a_cleared_condition_is_said_but_only_a_person_resolves(app, db, volunteer):
+    over_load(app, db, volunteer)
+    [item] = supervision.sweep(db, moment=NOW, config=app.config).opened
+    set_max_open(app, db, volunteer, 2)
+    swept = supervision.sweep(db, moment=NOW, config=app.config)
+    assert swept.opened == [] and swept.holds(item) is False
+    assert supervision.get(db, item["id"])["state"] == "open"
+    assert swept.holds({"kind": "complaint"}) is None  # a person's report has no condition
+
+
+def test_a_resolved_condition_stays_resolved_until_it_comes_back_anew(app, db, volunteer):
+    later = NOW + timedelta(days=61)
+    [item] = supervision.sweep(db, moment=later, config=app.config).opened
+    supervision.act(db, item["id"], "resolve", actor="user:cy")
+    assert supervision.sweep(db, moment=later, config=app.config).opened == []
+    # A visit, then another 61 days without one: a new spell of inactivity, a new item.
+    give_jobs(app, db, volunteer, 1)
+    db.execute("UPDATE requests SET status = 'done'")
+    [again] = supervision.sweep(db, moment=later + timedelta(days=61), config=app.config).opened
+    assert again["kind"] == "inactive" and again["id"] != item["id"]
+    assert "no visit since " + NOW.date().isoformat() in again["reason"]
+
+
+def test_the_sweep_runs_as_a_periodic_durable_job(app, db):
+    job_id = jobs.enqueue(db, "test.nobody", {}, max_attempts=1)
+    jobs.drain(app)
+    moment = datetime(2026, 12, 2, 10, 0, 30, tzinfo=UTC)
+    for _ in range(2):
+        jobs.enqueue_due(app, db, moment)
+    jobs.enqueue_due(app, db, moment + timedelta(minutes=14))  # the same quarter hour
+    assert db["jobs"].count_where("kind = ?", [supervision.SWEEP]) == 1
+    jobs.enqueue_due(app, db, moment + timedelta(minutes=16))
+    assert db["jobs"].count_where("kind = ?", [supervision.SWEEP]) == 2
+    jobs.drain(app)
+    [item] = supervision.items(db)
+    assert (item["kind"], item["job_id"]) == ("dead_job", job_id)
+
+
+def test_pausing_from_an_item_goes_through_the_registry_once(app, db, volunteer):
+    item, _ = supervision.complain(
+        db, "rude on the phone", actor="user:cy", key="ab12", volunteer_id=volunteer["id"]
+    )
+    supervision.act(db, item["id"], "pause_volunteer", actor="user:cy", text="until we talk")
+    assert people.get_volunteer(db, volunteer["id"])["active"] is False
+    [changed] = db["events"].rows_where("action = 'volunteer_changed'")
+    assert json.loads(changed["detail"]) == {"volunteer": volunteer["id"], "active": [True, False]}
+    with pytest.raises(supervision.BadSupervision, match="Ana is already paused"):
+        supervision.act(db, item["id"], "pause_volunteer", actor="user:cy")
+    assert [a["action"] for a in supervision.actions(db, item["id"])] == ["pause_volunteer"]
+
+
+def test_ending_the_role_pauses_the_volunteer(db, volunteer):
+    supervision.decide(db, volunteer["id"], "end_role", reason="three no-shows", actor="user:cy")
+    assert people.get_volunteer(db, volunteer["id"])["active"] is False
+
+
+@pytest.mark.parametrize(
+    ("about", "key", "message"),
+    [
+        ({}, "ab", "about a volunteer or a request"),
+        ({"request_id": 99}, "ab", "there is no request 99"),
+        ({"volunteer_id": 1}, "", "form has expired"),
+        ({"volunteer_id": 1}, "x'--", "form has expired"),
+    ],
+)
+def test_a_complaint_must_name_what_it_is_about(db, volunteer, about, key, message):
+    with pytest.raises(supervision.BadSupervision, match=message):
+        supervision.complain(db, "late", actor="user:cy", key=key, **about)
+    assert db["supervision_items"].count == 0
+
+
+def test_a_complaint_sent_twice_is_one(db, volunteer, request_id):
+    about = {"volunteer_id": volunteer["id"], "request_id": request_id}
+    first = supervision.complain(db, "late", actor="user:cy", key="c0ffee", **about)
+    second = supervision.complain(db, "late", actor="user:cy", key="c0ffee", **about)
+    assert (first[1], second[1], second[0]["id"]) == (True, False, first[0]["id"])
+
+
+def test_excusing_a_no_show_goes_through_visits_once_and_clears_it(app, db, volunteer):
+    offer = missed(app, db, volunteer)
+    [item] = supervision.sweep(db, moment=NOW, config=app.config).opened
+    with pytest.raises(supervision.BadSupervision, match="give a reason"):
+        supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text=" ")
+    supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text="bus broke down")
+    row = db["assignments"].get(offer["id"])
+    assert (row["excused"], row["excuse"]) == (1, "bus broke down")
+    with pytest.raises(supervision.BadSupervision, match="excused already"):
+        supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text="again")
+    assert supervision.sweep(db, moment=NOW, config=app.config).holds(item) is False
+    assert [a["action"] for a in supervision.actions(db, item["id"])] == ["excuse_no_show"]
+    excused_events = [
+        e for e in queue.events(db, offer["request_id"]) if e["action"] == "no_show_excused"
+    ]
+    assert len(excused_events) == 1
+
+
+def test_only_a_no_show_can_be_excused(db, volunteer, request_id):
+    item, _ = supervision.complain(db, "late", actor="user:cy", key="e1", request_id=request_id)
+    with pytest.raises(supervision.BadSupervision, match="only a no-show"):
+        supervision.act(db, item["id"], "excuse_no_show", actor="user:cy", text="why not")
+    assert supervision.actions(db, item["id"]) == []
+
+
+def test_a_visit_counts_from_its_check_out_for_inactivity(app, db, volunteer):
+    offer = visited(app, db, volunteer)
+    # Accepted 70 days ago, visited only now: not inactive.
+    db.execute(
+        "UPDATE assignments SET answered_at = ? WHERE id = ?",
+        [(NOW - timedelta(days=70)).isoformat(timespec="seconds"), offer["id"]],
+    )
+    db.execute("UPDATE volunteers SET created_at = ?", [(NOW - timedelta(days=90)).isoformat()])
+    assert supervision.sweep(db, moment=NOW, config=app.config).opened == []
+
+
+def test_a_request_for_a_later_time_waits_for_nobody_until_then(app, db):
+    # An occurrence of a standing arrangement, made two days ahead (wanted_at has an offset).
+    start = (NOW + timedelta(days=2)).astimezone(ZoneInfo("America/New_York"))
+    request = queue.create(
+        db,
+        channel="manual",
+        category="groceries",
+        urgency="normal",
+        wanted_at=start.isoformat(timespec="minutes"),
+    )[0]
+    before = start - timedelta(minutes=1)
+    assert supervision.sweep(db, moment=before, config=app.config).opened == []
+    [item] = supervision.sweep(db, moment=start + timedelta(minutes=1), config=app.config).opened
+    assert (item["kind"], item["request_id"]) == ("waiting_long", request["id"])

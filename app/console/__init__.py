@@ -1,6 +1,7 @@
 """The coordinator console and its JSON API: a secure, audited queue over every request."""
 
-# The people, visits and arrangements modules add their routes to the api and console blueprints.
+# The people, offers, visits, arrangements and supervision modules add their routes to the
+# api and console blueprints.
 from . import (  # noqa: F401
     api,
     arrangements_api,
@@ -10,6 +11,8 @@ from . import (  # noqa: F401
     offers_views,
     people_api,
     people_views,
+    supervision_api,
+    supervision_views,
     views,
     visits_views,
 )
