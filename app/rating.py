@@ -217,17 +217,7 @@ def came(db, assignment_id, answer, *, actor="caller"):
             action = "senior_confirmed" if answer == "yes" else "senior_said_not_came"
             record_event(db, assignment["request_id"], actor, action, detail)
             if answer == "no":
-                volunteer = people.get_volunteer(db, assignment["volunteer_id"])
-                supervision.open_item(
-                    db,
-                    "did_not_come",
-                    reason=f"the senior said {volunteer['name']} did not come"
-                    f" (job {assignment['code']})",
-                    actor=actor,
-                    volunteer_id=assignment["volunteer_id"],
-                    request_id=assignment["request_id"],
-                    assignment_id=assignment_id,
-                )
+                _open(db, "did_not_come", assignment, "the senior said {name} did not come", actor)
         return dispatch.get(db, assignment_id)
 
 
@@ -247,18 +237,23 @@ def rate(db, assignment_id, rating, *, actor="caller"):
             detail = _about(assignment) | {"rating": rating}
             record_event(db, assignment["request_id"], actor, "rated", detail)
             if rating <= LOW:
-                volunteer = people.get_volunteer(db, assignment["volunteer_id"])
-                supervision.open_item(
-                    db,
-                    "low_rating",
-                    reason=f"the senior rated the help of {volunteer['name']} {rating} of 5"
-                    f" (job {assignment['code']})",
-                    actor=actor,
-                    volunteer_id=assignment["volunteer_id"],
-                    request_id=assignment["request_id"],
-                    assignment_id=assignment_id,
-                )
+                reason = f"the senior rated the help of {{name}} {rating} of 5"
+                _open(db, "low_rating", assignment, reason, actor)
         return dispatch.get(db, assignment_id)
+
+
+def _open(db, kind, assignment, reason, actor):
+    """Open a supervision item about a visit; reason names the volunteer as {name}."""
+    volunteer = people.get_volunteer(db, assignment["volunteer_id"])
+    return supervision.open_item(
+        db,
+        kind,
+        reason=reason.format(name=volunteer["name"]) + f" (job {assignment['code']})",
+        actor=actor,
+        volunteer_id=assignment["volunteer_id"],
+        request_id=assignment["request_id"],
+        assignment_id=assignment["id"],
+    )
 
 
 def ask_person(db, assignment_id, *, actor="caller"):

@@ -214,18 +214,7 @@ def check_in(app, db, assignment_id, *, by, actor, at=None, location=None):
             " updated_at = ? WHERE id = ? AND state = 'accepted'",
             [stamp, by, manual, lat, lon, accuracy, now(), assignment_id],
         )
-        detail = {
-            "volunteer": assignment["volunteer_id"],
-            "code": assignment["code"],
-            "at": stamp,
-            "by": by,
-            "manual": manual,
-        }
-        # The request may be in_progress already (a coordinator said so): audited all the same.
-        if not pipeline.transition(
-            db, assignment["request_id"], "check_in", actor=actor, detail=detail
-        ):
-            record_event(db, assignment["request_id"], actor, "checked in", detail)
+        _advance(db, assignment, "check_in", "checked in", actor, at=stamp, by=by, manual=manual)
         return Visit.from_row(dispatch.get(db, assignment_id))
 
 
@@ -263,6 +252,17 @@ def check_out(app, db, assignment_id, *, by, actor, at=None):
     raise TooLong(f"a visit of {_duration(minutes)} needs a coordinator", assignment)
 
 
+def _advance(db, assignment, action, words, actor, **detail):
+    """Move the request on (TRANSITIONS[action]); audit the step even if it had moved already.
+
+    A coordinator may have set the request in progress or done by hand: the volunteer's check-in
+    or check-out is still an event on it.
+    """
+    detail = {"volunteer": assignment["volunteer_id"], "code": assignment["code"], **detail}
+    if not pipeline.transition(db, assignment["request_id"], action, actor=actor, detail=detail):
+        record_event(db, assignment["request_id"], actor, words, detail)
+
+
 def _duration(minutes):
     """Return minutes as "3 h 05 min"."""
     return f"{minutes // 60} h {minutes % 60:02d} min"
@@ -276,18 +276,8 @@ def _checked_out(app, db, assignment, stamp, by, manual, minutes, actor):
         " WHERE id = ? AND state = 'checked_in'",
         [stamp, by, minutes, manual, now(), assignment["id"]],
     )
-    detail = {
-        "volunteer": assignment["volunteer_id"],
-        "code": assignment["code"],
-        "at": stamp,
-        "by": by,
-        "manual": manual,
-        "minutes": minutes,
-    }
-    if not pipeline.transition(
-        db, assignment["request_id"], "check_out", actor=actor, detail=detail
-    ):
-        record_event(db, assignment["request_id"], actor, "checked out", detail)
+    detail = {"at": stamp, "by": by, "manual": manual, "minutes": minutes}
+    _advance(db, assignment, "check_out", "checked out", actor, **detail)
     # The hours enter the time bank in the same transaction: a visit is done and counted,
     # or neither.
     ledger.post_visit(db, assignment["id"], actor=actor)

@@ -264,6 +264,7 @@ def test_the_api_shows_the_visit_in_hours_and_minutes(context, app, db, client, 
     shown = client.get(path, headers=viewer).json
     assert shown["state"] == "accepted" and shown["checked_in_at"] is None
     assert shown["hours"] is None and shown["minutes"] is None and shown["verified"] is False
+    made_earlier(db, first["request_id"], hours=2)
     start = datetime.now(UTC) - timedelta(minutes=100)
     visits.check_in(app, db, first["id"], by="sms", actor="system", at=start)
     assert client.get(path, headers=viewer).json["state"] == "checked_in"
@@ -361,6 +362,9 @@ def test_a_coordinator_enters_a_visit_by_hand(app, db, client, taken):
     assert row(db, first["id"])["state"] == "accepted"
     html = coordinator.get(page).get_data(as_text=True)
     assert "Check in by hand" in html and 'type="datetime-local"' in html
+    db.execute(  # the senior asked the day before
+        "UPDATE requests SET created_at = '2026-11-30T16:00:00+00:00' WHERE id = ?", [request["id"]]
+    )
     done = post_form(coordinator, base + "/check-in", {"at": "2026-12-01T09:30"}, page=page)
     assert done.status_code == 303
     stored = row(db, first["id"])
