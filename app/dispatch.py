@@ -473,7 +473,7 @@ def offer_text(volunteer, *, link=None, **values):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of an answer: accepted, taken, closed, full, declined."""
+    """What became of an answer: accepted, taken, closed, full, declined, paused."""
 
     result: str
     assignment: dict
@@ -500,6 +500,9 @@ def accept(app, db, assignment_id, *, actor, by=None):
                 return _why_not(db, assignment_id)
             assignment = get(db, assignment_id)
             volunteer = people.get_volunteer(db, assignment["volunteer_id"])
+            if not volunteer["active"] or volunteer.get("opted_out_at"):
+                # Paused (or ended) since the offer went out: their yes takes nothing.
+                raise _Refuse("paused")
             busy = db.execute(
                 "SELECT COUNT(*) FROM assignments a JOIN requests r ON r.id = a.request_id"
                 " WHERE a.volunteer_id = ? AND a.state IN ('accepted', 'checked_in')"
@@ -518,8 +521,10 @@ def accept(app, db, assignment_id, *, actor, by=None):
                 raise _Refuse("closed")
             _accepted(app, db, assignment, volunteer, actor=actor, by=by)
     except _Refuse as refusal:
-        if refusal.result == "closed":
+        if refusal.result in ("closed", "paused"):
             _close(db, assignment_id, "withdrawn")
+        if refusal.result == "paused":
+            cascade(app, db, get(db, assignment_id)["request_id"])  # nobody waits on them
         return Outcome(refusal.result, get(db, assignment_id))
     except sqlite3.IntegrityError:
         # The unique index on accepted offers: another yes won in a way the UPDATE missed.

@@ -442,7 +442,7 @@ def totals(db):
 
 @dataclass(frozen=True)
 class VolunteerStats:
-    """A volunteer's visits, hours (verified apart), points, no-shows and ratings."""
+    """A volunteer's visits, hours (verified apart), points, no-shows, ratings and complaints."""
 
     visits: int = 0
     minutes: int = 0
@@ -451,6 +451,7 @@ class VolunteerStats:
     no_shows: int = 0
     ratings: int = 0
     rating_mean: float | None = None
+    complaints: int = 0
 
     @property
     def unverified_minutes(self):
@@ -515,7 +516,14 @@ def volunteer_stats(db, volunteer_id, *, start=None, end=None, tz=None):
         " AND COALESCE(checked_in_at, rated_at) >= ? AND COALESCE(checked_in_at, rated_at) < ?",
         [volunteer_id, low, high],
     ).fetchone()
+    # A complaint taken down by a coordinator, or the senior saying nobody came.
+    complaints = db.execute(
+        "SELECT COUNT(*) FROM supervision_items WHERE volunteer_id = ?"
+        " AND kind IN ('complaint', 'did_not_come') AND opened_at >= ? AND opened_at < ?",
+        [volunteer_id, low, high],
+    ).fetchone()[0]
     return VolunteerStats(
+        complaints=complaints,
         visits=visits,
         minutes=minutes,
         verified_minutes=verified,

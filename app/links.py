@@ -8,7 +8,17 @@ link it was shown under and for no other.
 
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, SignatureExpired, Signer, URLSafeTimedSerializer
+from itsdangerous import (
+    BadData,
+    BadSignature,
+    SignatureExpired,
+    Signer,
+    URLSafeTimedSerializer,
+    base64_decode,
+    base64_encode,
+)
+
+from .queue import MAX_ROW_ID
 
 SALT = "volunteer-link"
 FORM_SALT = "volunteer-link-form"
@@ -42,6 +52,15 @@ def make(secret, assignment_id, volunteer_id):
 
 def read(secret, token, *, max_age):
     """Return the Link a token names, or raise BadLink or ExpiredLink."""
+    # Base64 leaves spare bits in the signature's last character: "…E" and "…F" decode alike.
+    # Only the one spelling CareCall wrote opens the page.
+    signature = token.rpartition(".")[2]
+    try:
+        canonical = base64_encode(base64_decode(signature)).decode("ascii") == signature
+    except (BadData, ValueError):
+        canonical = False
+    if not canonical:
+        raise BadLink("this link is not one CareCall signed")
     try:
         payload = URLSafeTimedSerializer(secret, salt=SALT).loads(token, max_age=max_age)
     except SignatureExpired:
@@ -49,8 +68,9 @@ def read(secret, token, *, max_age):
     except BadSignature:
         raise BadLink("this link is not one CareCall signed") from None
     ids = payload if isinstance(payload, list) else []
-    # Our own signature on another shape would be our bug; still, it opens nothing.
-    if len(ids) != 2 or not all(type(i) is int and i > 0 for i in ids):
+    # Our own signature on another shape would be our bug; still, it opens nothing. An id
+    # past SQLite's integers (queue.MAX_ROW_ID) names no row either.
+    if len(ids) != 2 or not all(type(i) is int and 0 < i <= MAX_ROW_ID for i in ids):
         raise BadLink("this link names no offer")
     return Link(*ids)
 

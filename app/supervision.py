@@ -37,6 +37,18 @@ KINDS = (
 STATES = ("open", "resolved")
 ACTIONS = ("note", "follow_up_call", "pause_volunteer", "excuse_no_show", "resolve", "reopen")
 DECISIONS = ("recognition", "training", "end_role")
+# The longest reason, note or complaint kept: the page's fields say so, and the server holds it.
+MAX_TEXT = 2000
+
+
+def _words(text, what):
+    """Return text stripped, or raise BadSupervision when it is longer than MAX_TEXT."""
+    text = (text or "").strip()
+    if len(text) > MAX_TEXT:
+        raise BadSupervision(f"{what} is {len(text)} characters: at most {MAX_TEXT}, please")
+    return text
+
+
 # The kinds sweep() finds in the data, and which column names what each one is about: an
 # open item of a kind already about that subject covers it.
 SUBJECTS = {
@@ -81,7 +93,8 @@ def open_item(
     """Open an item once per key (a replay finds the first); return (item, whether it is new)."""
     if kind not in KINDS:
         raise BadSupervision(f"kind must be one of {', '.join(KINDS)}")
-    if not (reason or "").strip():
+    reason = _words(reason, "the reason")
+    if not reason:
         raise BadSupervision("a supervision item needs a reason")
     subject = assignment_id or request_id or volunteer_id or job_id
     key = key or f"{kind}:{subject}"
@@ -161,12 +174,14 @@ def act(db, item_id, action, *, actor, text=""):
     """Record an action on an item; resolve and reopen change its state. Return the item."""
     if action not in ACTIONS:
         raise BadSupervision(f"action must be one of {', '.join(ACTIONS)}")
-    text = (text or "").strip()
+    text = _words(text, "the text")
     if action in ("note", "follow_up_call") and not text:
         raise BadSupervision(f"a {action.replace('_', ' ')} needs some words")
     stamp = now()
     with db.atomic():
         item = get(db, item_id)
+        if (action, item["state"]) in (("resolve", "resolved"), ("reopen", "open")):
+            return item  # a second click, or two coordinators at once: done already
         if action == "pause_volunteer":
             _pause(db, item, actor=actor)
         elif action == "excuse_no_show":
@@ -234,7 +249,8 @@ def decide(db, volunteer_id, decision, *, reason, actor):
     """
     if decision not in DECISIONS:
         raise BadSupervision(f"decision must be one of {', '.join(DECISIONS)}")
-    if not (reason or "").strip():
+    reason = _words(reason, "the reason")
+    if not reason:
         raise BadSupervision("a decision about a volunteer needs a reason")
     stamp = now()
     with db.atomic():

@@ -240,6 +240,14 @@ def check_out(app, db, assignment_id, *, by, actor, at=None):
         if not too_long:
             return _checked_out(app, db, assignment, stamp, by, manual, minutes, actor)
     # A volunteer who forgot to check out: the hours are a coordinator's to enter, by hand.
+    # Flagged once: a second tap or SMS only hears the answer again.
+    asked = db.execute(
+        "SELECT 1 FROM events WHERE request_id = ? AND action = 'visit_too_long'"
+        " AND created_at >= ?",
+        [assignment["request_id"], assignment["checked_in_at"]],
+    ).fetchone()
+    if asked is not None:
+        raise TooLong(f"a visit of {_duration(minutes)} needs a coordinator", assignment)
     dispatch.flag(
         db,
         assignment["request_id"],

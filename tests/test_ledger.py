@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import ledger, people
+from app import ledger, people, supervision
 from app.classify import CATEGORY_KEYS
 from app.db import connect, migrate
 from app.flows import available_languages
@@ -362,6 +362,9 @@ def test_volunteer_stats_keep_verified_hours_apart(db):
             checked_in_at=None,
             check_in_by=None,
         )
+    for kind, key in (("complaint", "c1"), ("did_not_come", "d1"), ("low_rating", "l1")):
+        supervision.open_item(db, kind, reason="said so", actor="t", key=key, volunteer_id=ana)
+    supervision.open_item(db, "complaint", reason="not Ana", actor="t", key="c2", volunteer_id=bo)
     whole = ledger.volunteer_stats(db, ana, tz=UTC)
     assert whole == ledger.VolunteerStats(
         visits=3,
@@ -371,6 +374,7 @@ def test_volunteer_stats_keep_verified_hours_apart(db):
         no_shows=1,
         ratings=2,
         rating_mean=3.5,
+        complaints=2,  # a low rating is counted in the ratings
     )
     assert (whole.unverified_minutes, whole.verified_share) == (30, 0.833)
     assert whole.to_dict()["hours"] == 3.0 and whole.to_dict()["unverified_hours"] == 0.5

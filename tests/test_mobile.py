@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer, base64_decode
 
 from app import dispatch, jobs, links, queue
 from app.security import SECURITY_HEADERS
@@ -80,7 +80,23 @@ LINKS = [
         "does not work",
     ),
     ("unknown offer", lambda a, v, o: links.make(SECRET, a + 100, v), 410, "no longer here"),
+    # Base64's spare bits: the same signature spelled another way is still not our link.
+    ("respelled", lambda a, v, o: respelled(links.make(SECRET, a, v)), 403, "does not work"),
+    ("padded", lambda a, v, o: links.make(SECRET, a, v) + "=", 403, "does not work"),
+    # An id past SQLite's integers was a 500.
+    ("huge id", lambda a, v, o: links.make(SECRET, 2**63, v), 403, "does not work"),
 ]
+
+
+def respelled(token):
+    """Return the token with its signature's last character spelled to decode the same."""
+    signature = token.rpartition(".")[2]
+    decoded = base64_decode(signature)
+    for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_":
+        other = signature[:-1] + letter
+        if other != signature and base64_decode(other) == decoded:
+            return token[: -len(signature)] + other
+    raise AssertionError("no other spelling")
 
 
 @pytest.mark.parametrize(("case", "make", "status", "words"), LINKS, ids=[c[0] for c in LINKS])

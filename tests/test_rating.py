@@ -447,3 +447,12 @@ def test_the_senior_is_asked_in_their_language(make_app, rest, db, tmp_path, tra
     else:
         assert "Did Volunteer 101 come to help you today?" in " ".join(call.heard())
     assert dispatch.get(db, made["id"])["rating"] == 5
+
+
+@pytest.mark.parametrize("call_sid", [None, "XX1", "CA" + "z" * 32])
+def test_a_rating_webhook_without_twilio_s_call_sid_is_refused(app, db, client, rest, call_sid):
+    _, made = checked_out(app, db, client)
+    params = {"Digits": "2"} | ({"CallSid": call_sid} if call_sid else {})
+    response = signed(client, f"/twilio/rating/{made['id']}/came", params)
+    assert response.status_code == 400
+    assert dispatch.get(db, made["id"])["senior_came"] is None

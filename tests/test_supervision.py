@@ -418,3 +418,39 @@ def test_a_request_for_a_later_time_waits_for_nobody_until_then(app, db):
     assert supervision.sweep(db, moment=before, config=app.config).opened == []
     [item] = supervision.sweep(db, moment=start + timedelta(minutes=1), config=app.config).opened
     assert (item["kind"], item["request_id"]) == ("waiting_long", request["id"])
+
+
+@pytest.mark.parametrize("action", ["resolve", "reopen"])
+def test_resolving_or_reopening_twice_acts_once(db, request_id, action):
+    item, _ = supervision.open_item(db, "complaint", reason="rude", actor="u", key="c:9")
+    if action == "reopen":
+        supervision.act(db, item["id"], "resolve", actor="user:cy")
+    for _ in range(3):
+        supervision.act(db, item["id"], action, actor="user:cy")
+    done = [a["action"] for a in supervision.actions(db, item["id"])]
+    assert done.count(action) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        (lambda db, i, text: supervision.act(db, i, "note", actor="u", text=text), "the text is"),
+        (
+            lambda db, i, text: supervision.open_item(db, "complaint", reason=text, actor="u"),
+            "the reason is",
+        ),
+        (
+            lambda db, i, text: supervision.decide(db, 1, "training", reason=text, actor="u"),
+            "the reason is",
+        ),
+    ],
+)
+def test_texts_longer_than_the_page_allows_are_refused_on_the_server(
+    db, volunteer, request_id, call, says
+):
+    item, _ = supervision.open_item(db, "no_show", reason="no IN", actor="system", key="n:2")
+    before = (db["supervision_actions"].count, db["volunteer_decisions"].count)
+    with pytest.raises(supervision.BadSupervision, match=f"{says} 2001 characters: at most 2000"):
+        call(db, item["id"], "x" * 2001)
+    assert (db["supervision_actions"].count, db["volunteer_decisions"].count) == before
+    assert db["supervision_items"].count == 1

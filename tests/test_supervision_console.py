@@ -386,3 +386,20 @@ def test_a_no_show_is_excused_from_the_page(app, db, coordinator, volunteer):
     assert "No-show excused." in html and "cleared since: no longer so" in html
     assert "Why the no-show of" not in html
     assert db["assignments"].get(offer["id"])["excused"] == 1
+
+
+def test_what_supervision_wrote_stays_with_those_who_supervise(app, db, complaint, coordinator):
+    supervision.act(db, complaint["id"], "note", actor="user:cy", text="SECRETNOTE about Ana")
+    page = f"/console/requests/{complaint['request_id']}"
+    viewer = as_role(app, db, "viewer")
+    token = bearer(db, "viewer")
+    api = f"/api/v1/requests/{complaint['request_id']}"
+    for words in ("SECRETNOTE", "shouted at Mrs Chen"):
+        assert words not in viewer.get(page).get_data(as_text=True)
+        assert words not in app.test_client().get(api, headers=token).get_data(as_text=True)
+        assert words in coordinator.get(page).get_data(as_text=True)
+    # That something was looked into still shows, without its words.
+    events = app.test_client().get(api, headers=token).json["events"]
+    assert {"item": complaint["id"]} in [
+        e["detail"] for e in events if "supervision" in e["action"]
+    ]

@@ -571,3 +571,38 @@ def test_a_visit_longer_than_visit_max_is_refused_by_hand_and_flagged_by_sms(
     )
     assert (done.state, done.minutes) == ("done", 120)
     assert db["ledger_transfers"].count == 1
+
+
+def test_a_too_late_check_out_sent_again_is_flagged_once(context, app, db, client, taken):
+    request, volunteers, first, _ = taken
+    made_earlier(db, request["id"], hours=20)
+    visits.check_in(
+        app,
+        db,
+        first["id"],
+        by="console",
+        actor="user:1",
+        at=datetime.now(UTC) - timedelta(hours=16),
+    )
+    for _ in range(3):
+        reply = text(client, volunteers[0]["phone"], f"OUT {first['code']}")
+        assert "a coordinator will enter the time you left" in reply
+    flagged = [e for e in queue.events(db, request["id"]) if e["action"] == "visit_too_long"]
+    assert len(flagged) == 1
+
+
+@pytest.mark.parametrize("how", ["paused", "opted out"])
+def test_a_volunteer_paused_since_the_offer_takes_nothing_and_the_next_is_asked(
+    app, db, client, how
+):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR, region="riverside")
+    [first] = offer(client, db, request["id"], top=1)
+    column = "active = 0" if how == "paused" else "opted_out_at = '2026-12-01T00:00:00+00:00'"
+    db.execute(f"UPDATE volunteers SET {column} WHERE id = ?", [first["volunteer_id"]])
+    reply = text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    assert "is no longer open" in reply and "Elm" not in reply
+    assert row(db, first["id"])["state"] == "withdrawn"
+    assert queue.get(db, request["id"])["status"] != "assigned"
+    assert states(db, request["id"]) == {1: "withdrawn", 2: "offered"}

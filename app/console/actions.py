@@ -60,6 +60,17 @@ def _clean_text(value, what):
     return text
 
 
+def visible_events(db, request_id, principal):
+    """Return a request's audit events; what supervision wrote only to those who supervise."""
+    events = queue.events(db, request_id)
+    if not principal.can("supervise"):
+        for event in events:
+            if event["action"].startswith("supervision_"):
+                # That something was looked into stays visible; the reasons and notes do not.
+                event["detail"] = {"item": event["detail"].get("item")}
+    return events
+
+
 def validate_changes(changes):
     """Return only the editable fields that are set, checked; raise BadChange otherwise."""
     out = {}

@@ -120,7 +120,7 @@ def _full(db, request_id):
         **_public(item),
         "notes": actions.notes(db, request_id),
         "callbacks": actions.callbacks(db, request_id),
-        "events": queue.events(db, request_id),
+        "events": actions.visible_events(db, request_id, g.principal),
     }
 
 

@@ -288,7 +288,7 @@ def detail(request_id):
             window_hours=config["DUPLICATE_WINDOW_HOURS"],
             similarity=config["DUPLICATE_SIMILARITY"],
         )
-    events = queue.events(db, request_id)
+    events = actions.visible_events(db, request_id, g.principal)
     for event in events:
         event["text"] = actions.describe(event["action"], event["detail"], _label)
     from . import visits_views  # it adds its routes to this blueprint: imported once it exists

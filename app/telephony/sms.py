@@ -16,6 +16,7 @@ from ..db import get_db
 from ..flows import KEYS
 from . import speak
 from .signature import twilio_only
+from .views import _call_sid as checked_call_sid
 from .views import _coordinator as coordinator_now
 from .views import _duty_coordinator
 
@@ -169,6 +170,7 @@ def _rating_step(flow, values, assignment, *, first=False, before=(), silences=0
 
 def _rating_call(assignment_id):
     """Return (flow, values, assignment) for a step of the rating call."""
+    checked_call_sid()  # a voice webhook without Twilio's CallSid, or a malformed one, is a 400
     db = get_db()
     flow, values = rating.words(db, assignment_id)
     return flow, values, dispatch.get(db, assignment_id)
