@@ -176,10 +176,10 @@ def state_of(arrangement):
 
 
 def preferred_volunteer(db, request_id):
-    """Return the id of the volunteer who accepted a request, or None."""
+    """Return the id of the volunteer who took a request (coming, there, or done), or None."""
     row = db.execute(
-        "SELECT volunteer_id FROM assignments WHERE request_id = ? AND state = 'accepted'"
-        " ORDER BY id DESC LIMIT 1",
+        "SELECT volunteer_id FROM assignments WHERE request_id = ?"
+        " AND state IN ('accepted', 'checked_in', 'done') ORDER BY id DESC LIMIT 1",
         [request_id],
     ).fetchone()
     return row[0] if row else None

@@ -55,6 +55,7 @@ MAX_TOP = 20
 # Codes are not secrets, but a guessable sequence would let one volunteer answer another's.
 _RANDOM = secrets.SystemRandom()
 _TOKEN_RE = re.compile(r"[^\W\d_]+|\d+")
+_CHECK_RE = re.compile(r"\b(check|checked)[\s-]+(in|out)\b")
 
 
 class DispatchError(Exception):
@@ -92,6 +93,8 @@ def parse_reply(text, words):
     a swapped or doubled letter: opting someone out by a guess would be worse than asking.
     """
     folded = unicodedata.normalize("NFKC", text or "").lower()
+    # "check in 427", "checked out": two words people write for one keyword.
+    folded = _CHECK_RE.sub(r"\1\2", folded)
     tokens = _TOKEN_RE.findall(folded)
     codes = [t for t in tokens if t.isdigit()]
     letters = [t for t in tokens if not t.isdigit()]
@@ -226,7 +229,7 @@ def _tz():
 
 
 def _visit_time(volunteer, moment=None, request=None):
-    """Return the request's agreed start, else when a volunteer is next free; or None.
+    """Return the request's agreed start, else when a volunteer is next free later; or None.
 
     Both are in the coordinators' zone.
     """
@@ -241,7 +244,9 @@ def _visit_time(volunteer, moment=None, request=None):
         local,
         int(weights.horizon_hours * 60),
     )
-    if free is None:
+    if free is None or free[0] == 0:
+        # Free now: they come as soon as they can. The minute they said yes is no agreed
+        # start, so nobody is marked a no-show half an hour later, nor told a time just past.
         return None
     return (local + timedelta(minutes=free[0])).replace(second=0, microsecond=0)
 
@@ -914,7 +919,7 @@ def outcome_text(db, volunteer, outcome):
             datetime.fromisoformat(assignment["visit_at"]) if assignment["visit_at"] else None
         )
         words = _words(db, request, _volunteer_language(volunteer), visit_at)
-        return _text(volunteer, "accepted", **words)
+        return _text(volunteer, "accepted", code=assignment["code"], **words)
     if outcome.result == "taken":
         return _text(volunteer, "taken", number=request["id"])
     if outcome.result == "full":
@@ -936,6 +941,19 @@ def opt_out(db, volunteer_id, *, actor):
             if _close(db, assignment["id"], "withdrawn"):
                 withdrawn.append(assignment)
         record_event(db, None, actor, "volunteer_opted_out", {"volunteer": volunteer_id})
+        # STOP (or CANCEL, one of Twilio's STOP words) from someone holding a job: whether
+        # they still come is for a person to ask, before the senior waits in vain.
+        for held in assignments(db, volunteer_id=volunteer_id):
+            if held["state"] in HELD:
+                flag(
+                    db,
+                    held["request_id"],
+                    f"the volunteer holding job {held['code']} replied STOP: ask whether they"
+                    " still come",
+                    actor=actor,
+                    action="volunteer_opted_out",
+                    volunteer=volunteer_id,
+                )
     for assignment in withdrawn:
         cascade(current_app, db, assignment["request_id"])
 

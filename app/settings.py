@@ -895,6 +895,14 @@ SETTINGS = (
     ),
     _s(
         "offers",
+        "CHECKIN_EARLY",
+        Duration(0, 2 * 86400),
+        2 * 3600.0,
+        "A volunteer's check-in this long before the agreed start is refused as too early"
+        " (another day's visit, perhaps); a coordinator may enter any time by hand.",
+    ),
+    _s(
+        "offers",
         "VISIT_MAX",
         Duration(15 * 60, 7 * 86400),
         12 * 3600.0,

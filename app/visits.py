@@ -70,6 +70,10 @@ class TooLong(VisitError):
     """A check-out would make the visit longer than VISIT_MAX: a coordinator enters the time."""
 
 
+class TooEarly(VisitError):
+    """A volunteer's check-in came long before the agreed start: another day's visit, perhaps."""
+
+
 class NotNoShow(VisitError):
     """Only a no-show can be excused."""
 
@@ -201,7 +205,14 @@ def check_in(app, db, assignment_id, *, by, actor, at=None, location=None):
         request = queue.get(db, assignment["request_id"])
         if request["status"] in ("done", "cancelled"):
             raise RequestClosed(f"request {assignment['request_id']} is closed", assignment)
-        if at is not None and stamp < request["created_at"]:
+        start = visit_start(assignment["visit_at"], _zone(app))
+        early = timedelta(seconds=app.config["CHECKIN_EARLY"])
+        if not manual and start is not None and datetime.fromisoformat(stamp) < start - early:
+            # Two jobs for one senior, or Thursday's visit on Wednesday: not this one yet.
+            raise TooEarly(f"the visit is agreed for {start:%Y-%m-%d %H:%M}", assignment)
+        made = datetime.fromisoformat(request["created_at"]).replace(second=0)
+        # To the minute: the page's "now" has no seconds, and may name the minute it was made.
+        if at is not None and datetime.fromisoformat(stamp) < made:
             # A year typed wrong would count years of hours, and the ledger's entries are final.
             asked = datetime.fromisoformat(request["created_at"]).astimezone(_zone(app))
             raise BadTime(
@@ -490,6 +501,11 @@ def refusal_text(volunteer, error):
         return dispatch._text(volunteer, "not_in", code=code)
     if isinstance(error, TooLong):
         return dispatch._text(volunteer, "too_long", code=code)
+    if isinstance(error, TooEarly):
+        flow = dispatch.flow_for(dispatch._volunteer_language(volunteer), dispatch.SMS_NEEDS)
+        start = visit_start(assignment["visit_at"], zone)
+        when = dispatch.when_words(start, datetime.now(zone), flow.status)
+        return dispatch._text(volunteer, "too_early", code=code, when=when)
     if isinstance(error, NotYours):
         return dispatch._text(volunteer, "not_yours", code=code)
     if isinstance(error, NotAccepted) and assignment.get("state") == "offered":

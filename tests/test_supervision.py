@@ -8,7 +8,7 @@ import pytest
 
 from app import dispatch, jobs, people, queue, supervision, visits
 
-ALWAYS = "mon 09:00-12:00"
+ALWAYS = "mon-sun 00:00-24:00"
 
 
 @pytest.fixture

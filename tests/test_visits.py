@@ -2,6 +2,7 @@
 and the real twilio client against a loopback fake of Twilio's REST API."""
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -53,13 +54,19 @@ def context(app):
 
 @pytest.fixture
 def taken(app, db, client):
-    """A groceries request for Mrs Chen, offered to two volunteers; the first said YES."""
+    """Mrs Chen's groceries at an agreed time (now), offered to two; the first said YES."""
     add_senior(app, db)
     volunteers = add_volunteers(app, db, 3)
-    request = add_request(db, phone=SENIOR, region="riverside")
+    request = add_request(db, phone=SENIOR, region="riverside", wanted_at=agreed_now(app))
     first, second = offer(client, db, request["id"], top=2)
     assert "the job is yours" in text(client, volunteers[0]["phone"], f"YES {first['code']}")
     return request, volunteers, first, second
+
+
+def agreed_now(app):
+    """Return this minute in the coordinators' zone, as a request's agreed start."""
+    zone = ZoneInfo(app.config["COORDINATOR_TIMEZONE"])
+    return datetime.now(zone).isoformat(timespec="minutes")
 
 
 def made_earlier(db, request_id, *, hours):
@@ -412,10 +419,10 @@ def test_the_missed_check_in_job_runs_when_the_grace_is_over(make_app, rest, db)
     client = app.test_client()
     add_senior(app, db)
     volunteers = add_volunteers(app, db, 2)
-    request = add_request(db, phone=SENIOR)
+    request = add_request(db, phone=SENIOR, wanted_at=agreed_now(app))
     [first] = offer(client, db, request["id"], top=1)
     text(client, volunteers[0]["phone"], "yes")
-    # The agreed start is this minute (free at any time), so one second of grace is over.
+    # The agreed start is this minute, so one second of grace is over.
     jobs.drain(app)
     assert states(db, request["id"]) == {1: "no_show", 2: "offered"}
     assert any(
@@ -606,3 +613,97 @@ def test_a_volunteer_paused_since_the_offer_takes_nothing_and_the_next_is_asked(
     assert row(db, first["id"])["state"] == "withdrawn"
     assert queue.get(db, request["id"])["status"] != "assigned"
     assert states(db, request["id"]) == {1: "withdrawn", 2: "offered"}
+
+
+def test_a_volunteer_free_now_comes_as_soon_as_they_can_and_is_never_a_no_show(
+    app, db, client, rest
+):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 2)
+    request = add_request(db, phone=SENIOR, region="riverside")  # no time agreed
+    [first] = offer(client, db, request["id"], top=1)
+    reply = text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    assert "as soon as they can" in reply and "today at" not in reply
+    assert row(db, first["id"])["visit_at"] is None
+    assert not list(db["jobs"].rows_where("kind = ?", [visits.MISSED]))
+    with app.app_context():
+        assert visits.miss_due(app, db, datetime.now(UTC) + timedelta(days=1)) == []
+    assert row(db, first["id"])["state"] == "accepted"
+
+
+def test_a_check_in_long_before_the_agreed_start_is_refused_as_too_early(app, db, client, rest):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 1)
+    zone = ZoneInfo(app.config["COORDINATOR_TIMEZONE"])
+    tomorrow = (datetime.now(zone) + timedelta(days=1)).replace(hour=10, minute=0)
+    request = add_request(db, phone=SENIOR, wanted_at=tomorrow.isoformat(timespec="minutes"))
+    [first] = offer(client, db, request["id"], top=1)
+    text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    reply = text(client, volunteers[0]["phone"], f"IN {first['code']}")
+    assert "it is too early to check in" in reply
+    days = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+    assert f"on {days[tomorrow.weekday()]} at 10:00" in reply
+    assert row(db, first["id"])["state"] == "accepted"
+    # A coordinator entering it by hand is believed: they know what happened.
+    with app.app_context():
+        visits.check_in(app, db, first["id"], by="console", actor="user:1")
+    assert row(db, first["id"])["state"] == "checked_in"
+
+
+@pytest.mark.parametrize(
+    ("setup", "key", "words"),
+    [
+        # Tomorrow's visit, pressed today: too early, and nothing changes.
+        ("tomorrow", "1", "too early to check in"),
+        # Checked in 16 hours ago: a coordinator enters the time they left.
+        ("long ago", "2", "a coordinator will enter the time you left"),
+    ],
+)
+def test_a_volunteer_s_call_too_early_or_too_late_says_so(app, db, client, rest, setup, key, words):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 1)
+    zone = ZoneInfo(app.config["COORDINATOR_TIMEZONE"])
+    wanted = datetime.now(zone) + (timedelta(days=1) if setup == "tomorrow" else timedelta(0))
+    request = add_request(db, phone=SENIOR, wanted_at=wanted.isoformat(timespec="minutes"))
+    [first] = offer(client, db, request["id"], top=1)
+    text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    if setup == "long ago":
+        made_earlier(db, request["id"], hours=20)
+        with app.app_context():
+            long_ago = datetime.now(UTC) - timedelta(hours=16)
+            visits.check_in(app, db, first["id"], by="console", actor="user:1", at=long_ago)
+    before = row(db, first["id"])["state"]
+    press, _, _ = call(client, volunteers[0]["phone"])
+    assert words in press(key)
+    assert row(db, first["id"])["state"] == before
+
+
+@pytest.mark.parametrize(
+    ("body", "state"),
+    [("check in", "checked_in"), ("Checked in {code}", "checked_in"), ("check-in", "checked_in")],
+)
+def test_check_in_written_as_two_words_is_understood(app, db, client, taken, body, state):
+    _, volunteers, first, _ = taken
+    reply = text(client, volunteers[0]["phone"], body.format(code=first["code"]))
+    assert "you are checked in" in reply
+    assert row(db, first["id"])["state"] == state
+
+
+def test_the_yes_and_help_answers_say_how_to_check_in_and_out(app, db, client):
+    add_senior(app, db)
+    volunteers = add_volunteers(app, db, 1)
+    request = add_request(db, phone=SENIOR)
+    [first] = offer(client, db, request["id"], top=1)
+    reply = text(client, volunteers[0]["phone"], f"YES {first['code']}")
+    assert (
+        f"Reply IN {first['code']} when you arrive and OUT {first['code']} when you leave" in reply
+    )
+    assert "IN and the number when you arrive" in text(client, volunteers[0]["phone"], "HELP")
+
+
+def test_stop_from_a_volunteer_holding_a_job_puts_it_before_a_coordinator(app, db, client, taken):
+    request, volunteers, first, _ = taken
+    text(client, volunteers[0]["phone"], "cancel")
+    [flagged] = [e for e in queue.events(db, request["id"]) if e["action"] == "volunteer_opted_out"]
+    assert "replied STOP: ask whether they still come" in flagged["detail"]["reason"]
+    assert queue.get(db, request["id"])["needs_review"]

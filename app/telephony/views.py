@@ -461,6 +461,9 @@ def _visit_step(call, act):
         return _ask(call, "volunteer", before=[flow.prompt("volunteer_already_in", time=at)])
     except visits.NotCheckedIn:
         return _ask(call, "volunteer", before=[flow.prompt("volunteer_not_in")])
+    except visits.TooEarly:
+        call = store.update_call(db, call["call_sid"], menu="done")
+        return twiml(speak.goodbye(_speaker(call), [flow.prompt("volunteer_too_early")]))
     except visits.TooLong:
         call = store.update_call(db, call["call_sid"], menu="done")
         return twiml(speak.goodbye(_speaker(call), [flow.prompt("volunteer_too_long")]))
