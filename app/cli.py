@@ -14,7 +14,6 @@ from flask.cli import with_appcontext
 from . import jobs, pipeline, recordings, textmodel, training
 from .accounts import create_user, hasher_for
 from .classify import (
-    CATEGORY_KEYS,
     EXAMPLES_DIR,
     CategoryDataError,
     UnknownLanguage,
@@ -144,11 +143,11 @@ def train_command(language, force):
     try:
         categories = load_categories(language, flows / "categories.toml")
         heldout = training.read_heldout(flows / training.HELDOUT_DIR / f"{language}.tsv")
-        rows = read_examples(flows / EXAMPLES_DIR / f"{language}.tsv")
+        rows = read_examples(flows / EXAMPLES_DIR / f"{language}.tsv", categories.keys)
     except (OSError, KeyError, UnknownLanguage, CategoryDataError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        corrections = [(t, c) for t, c, _ in labelled_examples(get_db()) if c in CATEGORY_KEYS]
+        corrections = [(t, c) for t, c, _ in labelled_examples(get_db()) if c in categories.keys]
     except sqlite3.Error as exc:
         raise click.ClickException(
             f"cannot read the corrections ({exc}); run: flask --app app migrate"

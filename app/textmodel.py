@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classify import CategoryDataError, category_keys
 from .speech.errors import ModelNotInstalled
 from .speech.models import model_path, verify
 
@@ -346,8 +347,14 @@ class TextModels:
                         f"weights for {language} were trained on {weights.embedder}, "
                         f"not {self.name}; retrain: flask --app app classify train"
                     )
+                keys = category_keys(self.flows_dir / "categories.toml")
+                if weights.labels != keys:
+                    raise WeightsError(
+                        f"weights for {language} know the categories {', '.join(weights.labels)}"
+                        f", not {', '.join(keys)}; retrain: flask --app app classify train"
+                    )
                 found = TextClassifier(embedder, weights)
-            except WeightsError as exc:
+            except (WeightsError, CategoryDataError) as exc:
                 self._problems[language] = str(exc)
         with self._lock:
             self._classifiers[language] = found

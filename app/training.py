@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from .classify import (
-    CATEGORY_KEYS,
     Categories,
     Classification,
     classify_rules,
@@ -82,7 +81,7 @@ def out_of_fold(
     for test in folds(len(rows), k):
         held = set(test.tolist())
         train = [i for i in range(len(rows)) if i not in held]
-        weights = fit(embeddings[train], [targets[i] for i in train], CATEGORY_KEYS, embedder)
+        weights = fit(embeddings[train], [targets[i] for i in train], categories.keys, embedder)
         bank = with_examples(categories, [rows[i] for i in train])
         probs = weights.probabilities(embeddings[test])
         for j, i in enumerate(test):
@@ -92,7 +91,7 @@ def out_of_fold(
                 category,
                 category == "emergency",
                 classify_rules(text, bank),
-                dict(zip(CATEGORY_KEYS, map(float, probs[j]), strict=True)),
+                dict(zip(categories.keys, map(float, probs[j]), strict=True)),
             )
     return [s for s in scored if s is not None]
 
@@ -140,11 +139,16 @@ def _silent(rules: Classification) -> Classification:
     return Classification("other", 0.0, (), "normal", False, ())
 
 
-def metrics(scored: Sequence[Scored], predicted: Sequence[Classification]) -> dict:
+def metrics(
+    scored: Sequence[Scored],
+    predicted: Sequence[Classification],
+    keys: Sequence[str] | None = None,
+) -> dict:
     """Return accuracy, per-category recall, emergency recall and false alarms."""
     n = len(scored)
     per_category = {}
-    for key in CATEGORY_KEYS:
+    # By default the categories the rows hold, in the order they first appear.
+    for key in keys or dict.fromkeys(s.category for s in scored):
         support = [p for s, p in zip(scored, predicted, strict=True) if s.category == key]
         hits = sum(p.category == key for p in support)
         per_category[key] = {"recall": hits / len(support) if support else 1.0, "n": len(support)}
@@ -293,7 +297,7 @@ def train(
 ) -> tuple[Weights, list[Scored]]:
     """Train weights on every row, tuned by cross-validation; return them and the CV rows."""
     oof = out_of_fold(rows, embeddings, categories, embedder)
-    weights = fit(embeddings, [c for _, c in rows], CATEGORY_KEYS, embedder)
+    weights = fit(embeddings, [c for _, c in rows], categories.keys, embedder)
     weights = tune(oof, weights)
     tuned_oof = [_rescale(s, weights.temperature) for s in oof]
     cv = metrics(tuned_oof, verdicts(tuned_oof, "fusion", weights))

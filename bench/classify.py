@@ -39,7 +39,6 @@ if str(REPO) not in sys.path:
 
 from app import training  # noqa: E402
 from app.classify import (  # noqa: E402
-    CATEGORY_KEYS,
     DEFAULT_PATH,
     EXAMPLES_DIR,
     Categories,
@@ -105,7 +104,7 @@ def evaluate(
     elapsed = time.perf_counter() - started
 
     per_category = {}
-    for key in CATEGORY_KEYS:
+    for key in categories.keys:
         tp = sum(1 for _, c, _, p in scored if c == key and p.category == key)
         predicted = sum(1 for *_, p in scored if p.category == key)
         support = sum(1 for _, c, _, _ in scored if c == key)
@@ -153,7 +152,7 @@ def report(result: dict, show_errors: bool = False) -> str:
     return "\n".join(lines)
 
 
-def compare_table(name: str, scored, weights) -> tuple[str, dict]:
+def compare_table(name: str, scored, weights, keys=None) -> tuple[str, dict]:
     """Return rules / model / fusion lines for one set of scored rows, and fusion's metrics."""
     lines = [f"== {name} ({len(scored)} requests)"]
     head = (
@@ -163,18 +162,18 @@ def compare_table(name: str, scored, weights) -> tuple[str, dict]:
     lines.append(head)
     per = {}
     for mode in ("rules", "model", "fusion"):
-        m = training.metrics(scored, training.verdicts(scored, mode, weights))
+        m = training.metrics(scored, training.verdicts(scored, mode, weights), keys)
         per[mode] = m
         lines.append(
             f"{mode:8}{m['accuracy']:>9.3f}{m['emergency_recall']:>15.3f}"
             f"{len(m['missed']):>8d}{m['false_alarms']:>14.3f}{m['calibration_error']:>19.3f}"
         )
-    lines.append("recall by category:  " + "  ".join(k[:8] for k in CATEGORY_KEYS))
+    keys = keys or weights.labels
+    lines.append("recall by category:  " + "  ".join(k[:8] for k in keys))
     for mode in ("rules", "model", "fusion"):
         recalls = per[mode]["per_category"]
         lines.append(
-            f"{mode:21}"
-            + "  ".join(f"{recalls[k]['recall']:>{len(k[:8])}.2f}" for k in CATEGORY_KEYS)
+            f"{mode:21}" + "  ".join(f"{recalls[k]['recall']:>{len(k[:8])}.2f}" for k in keys)
         )
     return "\n".join(lines), per["fusion"]
 

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from app import queue
 from app.classify import (
-    CATEGORY_KEYS,
     DEFAULT_PATH,
     URGENCIES,
     CategoryDataError,
     Classification,
     UnknownLanguage,
+    category_keys,
     classify,
     fuse,
     load_categories,
@@ -31,6 +31,7 @@ from app.textmodel import TextClassifier, WeightsError, load_embedder, load_weig
 from app.training import metrics, read_heldout, score, verdicts
 
 REPO = Path(__file__).resolve().parent.parent
+CATEGORY_KEYS = category_keys()
 
 
 @pytest.fixture(scope="module")
@@ -482,6 +483,72 @@ def test_rule_file_is_checked_against_its_schema(tmp_path, extra, message):
     )
     path = tmp_path / "categories.toml"
     path.write_text(extra + "\n" + categories + "\n", encoding="utf-8")
+    with pytest.raises(CategoryDataError) as caught:
+        load_categories("zz", path)
+    assert str(caught.value).startswith("categories.toml: ")
+    assert message in str(caught.value)
+
+
+def _categories_file(tmp_path, *tables):
+    """Write a categories.toml of (language, [(key, label)]) tables; return its path."""
+    text = "\n".join(
+        f'[{language}.categories.{key}]\nlabel = "{label}"\nphrases = ["{key} word"]'
+        for language, categories in tables
+        for key, label in categories
+    )
+    path = tmp_path / "categories.toml"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def test_categories_keys_order_and_labels_come_from_the_data(tmp_path):
+    order = [("pets", "a pet"), ("emergency", "an emergency"), ("garden", "the garden")]
+    path = _categories_file(tmp_path, ("zz", [*order, ("other", "something else")]))
+    zz = load_categories("zz", path)
+    assert zz.keys == category_keys(path) == ("pets", "emergency", "garden", "other")
+    assert (zz.label("pets"), zz.label("garden")) == ("a pet", "the garden")
+    assert classify("garden word", zz).category == "garden"
+    assert classify("pets word", zz).category == "pets"
+
+
+def test_shipped_categories_are_the_data_files_own():
+    data = tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+    assert category_keys() == tuple(data["en"]["categories"])
+    assert {"emergency", "other"} <= set(category_keys())
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ([("zz", [("meals", "m"), ("other", "o")])], "[zz.categories.emergency] is missing"),
+        ([("zz", [("meals", "m"), ("emergency", "e")])], "[zz.categories.other] is missing"),
+        (
+            [("zz", [("emergency", "e"), ("other", "o")]), ("yy", [("emergency", "e")])],
+            "[yy.categories.other] is missing",
+        ),
+        (
+            [
+                ("zz", [("emergency", "e"), ("other", "o")]),
+                ("yy", [("emergency", "e"), ("other", "o"), ("pets", "p")]),
+            ],
+            "key yy.categories.pets differs from zz",
+        ),
+        (
+            [
+                ("zz", [("emergency", "e"), ("other", "o")]),
+                ("yy", [("other", "o"), ("emergency", "e")]),
+            ],
+            "yy.categories differs from zz",
+        ),
+        (
+            [("zz", [("emergency", "e"), ("other", "o"), ("Big-Pets", "p")])],
+            "category key zz.categories.Big-Pets must be lower-case",
+        ),
+        ([("zz", [("emergency", "e"), ("other", "")])], "zz.categories.other needs a label"),
+    ],
+)
+def test_category_tables_are_checked_naming_file_and_key(tmp_path, tables, message):
+    path = _categories_file(tmp_path, *tables)
     with pytest.raises(CategoryDataError) as caught:
         load_categories("zz", path)
     assert str(caught.value).startswith("categories.toml: ")
