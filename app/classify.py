@@ -781,9 +781,9 @@ def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, 
 
 def classify(text: str, categories: Categories, model=None) -> Classification:
     """Classify a request's text into a category and urgency, by rules and model together."""
-    rules = classify_rules(text, categories)
     if model is None or not isinstance(text, str) or not text.strip():
-        return rules
+        return classify_rules(text, categories)
+    rules = classify_rules(text, categories, vote=False)
     return fuse(
         rules,
         model.probabilities(text),
@@ -864,8 +864,12 @@ def calibrate(score: float, calibration: tuple[float, float]) -> float:
     return 1 / (1 + math.exp(-(slope * math.log(p / (1 - p)) + offset)))
 
 
-def classify_rules(text: str, categories: Categories) -> Classification:
-    """Classify a request's text by the phrase lists and the nearest examples alone."""
+def classify_rules(text: str, categories: Categories, vote: bool = True) -> Classification:
+    """Classify a request's text by the phrase lists and, if `vote`, the nearest examples.
+
+    The examples' word-overlap vote stands in for the learned model when there is none;
+    next to the model it added nothing on cross-validation, so `classify` leaves it out.
+    """
     tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
     found = _find_matches(tokens, categories)
     # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of
@@ -931,7 +935,7 @@ def classify_rules(text: str, categories: Categories) -> Classification:
     # Second opinion: how were the labelled examples most like this request classified?
     bank = categories.examples
     unspent = [t for i, t in enumerate(tokens) if i not in spent]
-    neighbours = nearest_examples(unspent, categories)
+    neighbours = nearest_examples(unspent, categories) if vote else []
     votes = _votes(neighbours, bank)
     knn_emergency = (
         votes.get("emergency", 0.0) >= bank.emergency_share
