@@ -229,7 +229,12 @@ def load_weights(path: Path) -> Weights:
                 disarmed_threshold=float(meta["disarmed_threshold"]),
                 calibration=tuple(float(x) for x in meta.get("calibration", (1.0, 0.0))),
                 info=meta.get("info", {}),
-                neighbours=data["neighbours"] if "neighbours" in data else np.zeros((0, 0)),
+                # Stored as float16 to keep the file small, used as float32 (converted once).
+                neighbours=(
+                    data["neighbours"].astype(np.float32)
+                    if "neighbours" in data
+                    else np.zeros((0, 0), np.float32)
+                ),
                 neighbour_labels=(
                     data["neighbour_labels"] if "neighbour_labels" in data else np.zeros(0)
                 ),
@@ -300,7 +305,7 @@ def neighbour_vote(
     out = np.zeros((len(embeddings), n_labels))
     if not len(embeddings) or not len(neighbours):
         return np.full((len(embeddings), n_labels), 1.0 / n_labels)
-    similarity = embeddings.astype(np.float32) @ neighbours.astype(np.float32).T
+    similarity = embeddings.astype(np.float32) @ neighbours.T.astype(np.float32, copy=False)
     k = min(k, similarity.shape[1])
     top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     near = np.take_along_axis(similarity, top, axis=1)
