@@ -299,9 +299,10 @@ def _check_keys(data: dict, filename: str) -> tuple[str, ...]:
     found: tuple[str, ...] | None = None
     first = ""
     for language, table in data.items():
-        if not isinstance(table, dict) or not isinstance(table.get("categories"), dict):
+        if not isinstance(table, dict):
             continue
-        keys = tuple(table["categories"])
+        categories = table.get("categories")
+        keys = tuple(categories) if isinstance(categories, dict) else ()
         for key in REQUIRED_CATEGORIES:
             if key not in keys:
                 raise CategoryDataError(

@@ -513,6 +513,8 @@ def _categories_file(tmp_path, *tables):
         for language, categories in tables
         for key, label in categories
     )
+    # A language with no categories at all is a bare table.
+    text += "".join(f'\n[{language}]\nname = "{language}"' for language, c in tables if not c)
     path = tmp_path / "categories.toml"
     path.write_text(text + "\n", encoding="utf-8")
     return path
@@ -538,6 +540,10 @@ def test_shipped_categories_are_the_data_files_own():
     ("tables", "message"),
     [
         ([("zz", [("meals", "m"), ("other", "o")])], "[zz.categories.emergency] is missing"),
+        (
+            [("zz", [("emergency", "e"), ("other", "o")]), ("yy", [])],
+            "[yy.categories.emergency] is missing",
+        ),
         ([("zz", [("meals", "m"), ("emergency", "e")])], "[zz.categories.other] is missing"),
         (
             [("zz", [("emergency", "e"), ("other", "o")]), ("yy", [("emergency", "e")])],
