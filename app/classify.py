@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import heapq
 import itertools
 import math
@@ -25,19 +26,8 @@ from pathlib import Path
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
-CATEGORY_KEYS = (
-    "groceries",
-    "meals",
-    "medical",
-    "transport",
-    "home_repair",
-    "housekeeping",
-    "companionship",
-    "tech_help",
-    "paperwork",
-    "emergency",
-    "other",
-)
+# The categories every language must define: the code routes danger and the unsure to them.
+REQUIRED_CATEGORIES = ("emergency", "other")
 URGENCIES = ("critical", "high", "normal", "low")
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "ivr_flows" / "categories.toml"
@@ -55,6 +45,7 @@ _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")
 _SENTENCE_RE = re.compile(r"[.!?;\u3002\uff01\uff1f]+")
 # Text with none of these marks was not punctuated, so clause words stand in for them.
 _PUNCTUATION_RE = re.compile(r"[.,!?;:\u3001\u3002\uff01\uff0c\uff1f]")
+_KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 
 # Pools of phrases matched independently of each other.
@@ -147,6 +138,7 @@ class Categories:
     """Phrase lists, cues and tuning for one language, precompiled for fast matching."""
 
     language: str
+    keys: tuple[str, ...]  # category keys in the data file's order
     labels: Mapping[str, str]
     contractions: Mapping[str, tuple[str, ...]]
     suffixes: tuple[tuple[str, str], ...]
@@ -281,11 +273,53 @@ def load_categories(language: str = "en", path: Path | None = None) -> Categorie
         known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
         raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
     check_schema(data[language], language, path.name)
-    categories = _build(language, data[language])
+    _check_keys(data, path.name)
+    categories = _build(language, data[language], path.name)
     examples = path.parent / EXAMPLES_DIR / f"{language}.tsv"
     if examples.is_file():
-        categories = with_examples(categories, read_examples(examples))
+        categories = with_examples(categories, read_examples(examples, categories.keys))
     return categories
+
+
+@functools.cache
+def _keys_in(path: Path) -> tuple[str, ...]:
+    """Return the category keys a categories.toml defines, read once per file."""
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    return _check_keys(data, path.name)
+
+
+def category_keys(path: Path | None = None) -> tuple[str, ...]:
+    """Return the category keys, in order, as categories.toml defines them for every language."""
+    return _keys_in(Path(path or DEFAULT_PATH).resolve())
+
+
+def _check_keys(data: dict, filename: str) -> tuple[str, ...]:
+    """Return the languages' shared category keys; raise CategoryDataError where they differ."""
+    found: tuple[str, ...] | None = None
+    first = ""
+    for language, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        categories = table.get("categories")
+        keys = tuple(categories) if isinstance(categories, dict) else ()
+        for key in REQUIRED_CATEGORIES:
+            if key not in keys:
+                raise CategoryDataError(
+                    f"{filename}: [{language}.categories.{key}] is missing; every language needs it"
+                )
+        if found is None:
+            found, first = keys, language
+        elif keys != found:
+            extra = [k for k in keys if k not in found] or [k for k in found if k not in keys]
+            what = f"key {language}.categories.{extra[0]}" if extra else f"{language}.categories"
+            raise CategoryDataError(
+                f"{filename}: {what} differs from {first}: every language lists the same "
+                f"categories in the same order ({', '.join(found)})"
+            )
+    if found is None:
+        raise CategoryDataError(f"{filename}: no [LANGUAGE.categories.KEY] tables")
+    return found
 
 
 # Every key a language table may hold, by table; a dict is a sub-table, None any value.
@@ -321,7 +355,8 @@ SCHEMA: dict = {
         ),
         "stemming": dict.fromkeys(("forms", "endings", "tidy", "keep", "min_stem")),
     },
-    "categories": {key: _CATEGORY_TABLE for key in CATEGORY_KEYS},
+    # Any category key: the keys, their order and labels are the data's own.
+    "categories": {"*": _CATEGORY_TABLE},
     "emergency": {
         **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
         "combos": [dict.fromkeys(("phrases", "with", "otherwise"))],
@@ -360,11 +395,11 @@ def check_schema(table: dict, language: str, filename: str) -> None:
             if not isinstance(value, dict):
                 raise CategoryDataError(f"{filename}: [{where}] must be a table")
             for key, item in value.items():
-                if key not in schema:
+                if key not in schema and "*" not in schema:
                     home = [h for h in homes.get(key, ()) if h != f"{where}.{key}"]
                     hint = f"; it belongs in [{home[0].rsplit('.', 1)[0]}]" if home else ""
                     raise CategoryDataError(f"{filename}: unknown key {where}.{key}{hint}")
-                walk(item, schema[key], f"{where}.{key}")
+                walk(item, schema.get(key, schema.get("*")), f"{where}.{key}")
 
     walk(table, SCHEMA, language)
 
@@ -382,13 +417,17 @@ def _homes(schema, where: str) -> dict[str, list[str]]:
     return found
 
 
-def read_examples(path: Path) -> list[tuple[str, str]]:
-    """Read (text, category) rows from a labelled examples TSV with a header row."""
+def read_examples(path: Path, keys: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """Read (text, category) rows from a labelled examples TSV with a header row.
+
+    The categories are checked against `keys`, by default those of categories.toml.
+    """
+    keys = frozenset(category_keys() if keys is None else keys)
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         rows = [(r["text"], r["category"]) for r in reader if r.get("text")]
     for text, category in rows:
-        if category not in CATEGORY_KEYS:
+        if category not in keys:
             raise CategoryDataError(f"{path.name}: unknown category {category!r} for {text!r}")
     return rows
 
@@ -438,7 +477,7 @@ def _example_words(tokens: Iterable[str], stop_words: frozenset[str]) -> frozens
     return frozenset(t for t in tokens if t not in stop_words)
 
 
-def _build(language: str, lang: dict) -> Categories:
+def _build(language: str, lang: dict, filename: str = "categories.toml") -> Categories:
     """Compile one language table into a Categories object."""
     text = lang.get("text", {})
     tuning = lang.get("tuning", {})
@@ -457,6 +496,7 @@ def _build(language: str, lang: dict) -> Categories:
 
     base = Categories(
         language=language,
+        keys=tuple(lang.get("categories", {})),
         labels={},
         contractions=contractions,
         suffixes=suffixes,
@@ -535,16 +575,18 @@ def _build(language: str, lang: dict) -> Categories:
     phrases: list[_Phrase] = []
     labels: dict[str, str] = {}
     cats = lang.get("categories", {})
-    for key in cats:
-        if key not in CATEGORY_KEYS:
-            raise CategoryDataError(f"{language}: unknown category {key!r}")
     emergency = lang.get("emergency", {})
     # Emergency phrases are matched more tightly: "broken ... in" is not "broken in".
     emergency_gap = int(emergency.get("max_gap", base.max_gap))
-    for key in CATEGORY_KEYS:
-        entry = cats.get(key)
-        if not entry or not entry.get("label"):
-            raise CategoryDataError(f"{language}: category {key!r} needs a label")
+    for key, entry in cats.items():
+        # Keys are stored with each request and sent in forms: plain lower-case words.
+        if not _KEY_RE.fullmatch(key):
+            raise CategoryDataError(
+                f"{filename}: category key {language}.categories.{key} must be lower-case "
+                "letters, digits and underscores"
+            )
+        if not entry.get("label"):
+            raise CategoryDataError(f"{filename}: {language}.categories.{key} needs a label")
         labels[key] = entry["label"]
         gap = emergency_gap if key == "emergency" else base.max_gap
         for list_name, weight in weights.items():
@@ -554,8 +596,10 @@ def _build(language: str, lang: dict) -> Categories:
     for i, combo in enumerate(emergency.get("combos", ())):
         group = f"combo{i}"
         otherwise = combo.get("otherwise", "")
-        if otherwise and otherwise not in CATEGORY_KEYS:
-            raise CategoryDataError(f"{language}: combo otherwise {otherwise!r} is not a category")
+        if otherwise and otherwise not in cats:
+            raise CategoryDataError(
+                f"{filename}: {language}.emergency.combos otherwise {otherwise!r} is not a category"
+            )
         compile_list(
             combo.get("phrases", ()),
             _CATEGORY,
@@ -738,9 +782,9 @@ def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, 
 
 def classify(text: str, categories: Categories, model=None) -> Classification:
     """Classify a request's text into a category and urgency, by rules and model together."""
-    rules = classify_rules(text, categories)
     if model is None or not isinstance(text, str) or not text.strip():
-        return rules
+        return classify_rules(text, categories)
+    rules = classify_rules(text, categories, vote=False)
     return fuse(
         rules,
         model.probabilities(text),
@@ -770,14 +814,16 @@ def fuse(
     p_emergency = probabilities.get("emergency", 0.0)
     rest = max(1.0 - p_emergency, 1e-9)
     fused = {}
-    for key in CATEGORY_KEYS:
+    # The model's labels are the data's category keys, in their order.
+    keys = [*probabilities, *(k for k in rule_scores if k not in probabilities)]
+    for key in keys:
         if key == "emergency":
             continue
         # The rules' own confidence, not renormalised: a weak rule verdict stays weak.
         from_rules = min(rule_scores.get(key, 0.0), 1.0)
         from_model = probabilities.get(key, 0.0) / rest
         fused[key] = rule_weight * from_rules + (1 - rule_weight) * from_model
-    ranked = sorted(fused, key=lambda k: (-fused[k], CATEGORY_KEYS.index(k)))
+    ranked = sorted(fused, key=lambda k: (-fused[k], keys.index(k)))
     threshold = max(emergency_threshold, disarmed_threshold if rules.disarmed else 0.0)
     model_alarm = p_emergency >= threshold
     emergency = rules.emergency or model_alarm
@@ -819,8 +865,12 @@ def calibrate(score: float, calibration: tuple[float, float]) -> float:
     return 1 / (1 + math.exp(-(slope * math.log(p / (1 - p)) + offset)))
 
 
-def classify_rules(text: str, categories: Categories) -> Classification:
-    """Classify a request's text by the phrase lists and the nearest examples alone."""
+def classify_rules(text: str, categories: Categories, vote: bool = True) -> Classification:
+    """Classify a request's text by the phrase lists and, if `vote`, the nearest examples.
+
+    The examples' word-overlap vote stands in for the learned model when there is none;
+    next to the model it added nothing on cross-validation, so `classify` leaves it out.
+    """
     tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
     found = _find_matches(tokens, categories)
     # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of
@@ -833,7 +883,8 @@ def classify_rules(text: str, categories: Categories) -> Classification:
     negations = [m for m in guards if m.phrase.tag == "negation"]
     harmless = [m for m in guards if m.phrase.tag == "guard"]
 
-    evidence: dict[str, list[float]] = {key: [] for key in CATEGORY_KEYS}
+    keys = categories.keys
+    evidence: dict[str, list[float]] = {key: [] for key in keys}
     first_seen: dict[str, int] = {}
     matched: list[str] = []
     disarmed: list[str] = []
@@ -885,7 +936,7 @@ def classify_rules(text: str, categories: Categories) -> Classification:
     # Second opinion: how were the labelled examples most like this request classified?
     bank = categories.examples
     unspent = [t for i, t in enumerate(tokens) if i not in spent]
-    neighbours = nearest_examples(unspent, categories)
+    neighbours = nearest_examples(unspent, categories) if vote else []
     votes = _votes(neighbours, bank)
     knn_emergency = (
         votes.get("emergency", 0.0) >= bank.emergency_share
@@ -904,13 +955,13 @@ def classify_rules(text: str, categories: Categories) -> Classification:
     total = sum(scores.values())
     combined = {
         key: _confidence(scores[key], total) + bank.weight * votes.get(key, 0.0)
-        for key in CATEGORY_KEYS
+        for key in keys
         if key != "emergency"
     }
     scale = 1 + bank.weight if votes else 1.0
     ranked = sorted(
         (k for k in combined if combined[k] > 0),
-        key=lambda k: (-combined[k], first_seen.get(k, 0), CATEGORY_KEYS.index(k)),
+        key=lambda k: (-combined[k], first_seen.get(k, 0), keys.index(k)),
     )
     phrase_best = max((scores[k] for k in combined), default=0.0)
     if is_emergency:

@@ -14,7 +14,6 @@ from flask.cli import with_appcontext
 from . import jobs, pipeline, recordings, textmodel, training
 from .accounts import create_user, hasher_for
 from .classify import (
-    CATEGORY_KEYS,
     EXAMPLES_DIR,
     CategoryDataError,
     UnknownLanguage,
@@ -144,11 +143,13 @@ def train_command(language, force):
     try:
         categories = load_categories(language, flows / "categories.toml")
         heldout = training.read_heldout(flows / training.HELDOUT_DIR / f"{language}.tsv")
-        rows = read_examples(flows / EXAMPLES_DIR / f"{language}.tsv")
+        examples = flows / EXAMPLES_DIR / f"{language}.tsv"
+        rows = read_examples(examples, categories.keys)
+        blind = training.read_rule_blind(examples)
     except (OSError, KeyError, UnknownLanguage, CategoryDataError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        corrections = [(t, c) for t, c, _ in labelled_examples(get_db()) if c in CATEGORY_KEYS]
+        corrections = [(t, c) for t, c, _ in labelled_examples(get_db()) if c in categories.keys]
     except sqlite3.Error as exc:
         raise click.ClickException(
             f"cannot read the corrections ({exc}); run: flask --app app migrate"
@@ -162,7 +163,10 @@ def train_command(language, force):
         f"{len(every) - len(rows)} held-out rows left out)",
         err=True,
     )
-    weights, _ = training.train(rows, embedder.embed([t for t, _ in rows]), categories, models.name)
+    # No rule phrase was written from a correction, so corrections are rule-blind too.
+    blind = blind | {text for text, _ in corrections}
+    embeddings = embedder.embed([t for t, _ in rows])
+    weights, _ = training.train(rows, embeddings, categories, models.name, blind)
     held = embedder.embed([t for t, *_ in heldout])
     path = textmodel.weights_path(flows, language)
     try:

@@ -28,7 +28,7 @@ from flask.cli import with_appcontext
 
 from . import settings
 from .availability import DAYS
-from .classify import CATEGORY_KEYS
+from .classify import category_keys
 from .db import get_db
 from .queue import now, record_event
 
@@ -176,8 +176,11 @@ def parse_points(data, where="points.toml"):
     categories = top.get("categories", {})
     if not isinstance(categories, dict):
         raise PointsDataError(f"{where}: [categories] must be a table")
+    # The categories beside this points.toml (a flows folder's own), else the shipped ones.
+    beside = Path(where).with_name("categories.toml")
+    known = category_keys(beside if beside.is_file() else None)
     for category in categories:
-        if category not in CATEGORY_KEYS:
+        if category not in known:
             raise PointsDataError(f"{where}: unknown key categories.{category} (not a category)")
     evening = _table(data, "evening", where)
     weekend = _table(data, "weekend", where)

@@ -34,7 +34,7 @@ from .availability import (
     parse_exceptions,
     parse_slots,
 )
-from .classify import CATEGORY_KEYS
+from .classify import category_keys
 from .db import ROW_ID, get_db
 from .queue import now, record_event
 
@@ -164,7 +164,7 @@ def rules_for(app):
         flows = Path(app.config["FLOWS_DIR"])
         weights = matching.load_weights(flows / "matching.toml")
         rules = Rules(
-            skills=frozenset(CATEGORY_KEYS),
+            skills=frozenset(category_keys(flows / "categories.toml")),
             places=load_places(flows / "places.toml"),
             max_level=weights.max_level,
         )

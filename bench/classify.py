@@ -1,10 +1,12 @@
 """Score the request classifier and print a plain-text report.
 
 With no option it compares the rules alone, the learned model alone and their fusion (what
-the app runs), on the held-out set (ivr_flows/heldout/en.tsv, never trained on), on older
-held-out files the rules were tuned against (bench/data/heldout_r7.tsv, heldout_r8.tsv), and
-by 5-fold cross-validation on the training examples (model and example bank rebuilt without
-each fold). It needs the e5-small text model installed (scripts/setup).
+the app runs): accuracy, recall by category, emergency recall, false alarms and median
+time per request, on the two held-out sets (ivr_flows/heldout/en.tsv and en_b.tsv, never
+trained on), on older held-out files the rules were tuned against (bench/data/heldout_r7.tsv,
+heldout_r8.tsv), and by 5-fold cross-validation on the training examples (model and example
+bank rebuilt without each fold), over every row and over the rule-blind rows (`rules_seen`
+0: no rule phrase was written from them). It needs the e5-small text model (scripts/setup).
 
 The options below score the rules alone on any labelled TSV, as before the model.
 
@@ -39,7 +41,6 @@ if str(REPO) not in sys.path:
 
 from app import training  # noqa: E402
 from app.classify import (  # noqa: E402
-    CATEGORY_KEYS,
     DEFAULT_PATH,
     EXAMPLES_DIR,
     Categories,
@@ -55,6 +56,7 @@ from app.textmodel import load_embedder, load_weights, weights_path  # noqa: E40
 
 DEFAULT_DATA = REPO / "bench" / "data" / "requests_en.tsv"
 HELDOUT = REPO / "ivr_flows" / "heldout" / "en.tsv"
+HELDOUT_B = REPO / "ivr_flows" / "heldout" / "en_b.tsv"
 OLDER_HELDOUT = [REPO / "bench" / "data" / f"heldout_r{i}.tsv" for i in (7, 8)]
 
 
@@ -105,7 +107,7 @@ def evaluate(
     elapsed = time.perf_counter() - started
 
     per_category = {}
-    for key in CATEGORY_KEYS:
+    for key in categories.keys:
         tp = sum(1 for _, c, _, p in scored if c == key and p.category == key)
         predicted = sum(1 for *_, p in scored if p.category == key)
         support = sum(1 for _, c, _, _ in scored if c == key)
@@ -153,30 +155,54 @@ def report(result: dict, show_errors: bool = False) -> str:
     return "\n".join(lines)
 
 
-def compare_table(name: str, scored, weights) -> tuple[str, dict]:
+def compare_table(name: str, scored, weights, keys=None, timing=None) -> tuple[str, dict]:
     """Return rules / model / fusion lines for one set of scored rows, and fusion's metrics."""
+    keys = keys or weights.labels
     lines = [f"== {name} ({len(scored)} requests)"]
     head = (
         f"{'':8}{'accuracy':>9}{'emerg. recall':>15}{'missed':>8}{'false alarms':>14}"
         f"{'calibration error':>19}"
     )
+    if timing:
+        head += f"{'median ms':>11}"
     lines.append(head)
     per = {}
     for mode in ("rules", "model", "fusion"):
-        m = training.metrics(scored, training.verdicts(scored, mode, weights))
+        m = training.metrics(scored, training.verdicts(scored, mode, weights), keys)
         per[mode] = m
-        lines.append(
+        line = (
             f"{mode:8}{m['accuracy']:>9.3f}{m['emergency_recall']:>15.3f}"
             f"{len(m['missed']):>8d}{m['false_alarms']:>14.3f}{m['calibration_error']:>19.3f}"
         )
-    lines.append("recall by category:  " + "  ".join(k[:8] for k in CATEGORY_KEYS))
+        if timing:
+            line += f"{timing[mode]:>11.1f}"
+        lines.append(line)
+    lines.append("recall by category:  " + "  ".join(k[:8] for k in keys))
     for mode in ("rules", "model", "fusion"):
         recalls = per[mode]["per_category"]
         lines.append(
             f"{mode:21}"
-            + "  ".join(f"{recalls[k]['recall']:>{len(k[:8])}.2f}" for k in CATEGORY_KEYS)
+            + "  ".join(f"{recalls[k]['recall']:>{len(k[:8])}.2f}" for k in keys if k in recalls)
         )
     return "\n".join(lines), per["fusion"]
+
+
+def latency(texts, categories, model, repeat: int = 1) -> dict[str, float]:
+    """Return the median milliseconds per request of rules alone, model alone and fusion."""
+    runs = {
+        "rules": lambda t: classify(t, categories),
+        "model": model.probabilities,
+        "fusion": lambda t: classify(t, categories, model),
+    }
+    medians = {}
+    for mode, run in runs.items():
+        timings = []
+        for text in texts * repeat:
+            started = time.perf_counter()
+            run(text)
+            timings.append(time.perf_counter() - started)
+        medians[mode] = statistics.median(timings) * 1000
+    return medians
 
 
 def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models") -> int:
@@ -185,6 +211,7 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
     weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     embedder = load_embedder(weights.embedder, models_dir)
+    model = training_classifier(embedder, weights)
     print(f"model {weights.embedder}; weights {weights.info}")
     print(
         f"tuning (chosen by cross-validation): rules' share {weights.rule_weight}, "
@@ -192,12 +219,17 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
         f"({weights.disarmed_threshold} where the rules set a danger phrase aside), "
         f"temperature {weights.temperature}\n"
     )
-    sets = [("held-out ivr_flows/heldout/en.tsv", training.read_heldout(HELDOUT))]
+    sets = [
+        ("held-out A ivr_flows/heldout/en.tsv", training.read_heldout(HELDOUT)),
+        ("held-out B ivr_flows/heldout/en_b.tsv", training.read_heldout(HELDOUT_B)),
+    ]
     older = [row for path in OLDER_HELDOUT for row in training.read_heldout(path)]
     sets.append(("older held-out bench/data/heldout_r7+r8 (rules were tuned on them)", older))
     for name, rows in sets:
         scored = training.score(rows, embedder.embed([t for t, *_ in rows]), categories, weights)
-        table, fusion = compare_table(name, scored, weights)
+        # Every 4th request, so the timing covers short and long ones without taking long.
+        timing = latency([t for t, *_ in rows[::4]], categories, model)
+        table, fusion = compare_table(name, scored, weights, categories.keys, timing)
         print(table)
         if show_errors:
             for text, want, got in fusion["errors"]:
@@ -205,22 +237,22 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
             for text in fusion["false_alarm_texts"]:
                 print(f"  false alarm: {text}")
         print()
-    rows = read_examples(DEFAULT_PATH.parent / EXAMPLES_DIR / "en.tsv")
+    examples = DEFAULT_PATH.parent / EXAMPLES_DIR / "en.tsv"
+    rows = read_examples(examples, categories.keys)
+    blind = training.read_rule_blind(examples)
     embeddings = embedder.embed([t for t, _ in rows])
-    oof = training.out_of_fold(rows, embeddings, categories, weights.embedder)
+    l2 = weights.info.get("l2")
+    mix = (weights.neighbour_share, weights.neighbour_temperature)
+    oof = training.out_of_fold(rows, embeddings, categories, weights.embedder, l2=l2, mix=mix)
     oof = [training._rescale(s, weights.temperature) for s in oof]
-    table, _ = compare_table("5-fold cross-validation on ivr_flows/examples/en.tsv", oof, weights)
-    print(table)
-    print()
-    model = training_classifier(embedder, weights)
-    text = "Hello dear, I was wondering if somebody could pop round, I've run out of bread and milk"
-    timings = []
-    for _ in range(30):
-        started = time.perf_counter()
-        classify(text, categories, model)
-        timings.append(time.perf_counter() - started)
+    for name, scored in (
+        ("5-fold cross-validation on ivr_flows/examples/en.tsv", oof),
+        ("the same, rule-blind rows only (rules_seen 0)", [s for s in oof if s.text in blind]),
+    ):
+        table, _ = compare_table(name, scored, weights, categories.keys)
+        print(table)
+        print()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"median classify() with the model: {statistics.median(timings) * 1000:.1f} ms")
     print(
         f"peak memory of this process: {after / 1024:.0f} MB ({(after - before) / 1024:.0f} MB "
         "since loading the model and embedding every set)"

@@ -26,13 +26,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from app.availability import Slot  # noqa: E402
-from app.classify import CATEGORY_KEYS  # noqa: E402
+from app.classify import category_keys  # noqa: E402
 from app.matching import Need, Pool, Volunteer, load_weights, rank  # noqa: E402
 
 TARGET_MS = 20.0
 CENTRE = (51.5079, -0.0877)
 LANGUAGES = [("en", 70), ("ko", 6), ("es", 8), ("zh", 6), ("pl", 5), ("ar", 5)]
-SKILLS = [c for c in CATEGORY_KEYS if c not in ("emergency", "other")]
+SKILLS = [c for c in category_keys() if c not in ("emergency", "other")]
 START = datetime(2026, 11, 30, tzinfo=UTC)
 
 

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from app import queue
 from app.classify import (
-    CATEGORY_KEYS,
     DEFAULT_PATH,
     URGENCIES,
     CategoryDataError,
     Classification,
     UnknownLanguage,
+    category_keys,
     classify,
     fuse,
     load_categories,
@@ -27,10 +27,28 @@ from app.classify import (
 from app.console.actions import change
 from app.db import connect
 from app.health import startup_warnings
-from app.textmodel import TextClassifier, WeightsError, load_embedder, load_weights, weights_path
-from app.training import metrics, read_heldout, score, verdicts
+from app.textmodel import (
+    TextClassifier,
+    WeightsError,
+    load_embedder,
+    load_weights,
+    neighbour_vote,
+    weights_path,
+)
+from app.training import (
+    MIN_BLIND_EMERGENCIES,
+    MIN_BLIND_ROWS,
+    Scored,
+    metrics,
+    read_heldout,
+    read_rule_blind,
+    score,
+    tuning_rows,
+    verdicts,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+CATEGORY_KEYS = category_keys()
 
 
 @pytest.fixture(scope="module")
@@ -488,6 +506,78 @@ def test_rule_file_is_checked_against_its_schema(tmp_path, extra, message):
     assert message in str(caught.value)
 
 
+def _categories_file(tmp_path, *tables):
+    """Write a categories.toml of (language, [(key, label)]) tables; return its path."""
+    text = "\n".join(
+        f'[{language}.categories.{key}]\nlabel = "{label}"\nphrases = ["{key} word"]'
+        for language, categories in tables
+        for key, label in categories
+    )
+    # A language with no categories at all is a bare table.
+    text += "".join(f'\n[{language}]\nname = "{language}"' for language, c in tables if not c)
+    path = tmp_path / "categories.toml"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def test_categories_keys_order_and_labels_come_from_the_data(tmp_path):
+    order = [("pets", "a pet"), ("emergency", "an emergency"), ("garden", "the garden")]
+    path = _categories_file(tmp_path, ("zz", [*order, ("other", "something else")]))
+    zz = load_categories("zz", path)
+    assert zz.keys == category_keys(path) == ("pets", "emergency", "garden", "other")
+    assert (zz.label("pets"), zz.label("garden")) == ("a pet", "the garden")
+    assert classify("garden word", zz).category == "garden"
+    assert classify("pets word", zz).category == "pets"
+
+
+def test_shipped_categories_are_the_data_files_own():
+    data = tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+    assert category_keys() == tuple(data["en"]["categories"])
+    assert {"emergency", "other"} <= set(category_keys())
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ([("zz", [("meals", "m"), ("other", "o")])], "[zz.categories.emergency] is missing"),
+        (
+            [("zz", [("emergency", "e"), ("other", "o")]), ("yy", [])],
+            "[yy.categories.emergency] is missing",
+        ),
+        ([("zz", [("meals", "m"), ("emergency", "e")])], "[zz.categories.other] is missing"),
+        (
+            [("zz", [("emergency", "e"), ("other", "o")]), ("yy", [("emergency", "e")])],
+            "[yy.categories.other] is missing",
+        ),
+        (
+            [
+                ("zz", [("emergency", "e"), ("other", "o")]),
+                ("yy", [("emergency", "e"), ("other", "o"), ("pets", "p")]),
+            ],
+            "key yy.categories.pets differs from zz",
+        ),
+        (
+            [
+                ("zz", [("emergency", "e"), ("other", "o")]),
+                ("yy", [("other", "o"), ("emergency", "e")]),
+            ],
+            "yy.categories differs from zz",
+        ),
+        (
+            [("zz", [("emergency", "e"), ("other", "o"), ("Big-Pets", "p")])],
+            "category key zz.categories.Big-Pets must be lower-case",
+        ),
+        ([("zz", [("emergency", "e"), ("other", "")])], "zz.categories.other needs a label"),
+    ],
+)
+def test_category_tables_are_checked_naming_file_and_key(tmp_path, tables, message):
+    path = _categories_file(tmp_path, *tables)
+    with pytest.raises(CategoryDataError) as caught:
+        load_categories("zz", path)
+    assert str(caught.value).startswith("categories.toml: ")
+    assert message in str(caught.value)
+
+
 def test_shipped_rule_file_passes_its_schema():
     for language in tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8")):
         assert load_categories(language).language == language
@@ -606,6 +696,10 @@ def test_weights_round_trip_and_refuse_garbage(tmp_path, model):
     again = load_weights(path)
     assert again.labels == model.weights.labels
     assert np.allclose(again.coef, model.weights.coef)
+    assert np.array_equal(again.neighbours, model.weights.neighbours)
+    assert again.neighbour_share == model.weights.neighbour_share
+    vectors = model.embedder.embed(["I need a lift to the doctor", "the tap drips"])
+    assert np.allclose(again.probabilities(vectors), model.weights.probabilities(vectors))
     assert again.emergency_threshold == model.weights.emergency_threshold
     path.write_bytes(b"not a model")
     with pytest.raises(WeightsError, match="not a classifier weights file"):
@@ -659,32 +753,116 @@ def test_classification_with_the_model_is_fast(en, model):
     assert sorted(timings)[len(timings) // 2] < 0.1
 
 
-@pytest.fixture(scope="module")
-def heldout(en, model):
-    """Score the held-out set, never trained on, with the rules and the model."""
-    rows = read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")
+HELDOUT = {"A": "en.tsv", "B": "en_b.tsv"}
+
+# Four neighbours on a circle: two "a" near (1, 0), one "b" at (0, 1), one "c" at (-1, 0).
+_NEAR = np.array([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0], [-1.0, 0.0]])
+_NEAR_LABELS = np.array([0, 0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("point", "k", "temperature", "winner", "share"),
+    [
+        ((1.0, 0.0), 2, 0.05, 0, 1.0),  # both nearest are "a"
+        ((0.0, 1.0), 1, 0.05, 1, 1.0),  # the one nearest is "b"
+        ((0.0, 1.0), 4, 10.0, 0, 0.5),  # everyone votes, almost evenly: "a" has two
+        ((-1.0, 0.0), 2, 0.02, 2, 0.99),  # the closer neighbour outweighs the farther
+        ((1.0, 0.0), 50, 0.05, 0, 0.9),  # k beyond the bank means every neighbour
+    ],
+)
+def test_neighbour_vote_weighs_the_nearest_examples(point, k, temperature, winner, share):
+    vote = neighbour_vote(np.array([point]), _NEAR, _NEAR_LABELS, 3, k, temperature)
+    assert vote.shape == (1, 3)
+    assert np.isclose(vote.sum(), 1.0)
+    assert vote[0].argmax() == winner
+    assert vote[0, winner] >= share - 0.02
+
+
+def test_rule_blind_rows_are_read_from_the_examples(tmp_path):
+    path = tmp_path / "en.tsv"
+    path.write_text(
+        "text\tcategory\turgency\trules_seen\n"
+        "seen\tmeals\tnormal\t1\nfresh\tmeals\tnormal\t0\nunmarked\tmeals\tnormal\t\n",
+        encoding="utf-8",
+    )
+    assert read_rule_blind(path) == {"fresh"}
+    shipped = REPO / "ivr_flows" / "examples" / "en.tsv"
+    assert len(read_rule_blind(shipped)) >= MIN_BLIND_ROWS
+
+
+def _scored(n, emergencies):
+    """Return n scored rows named r0.., the first `emergencies` of them emergencies."""
+    silent = Classification("other", 0.0, (), "normal", False, ())
+    return [
+        Scored(f"r{i}", "emergency" if i < emergencies else "other", i < emergencies, silent, {})
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("blind_rows", "blind_emergencies", "tuned_on_blind"),
+    [
+        (MIN_BLIND_ROWS, MIN_BLIND_EMERGENCIES, True),
+        (MIN_BLIND_ROWS - 1, MIN_BLIND_EMERGENCIES, False),
+        (MIN_BLIND_ROWS, MIN_BLIND_EMERGENCIES - 1, False),
+    ],
+)
+def test_fusion_is_tuned_on_rule_blind_rows_when_there_are_enough(
+    blind_rows, blind_emergencies, tuned_on_blind
+):
+    rows = _scored(blind_rows + 100, blind_emergencies)
+    blind = {s.text for s in rows[:blind_rows]}
+    chosen = tuning_rows(rows, blind)
+    assert len(chosen) == (blind_rows if tuned_on_blind else len(rows))
+
+
+def test_the_example_vote_stands_in_only_when_there_is_no_model(en, model):
+    text = "could someone cut my hedge and mow the lawn"
+    assert any(m.startswith("example: ") for m in classify(text, en).matched)
+    fused = classify(text, en, model)
+    assert not any(m.startswith("example: ") for m in fused.matched)
+    assert any(m.startswith("model: ") for m in fused.matched)
+
+
+@pytest.fixture(scope="module", params=sorted(HELDOUT))
+def heldout(request, en, model):
+    """Score a held-out set, never trained on, with the rules and the model."""
+    rows = read_heldout(REPO / "ivr_flows" / "heldout" / HELDOUT[request.param])
     embeddings = model.embedder.embed([t for t, *_ in rows])
-    return score(rows, embeddings, en, model.weights)
+    return request.param, score(rows, embeddings, en, model.weights)
 
 
-def test_heldout_set_is_large_and_apart_from_the_training_examples():
-    rows = read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")
+@pytest.mark.parametrize(("name", "least"), [("en.tsv", 300), ("en_b.tsv", 200)])
+def test_heldout_sets_are_large_and_apart_from_the_training_examples(name, least):
+    rows = read_heldout(REPO / "ivr_flows" / "heldout" / name)
     examples = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
-    assert len(rows) >= 300
+    assert len(rows) >= least
     assert {c for _, c, _ in rows} == set(CATEGORY_KEYS)
+    assert all(emergency == (c == "emergency") for _, c, emergency in rows)
     assert not {t for t, *_ in rows} & {t for t, _ in examples}
 
 
-def test_fusion_meets_what_it_reached_on_the_heldout_set(heldout, model):
-    # Measured when the weights were trained: fusion 0.886 accuracy, 66 of 67 emergencies,
-    # 4.7 % false alarms, calibration error 0.063; rules alone 0.858, 57 of 67, 2.3 %, 0.135.
-    # The issue's targets (0.95, every emergency, 2 %) are not reached yet; these gates
-    # stop it getting worse.
-    fused = metrics(heldout, verdicts(heldout, "fusion", model.weights))
-    rules = metrics(heldout, verdicts(heldout, "rules", model.weights))
-    assert fused["accuracy"] >= 0.87
-    assert fused["emergency_recall"] >= 0.98
-    assert fused["false_alarms"] <= 0.05
+# Measured when the weights were trained (bench/classify.py), fusion then rules alone:
+#   A: accuracy 0.929 / 0.883, emergencies 66 of 67 / 60, false alarms 1.6 % / 1.6 %,
+#      calibration error 0.042;
+#   B: accuracy 0.860 / 0.840, emergencies 44 of 50 / 39, false alarms 3.9 % / 3.9 %,
+#      calibration error 0.057.
+# The issue's targets (0.95, every emergency, 2 %) are not reached yet; these gates sit a
+# little below what was met, so they stop it getting worse without failing on noise.
+GATES = {
+    "A": {"accuracy": 0.91, "emergency_recall": 0.98, "false_alarms": 0.03},
+    "B": {"accuracy": 0.84, "emergency_recall": 0.86, "false_alarms": 0.05},
+}
+
+
+def test_fusion_meets_what_it_reached_on_the_heldout_sets(heldout, model):
+    name, scored = heldout
+    gate = GATES[name]
+    fused = metrics(scored, verdicts(scored, "fusion", model.weights))
+    rules = metrics(scored, verdicts(scored, "rules", model.weights))
+    assert fused["accuracy"] >= gate["accuracy"]
+    assert fused["emergency_recall"] >= gate["emergency_recall"]
+    assert fused["false_alarms"] <= gate["false_alarms"]
     assert fused["accuracy"] > rules["accuracy"]
     assert fused["emergency_recall"] > rules["emergency_recall"]
     # The score is a calibrated confidence: within 10 points of how often it is right.

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import ledger, people, supervision
-from app.classify import CATEGORY_KEYS
+from app.classify import category_keys
 from app.db import connect, migrate
 from app.flows import available_languages
 from tests.test_api import bearer
@@ -31,7 +31,7 @@ RULES = ledger.parse_points(
         "holidays": {"dates": [date(2026, 12, 25)], "bonus": 1.0},
     }
 )
-REGISTRY = people.Rules(skills=frozenset(CATEGORY_KEYS), places={})
+REGISTRY = people.Rules(skills=frozenset(category_keys()), places={})
 PER_HOUR = "10 points per hour"
 
 

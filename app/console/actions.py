@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from rapidfuzz import fuzz, utils
 
 from .. import dispatch, pipeline, queue
-from ..classify import CATEGORY_KEYS
+from ..classify import category_keys
 from .search import LIST_COLUMNS, row_dict
 
 EDITABLE = ("category", "urgency", "transcript")
@@ -80,7 +80,7 @@ def validate_changes(changes):
         if value is None or value == "":
             continue
         # A list or object sent as JSON is refused before it is looked up (unhashable).
-        known = {"category": CATEGORY_KEYS, "urgency": queue.URGENCY_RANK}
+        known = {"category": category_keys(), "urgency": queue.URGENCY_RANK}
         known["status"] = queue.STATUSES
         if name in known and (not isinstance(value, str) or value not in known[name]):
             raise BadChange(f"{name} must be one of {', '.join(known[name])}")

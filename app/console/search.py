@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import date, timedelta
 
 from .. import jsontext
-from ..classify import CATEGORY_KEYS
+from ..classify import category_keys
 from ..queue import CHANNELS, STATUSES, URGENCY_RANK, row_id
 
 # Spelled exactly as in the partial indexes' WHERE clauses, so SQLite can use them.
@@ -73,7 +73,7 @@ class Filters:
         choices = {
             "status": STATUS_CHOICES,
             "sort": SORTS,
-            "category": CATEGORY_KEYS,
+            "category": category_keys(),
             "urgency": tuple(URGENCY_RANK),
             "channel": CHANNELS,
         }

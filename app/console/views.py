@@ -24,7 +24,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
 from .. import accounts, arrangements, queue
-from ..classify import CATEGORY_KEYS, load_categories
+from ..classify import category_keys, load_categories
 from ..db import get_db, lock_error
 from ..kiosk import devices
 from . import actions, search, waiting
@@ -92,7 +92,7 @@ def console_context():
     return {
         "principal": g.get("principal"),
         "category_label": _label,
-        "CATEGORY_KEYS": CATEGORY_KEYS,
+        "CATEGORY_KEYS": category_keys(),
         "URGENCIES": tuple(queue.URGENCY_RANK),
         "STATUSES": queue.STATUSES,
         "CHANNELS": queue.CHANNELS,
