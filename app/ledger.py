@@ -455,6 +455,7 @@ class VolunteerStats:
     ratings: int = 0
     rating_mean: float | None = None
     complaints: int = 0
+    disputed_minutes: int = 0  # the senior said nobody came: part of the unverified minutes
 
     @property
     def unverified_minutes(self):
@@ -493,9 +494,10 @@ def utc_bounds(start, end, tz):
 def volunteer_stats(db, volunteer_id, *, start=None, end=None, tz=None):
     """Return a volunteer's record for visits from start to end (local dates, inclusive)."""
     low, high = utc_bounds(start, end, tz or timezone())
-    visits, minutes, verified, points = db.execute(
+    visits, minutes, verified, disputed, points = db.execute(
         "SELECT COUNT(*), IFNULL(SUM(t.minutes), 0),"
         " IFNULL(SUM(CASE WHEN a.verified = 1 THEN t.minutes ELSE 0 END), 0),"
+        " IFNULL(SUM(CASE WHEN a.senior_came = 'no' THEN t.minutes ELSE 0 END), 0),"
         " IFNULL(SUM(t.points), 0) FROM ledger_transfers t"
         " JOIN assignments a ON a.id = t.assignment_id"
         " WHERE t.volunteer_id = ? AND t.started_at >= ? AND t.started_at < ?",
@@ -527,6 +529,7 @@ def volunteer_stats(db, volunteer_id, *, start=None, end=None, tz=None):
     ).fetchone()[0]
     return VolunteerStats(
         complaints=complaints,
+        disputed_minutes=disputed,
         visits=visits,
         minutes=minutes,
         verified_minutes=verified,
@@ -554,7 +557,7 @@ def visit_rows(db, start, end, tz=None):
     low, high = utc_bounds(start, end, tz)
     cursor = db.execute(
         "SELECT t.started_at, v.name AS volunteer, p.name AS person, t.category, t.minutes,"
-        " t.points, a.verified, a.check_in_by, a.check_out_by, a.manual"
+        " t.points, a.verified, a.senior_came, a.check_in_by, a.check_out_by, a.manual"
         " FROM ledger_transfers t JOIN assignments a ON a.id = t.assignment_id"
         " JOIN volunteers v ON v.id = t.volunteer_id LEFT JOIN people p ON p.id = t.person_id"
         " WHERE t.started_at >= ? AND t.started_at < ? ORDER BY t.started_at, t.id",
@@ -572,7 +575,10 @@ def visit_rows(db, start, end, tz=None):
                 "category": row["category"],
                 "minutes": row["minutes"],
                 "hours": f"{row['minutes'] / 60:.2f}",
-                "verified": "yes" if row["verified"] else "no",
+                # "disputed": the senior said nobody came; supervision looks into it.
+                "verified": (
+                    "yes" if row["verified"] else "disputed" if row["senior_came"] == "no" else "no"
+                ),
                 "points": row["points"],
                 "entered": entered(row["check_in_by"], row["check_out_by"], row["manual"]),
             }

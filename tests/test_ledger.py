@@ -397,6 +397,7 @@ def test_hours_export_writes_one_row_per_visit(app, db, runner, tmp_path):
         ("2026-11-30T23:30:00+00:00", may, {}),  # before the range
         ("2026-12-01T10:00:00+00:00", may, {"verified": 1}),
         ("2026-12-31T20:00:00+00:00", None, columns),
+        ("2026-12-31T21:00:00+00:00", may, {"senior_came": "no"}),  # the senior disputes it
         ("2027-01-01T00:00:00+00:00", may, {}),  # after the range
     ):
         visit = add_visit(db, ana, person_id=person, minutes=90, start=start, **extra)
@@ -406,7 +407,7 @@ def test_hours_export_writes_one_row_per_visit(app, db, runner, tmp_path):
         args=["hours", "export", "--from", "2026-12-01", "--to", "2026-12-31", "--output", out]
     )
     assert result.exit_code == 0, result.output
-    assert "exported 2 visits" in result.output
+    assert "exported 3 visits" in result.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert rows == [
         {
@@ -430,6 +431,17 @@ def test_hours_export_writes_one_row_per_visit(app, db, runner, tmp_path):
             "verified": "no",
             "points": "23",
             "entered": "sms in, console out (manual)",
+        },
+        {
+            "date": "2026-12-31",
+            "volunteer": "Ana Silva",
+            "person": "May Chen",
+            "category": "groceries",
+            "minutes": "90",
+            "hours": "1.50",
+            "verified": "disputed",
+            "points": "23",
+            "entered": "sms",
         },
     ]
 
@@ -537,4 +549,17 @@ def test_visit_times_are_kept_in_utc_so_ranges_compare(db):
     assert (transfer.started_at, transfer.ended_at) == (
         "2026-12-02T10:00:00+00:00",
         "2026-12-02T10:30:20+00:00",
+    )
+
+
+def test_a_visit_the_senior_disputes_is_unverified_and_counted_apart(db):
+    ana = add_volunteer(db)
+    for minutes, came in ((60, "yes"), (45, "no")):
+        visit = add_visit(db, ana, minutes=minutes, verified=int(came == "yes"), senior_came=came)
+        ledger.post_visit(db, visit, rules=RULES, tz=UTC)
+    stats = ledger.volunteer_stats(db, ana, tz=UTC)
+    assert (stats.verified_minutes, stats.unverified_minutes, stats.disputed_minutes) == (
+        60,
+        45,
+        45,
     )

@@ -456,3 +456,13 @@ def test_a_rating_webhook_without_twilio_s_call_sid_is_refused(app, db, client, 
     response = signed(client, f"/twilio/rating/{made['id']}/came", params)
     assert response.status_code == 400
     assert dispatch.get(db, made["id"])["senior_came"] is None
+
+
+def test_the_request_page_shows_what_the_senior_said(app, db, client, rest):
+    request, made = checked_out(app, db, client)
+    with app.app_context():
+        rating.came(db, made["id"], "yes")
+        rating.rate(db, made["id"], 4)
+    coordinator = as_role(app, db, "coordinator")
+    page = coordinator.get(f"/console/requests/{request['id']}").get_data(as_text=True)
+    assert "Volunteer 101 came; rated 4 of 5; hours verified" in page

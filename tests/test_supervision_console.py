@@ -403,3 +403,14 @@ def test_what_supervision_wrote_stays_with_those_who_supervise(app, db, complain
     assert {"item": complaint["id"]} in [
         e["detail"] for e in events if "supervision" in e["action"]
     ]
+
+
+def test_words_typed_before_resolving_are_kept_with_it(db, complaint, coordinator):
+    page = coordinator.get(PAGE).get_data(as_text=True)
+    assert f'name="action" value="resolve">Mark #{complaint["id"]} resolved' in page
+    path = f"{PAGE}/{complaint['id']}/actions"
+    assert (
+        post(coordinator, path, {"action": "resolve", "text": "spoke to both"}).status_code == 303
+    )
+    [done] = supervision.actions(db, complaint["id"])
+    assert (done["action"], done["text"]) == ("resolve", "spoke to both")
