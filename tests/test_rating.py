@@ -148,8 +148,13 @@ def test_offer_yes_in_out_then_the_senior_confirms_and_rates_the_visit(app, db, 
         (["1", "5"], "yes", 1, 5, [], "Thank you for your answers"),
         (["1", "3"], "yes", 1, 3, [], "Thank you for your answers"),
         (["2"], "no", 0, None, ["did_not_come"], "A coordinator will call you about it soon"),
-        (["1", "1"], "yes", 1, 1, ["low_rating"], "We are sorry the help was not good"),
-        (["1", "2"], "yes", 1, 2, ["low_rating"], "We are sorry the help was not good"),
+        # A low rating is read back first and kept on 1 ("that is right").
+        (["1", "1", "1"], "yes", 1, 1, ["low_rating"], "We are sorry the help was not good"),
+        (["1", "2", "1"], "yes", 1, 2, ["low_rating"], "We are sorry the help was not good"),
+        # 1 pressed as "yes" a moment ago: 2 chooses again, and nothing low is kept.
+        (["1", "1", "2", "5"], "yes", 1, 5, [], "Thank you for your answers"),
+        (["1", "2", "*", "9", "1"], "yes", 1, 2, ["low_rating"], "We are sorry the help"),
+        (["1", "1", SILENCE, SILENCE, SILENCE], "yes", 1, None, [], "A coordinator may call you"),
         # Keys that are no choice are answered with the choices again.
         (["7", "1", "#", "4"], "yes", 1, 4, [], "Thank you for your answers"),
         # Silence: asked again, a bounded number of times, then a polite goodbye.
@@ -234,7 +239,7 @@ def snapshot(db):
         ("came", "1", [("came", "1"), ("came", "2")], "yes", None),
         ("came", "2", [("came", "2"), ("came", "1"), ("how", "5")], "no", None),
         ("how", "5", [("how", "5"), ("how", "1"), ("came", "2")], "yes", 5),
-        ("how", "1", [("how", "1"), ("how", "5")], "yes", 1),
+        ("low/1", "1", [("low/1", "1"), ("how", "5"), ("low/2", "1")], "yes", 1),
     ],
 )
 def test_replayed_key_presses_change_nothing_twice(
@@ -243,7 +248,7 @@ def test_replayed_key_presses_change_nothing_twice(
     _, made = checked_out(app, db, client)
     path = f"/twilio/rating/{made['id']}"
     params = {"CallSid": "CA" + "4" * 32, "From": FROM, "To": SENIOR, "AccountSid": ACCOUNT_SID}
-    if first == "how":
+    if first in ("how", "low/1"):
         signed(client, f"{path}/came", params | {"Digits": "1"})
     answered = signed(client, f"{path}/{first}", params | {"Digits": then})
     before = snapshot(db)
@@ -466,3 +471,13 @@ def test_the_request_page_shows_what_the_senior_said(app, db, client, rest):
     coordinator = as_role(app, db, "coordinator")
     page = coordinator.get(f"/console/requests/{request['id']}").get_data(as_text=True)
     assert "Volunteer 101 came; rated 4 of 5; hours verified" in page
+
+
+def test_a_low_rating_is_read_back_before_it_is_kept(app, db, client, rest):
+    _, made = checked_out(app, db, client)
+    run_rating_job(app, db, made["id"])
+    call = answer(app, rating_call(rest, made["id"]), ["1", "1", "1"])
+    heard = call.heard()
+    assert any(
+        "You pressed 1, which means very poor. If that is right, press 1" in h for h in heard
+    )

@@ -229,12 +229,50 @@ def rating_how(assignment_id):
     if assignment["state"] != "done":
         return _rating_step(flow, values, assignment)
     digits = request.form.get("Digits", "")[:1]
+    if digits and digits in "12345" and int(digits) <= rating.LOW and assignment["rating"] is None:
+        return _rating_check(flow, assignment, int(digits))
     if digits and digits in "12345":
         assignment = rating.rate(get_db(), assignment_id, int(digits))
     elif KEYS.get(digits) == "person":
         return _rating_person(flow, assignment)
     elif KEYS.get(digits) != "repeat":
         return _rating_silence(flow, values, assignment, "rating_thanks")
+    return _rating_step(flow, values, assignment)
+
+
+def _rating_check(flow, assignment, value, before=(), silences=0):
+    """Read a low rating back: 1 keeps it, 2 asks the question again (1 was yes a moment ago)."""
+    word = flow.prompt(f"rating_word_{value}")
+    texts = [
+        *before,
+        flow.prompt("rating_check", rating=value, word=word),
+        flow.prompt("rating_menu"),
+    ]
+    action = url_for(".rating_low", assignment_id=assignment["id"], value=value, silences=silences)
+    return _menu(flow, texts, action)
+
+
+@bp.post("/rating/<int:assignment_id>/low/<int:value>")
+@twilio_only
+def rating_low(assignment_id, value):
+    """Act on the key after a low rating was read back: 1 keep it, 2 choose again."""
+    flow, values, assignment = _rating_call(assignment_id)
+    if assignment["state"] != "done" or not 1 <= value <= rating.LOW:
+        return _rating_step(flow, values, assignment)
+    meaning = KEYS.get(request.form.get("Digits", "")[:1])
+    if meaning == "yes":
+        assignment = rating.rate(get_db(), assignment_id, value)
+    elif meaning == "person":
+        return _rating_person(flow, assignment)
+    elif meaning == "repeat":
+        return _rating_check(flow, assignment, value)
+    elif meaning != "no":
+        # Silence or another key: read it back again, a few times; nothing unconfirmed is kept.
+        silences = request.args.get("silences", 0, type=int) + 1
+        if silences >= flow.timing.silence_retries:
+            return _twiml(speak.goodbye(_speaker(flow), [flow.prompt("rating_no_answer")]))
+        before = [flow.prompt("no_key_heard" if not request.form.get("Digits") else "unknown_key")]
+        return _rating_check(flow, assignment, value, before, silences)
     return _rating_step(flow, values, assignment)
 
 
