@@ -171,7 +171,9 @@ def no_show(app, db, volunteer):
 
 def unconfirmed(app, db, volunteer):
     """A visit done a day ago that the senior never confirmed."""
-    return NOW + timedelta(days=1, minutes=5), about_offer(visited(app, db, volunteer), volunteer)
+    offer = visited(app, db, volunteer)
+    # From the check-out just made: NOW is when the module was imported, maybe long before.
+    return datetime.now(UTC) + timedelta(days=1, minutes=5), about_offer(offer, volunteer)
 
 
 def set_max_open(app, db, volunteer, most):
