@@ -9,11 +9,16 @@
     match           -> dispatch       dispatch.offer(): SMS or keypad; the first yes wins,
                                       transition "assign", and the senior is called
     dispatch        -> check-in       visits.check_in(): SMS "IN 427", a call from the
-                                      volunteer's phone, or a coordinator; "check_in"
-    check-in        -> check-out      visits.check_out(): minutes kept; "check_out", done
+                                      volunteer's phone, their link, or a coordinator
+    check-in        -> check-out      visits.check_out(): minutes kept; "check_out", done;
+                                      ledger.post_visit(): the hours in the time bank, once
     (no check-in)   -> no-show        visits.miss_due(): CHECKIN_GRACE after the agreed
                                       start, "no_show" puts it back to be offered again
-    check-in/out    -> rating         (the senior's rating by phone: a later issue)
+    check-out       -> rating         rating.schedule(): the senior is called: did they
+                                      come (verified hours), and how was it, 1 to 5
+    (anything amiss)-> supervision    supervision.sweep() and open_item(): a person looks
+    (standing help) -> queue item     arrangements.create_due(): each occurrence, offered
+                                      first to the same volunteer
 
 Every step that can be slow or fail runs as a durable job, so a crash loses nothing.
 """
