@@ -7,7 +7,7 @@ import pytest
 
 from app import create_app
 from app.db import connect, migrate
-from tests.twilio_fake import media_server, twilio_for
+from tests.twilio_fake import media_server, rest_server, twilio_for
 
 
 @pytest.fixture
@@ -47,6 +47,13 @@ def db(app):
     database = connect(app.config["DATABASE"])
     yield database
     database.close()
+
+
+@pytest.fixture
+def rest():
+    """Serve Twilio's REST API for messages and calls on loopback."""
+    with rest_server() as server:
+        yield server
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from app.db import connect
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
-from tests.test_dispatch import FROM, SENIOR, add_senior, add_volunteers, states, text
-from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
+from tests.test_dispatch import SENIOR, add_senior, add_volunteers, states, text
+from tests.twilio_fake import rest_settings
 
 LONDON, NEW_YORK = "Europe/London", "America/New_York"
 
@@ -166,20 +166,10 @@ def test_a_wrong_rule_is_refused_in_words(call, says):
 # ---- the job: occurrences become requests, once -------------------------------------------
 
 
-@pytest.fixture
-def rest():
-    """Serve Twilio's REST API for messages and calls on loopback."""
-    with rest_server() as server:
-        yield server
-
-
 def twilio_app(make_app, rest, zone=LONDON, **overrides):
     """Build an app with Twilio pointed at the fake, in the coordinators' zone."""
     return make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         PUBLIC_BASE_URL="http://localhost",
         COORDINATOR_TIMEZONE=zone,
         OFFER_TIMEOUT=60.0,

@@ -15,10 +15,10 @@ from app.db import connect
 from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
-from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
+from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, SERVICE_NUMBER, rest_settings
 
 ALWAYS = "; ".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
-FROM = "+15550009999"
+FROM = SERVICE_NUMBER
 SENIOR = "+15550000001"
 WORDS = {
     "yes": ["yes", "y", "yeah", "ok", "sure"],
@@ -30,20 +30,10 @@ WORDS = {
 
 
 @pytest.fixture
-def rest():
-    """Serve Twilio's REST API for messages and calls on loopback."""
-    with rest_server() as server:
-        yield server
-
-
-@pytest.fixture
 def app(make_app, rest):
     """Build an app with Twilio set up and pointed at the fake."""
     return make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         PUBLIC_BASE_URL="http://localhost",
         OFFER_TIMEOUT=60.0,
     )
@@ -239,10 +229,7 @@ def test_no_asks_the_next_volunteer(app, db, client, rest, scene):
 
 def test_no_answer_in_time_expires_alerts_and_asks_the_next(make_app, rest, db, client):
     app = make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         OFFER_TIMEOUT=1.0,
     )
     client = app.test_client()
@@ -719,10 +706,7 @@ def test_outbox_commands_list_and_send_the_waiting(make_app, db, rest):
 
 def test_an_offer_for_a_request_closed_meanwhile_is_withdrawn_not_flagged(make_app, rest, db):
     app = make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         OFFER_TIMEOUT=1.0,
     )
     client = app.test_client()
@@ -759,10 +743,7 @@ def test_the_senior_keys_on_the_visit_call(
     make_app, rest, db, keys, heard, dialled, answer, flagged
 ):
     app = make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         PUBLIC_BASE_URL="http://localhost",
         COORDINATOR_NUMBER="+15550008888",
         COORDINATOR_HOURS=(0, 24),
@@ -807,10 +788,7 @@ def test_the_senior_hears_the_visit_in_their_language(make_app, rest, db, tmp_pa
     (flows / "ko.toml").write_text(korean)
     app = make_app(
         FLOWS_DIR=str(flows),
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
     )
     client = app.test_client()
     rules = people.rules_for(app)[0]

@@ -18,7 +18,7 @@ from tests.test_dispatch import SENIOR, add_senior, add_volunteers, offer, state
 
 SECRET = "test-secret-key-0123456789"  # conftest's
 # Offers as tests/test_dispatch.py makes them: Twilio's fake, PUBLIC_BASE_URL http://localhost.
-rest, app, scene = test_dispatch.rest, test_dispatch.app, test_dispatch.scene
+app, scene = test_dispatch.app, test_dispatch.scene  # rest comes from conftest.py
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 _LINK = re.compile(r"http://localhost(/v/\S+)")
 

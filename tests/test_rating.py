@@ -13,26 +13,16 @@ from scripts.simulate_call import FlaskTransport, Twilio
 from tests.test_api import bearer
 from tests.test_console import add_request, as_role
 from tests.test_dispatch import FROM, SENIOR, add_senior, add_volunteers, offer, said, signed, text
-from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, SILENCE, rest_server
+from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, SILENCE, rest_settings
 
 DUTY = "+15550007777"
 LONDON = ZoneInfo("Europe/London")
 
 
-@pytest.fixture
-def rest():
-    """Serve Twilio's REST API for messages and calls on loopback."""
-    with rest_server() as server:
-        yield server
-
-
 def twilio_settings(rest, **overrides):
     """Return the settings that point the app's Twilio client at the fake."""
     return {
-        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "TWILIO_FROM_NUMBER": FROM,
-        "TWILIO_API_BASE_URL": rest.base_url,
+        **rest_settings(rest),
         "PUBLIC_BASE_URL": "http://localhost",
         "OFFER_TIMEOUT": 3600.0,
         "DUTY_COORDINATOR_NUMBER": DUTY,

@@ -11,7 +11,6 @@ from tests.browser import assert_accessible, chromium, live_server
 from tests.test_api import bearer
 from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
 from tests.test_dispatch import (
-    FROM,
     SENIOR,
     add_senior,
     add_volunteers,
@@ -21,24 +20,14 @@ from tests.test_dispatch import (
     states,
     text,
 )
-from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, rest_server
-
-
-@pytest.fixture
-def rest():
-    """Serve Twilio's REST API for messages and calls on loopback."""
-    with rest_server() as server:
-        yield server
+from tests.twilio_fake import ACCOUNT_SID, rest_settings
 
 
 @pytest.fixture
 def app(make_app, rest):
     """Build an app with Twilio set up and pointed at the fake."""
     return make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         PUBLIC_BASE_URL="http://localhost",
         OFFER_TIMEOUT=3600.0,
     )
@@ -410,10 +399,7 @@ def test_a_coordinator_excuses_a_no_show_on_the_request_page(app, db, client, ta
 
 def test_the_missed_check_in_job_runs_when_the_grace_is_over(make_app, rest, db):
     app = make_app(
-        TWILIO_ACCOUNT_SID=ACCOUNT_SID,
-        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-        TWILIO_FROM_NUMBER=FROM,
-        TWILIO_API_BASE_URL=rest.base_url,
+        **rest_settings(rest),
         CHECKIN_GRACE=1.0,
     )
     client = app.test_client()

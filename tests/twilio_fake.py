@@ -29,6 +29,20 @@ def media_server():
     return MediaServer(ACCOUNT_SID, AUTH_TOKEN)
 
 
+# The number CareCall sends from and is called on, in the tests.
+SERVICE_NUMBER = "+15550009999"
+
+
+def rest_settings(rest):
+    """Return the settings that point the app's Twilio client at the loopback REST fake."""
+    return {
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_FROM_NUMBER": SERVICE_NUMBER,
+        "TWILIO_API_BASE_URL": rest.base_url,
+    }
+
+
 def twilio_for(app, media):
     """Return Twilio calling the test app; each <Pause> lets the job worker catch up."""
     app.config.update(
