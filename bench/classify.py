@@ -14,6 +14,7 @@ Example:
     python bench/classify.py
     python bench/classify.py --compare --errors
     python bench/classify.py --audio 3      # every 3rd held-out request as telephone audio
+    python bench/classify.py --latency      # milliseconds per path, and the app's memory
     python bench/classify.py --data bench/data/requests_en.tsv
     python bench/classify.py --data bench/data/requests_en.tsv --language en
     python bench/classify.py --data bench/data/heldout_r1.tsv --data bench/data/heldout_r2.tsv
@@ -189,20 +190,103 @@ def compare_table(name: str, scored, weights, keys=None, timing=None) -> tuple[s
 
 def latency(texts, categories, model, repeat: int = 1) -> dict[str, float]:
     """Return the median milliseconds per request of rules alone, model alone and fusion."""
+    return {mode: m["median"] for mode, m in timings(texts, categories, model, repeat).items()}
+
+
+def timings(texts, categories, model, repeat: int = 1) -> dict[str, dict[str, float]]:
+    """Time rules, raw embedding, model and fusion per request, interleaved in one run.
+
+    Each text goes through every path in turn, so a burst of load from another process
+    falls on all of them alike and the ratios to the raw embedding stay fair. Wall-clock
+    and CPU (this thread's) milliseconds, median and 95th percentile.
+    """
     runs = {
         "rules": lambda t: classify(t, categories),
+        "embedding": lambda t: model.embedder.embed([t]),
         "model": model.probabilities,
         "fusion": lambda t: classify(t, categories, model),
     }
-    medians = {}
-    for mode, run in runs.items():
-        timings = []
-        for text in texts * repeat:
-            started = time.perf_counter()
+    wall: dict[str, list[float]] = {mode: [] for mode in runs}
+    cpu: dict[str, list[float]] = {mode: [] for mode in runs}
+    for text in texts * repeat:
+        for mode, run in runs.items():
+            started, started_cpu = time.perf_counter(), time.thread_time()
             run(text)
-            timings.append(time.perf_counter() - started)
-        medians[mode] = statistics.median(timings) * 1000
-    return medians
+            wall[mode].append((time.perf_counter() - started) * 1000)
+            cpu[mode].append((time.thread_time() - started_cpu) * 1000)
+    return {
+        mode: {
+            "median": statistics.median(wall[mode]),
+            "p95": statistics.quantiles(wall[mode], n=20)[-1],
+            "cpu_median": statistics.median(cpu[mode]),
+            "cpu_p95": statistics.quantiles(cpu[mode], n=20)[-1],
+        }
+        for mode in runs
+    }
+
+
+def rss_mb() -> float:
+    """Return this process's resident memory now, in MB (Linux /proc)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def speed(repeat: int, models_dir: Path = REPO / "speech_models") -> int:
+    """Print per-request latency of each path against the raw embedding, and the app's memory.
+
+    The app is built as it runs (create_app on a scratch instance), its English classifier
+    loaded through the app's own text models, so the memory is the serving process's.
+    """
+    import os
+    import tempfile
+
+    from app import create_app
+    from app.pipeline import categories_for, text_classifier
+
+    before = rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(
+            {
+                "SECRET_KEY": "bench-secret-key-0123456789",
+                "DATABASE": str(Path(tmp) / "carecall.db"),
+                "DATA_DIR": str(Path(tmp) / "data"),
+                "OUTBOX_DIR": str(Path(tmp) / "outbox"),
+                "WORKER": "none",
+                "MODELS_DIR": str(models_dir),
+            }
+        )
+        categories = categories_for("en")
+        model = text_classifier(app, "en")
+        if model is None:
+            print("the learned classifier did not load; run scripts/setup")
+            return 1
+        loaded = rss_mb()
+        texts = [t for t, *_ in training.read_heldout(HELDOUT)] + [
+            t for t, *_ in training.read_heldout(HELDOUT_B)
+        ]
+        texts = texts[::4]
+        classify(texts[0], categories, model)  # first call warms caches, as the app's would
+        result = timings(texts, categories, model, repeat)
+        after = rss_mb()
+    print(
+        f"{len(texts) * repeat} requests (every 4th held-out text, x{repeat}); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(f"{'ms per request':16}{'median':>8}{'p95':>8}{'CPU med':>9}{'CPU p95':>9}{'x embed':>9}")
+    raw = result["embedding"]["median"]
+    for mode, m in result.items():
+        print(
+            f"{mode:16}{m['median']:>8.1f}{m['p95']:>8.1f}{m['cpu_median']:>9.1f}"
+            f"{m['cpu_p95']:>9.1f}{m['median'] / raw:>9.2f}"
+        )
+    print(
+        f"memory (RSS): {before:.0f} MB before the app, {loaded:.0f} MB with the app and the "
+        f"English classifier loaded, {after:.0f} MB after the run"
+    )
+    return 0
 
 
 def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models") -> int:
@@ -286,9 +370,11 @@ def audio(step: int, models_dir: Path = REPO / "speech_models") -> int:
     categories = load_categories("en")
     weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
     embedder = load_embedder(weights.embedder, models_dir)
+    written = training.score(rows, embedder.embed([t for t, *_ in rows]), categories, weights)
+    print(compare_table(f"1 in {step} held-out requests as written", written, weights)[0])
     scored = training.score(heard, embedder.embed([t for t, *_ in heard]), categories, weights)
     table, fusion = compare_table(
-        f"1 in {step} held-out requests as telephone audio", scored, weights
+        f"the same {len(heard)} requests as telephone audio", scored, weights
     )
     print(table)
     for text in fusion["missed"]:
@@ -329,12 +415,22 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", action="store_true", help="rules / model / fusion (the default)"
     )
     parser.add_argument(
+        "--latency",
+        type=int,
+        nargs="?",
+        const=3,
+        metavar="REPEAT",
+        help="time rules, embedding, model and fusion per request, and the app's memory",
+    )
+    parser.add_argument(
         "--audio",
         type=int,
         metavar="STEP",
         help="the comparison on every STEPth held-out request as telephone audio",
     )
     args = parser.parse_args(argv)
+    if args.latency:
+        return speed(args.latency)
     if args.audio:
         return audio(args.audio)
     legacy = args.data or args.held_out or args.leave_one_out or args.examples_only

@@ -137,6 +137,27 @@ def test_emergency(en, text):
 
 
 @pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("the toaster gave me a shock and my hand's gone funny", True),
+        ("I've had an electric shock off the lamp", True),
+        ("the sofa cushion is alight", True),
+        ("they've kicked the back door in", True),
+        ("my lodger has been hitting me", True),
+        ("he's threatening to hurt my cat and me", True),
+        ("there's no point in living, I've got the pills ready", True),
+        ("I'm too weak to stand and there's nobody here", True),
+        ("it was a shock when the bill came", False),
+        ("I got a shock off the switch last year, could someone check the wiring", False),
+        ("my son had a shock when he saw the state of my garden, could someone tidy it", False),
+    ],
+)
+def test_emergency_kinds_missed_on_cross_validation(en, text, emergency):
+    result = classify(text, en)
+    assert result.emergency == emergency, result
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "I fell last year and now need a ride to physio",
@@ -976,3 +997,15 @@ def test_labels_read_back_as_a_listener_hears_them(en, template):
         spoken = sentence.lower()
         assert "help with help" not in spoken and "with help with" not in spoken, sentence
         assert not any(mark in sentence for mark in ("..", "?.", ",.", " .")), sentence
+
+
+def test_latency_bench_times_every_path_against_the_raw_embedding(en, model):
+    bench = load_bench()
+    result = bench.timings(["I've run out of milk", "my husband collapsed"], en, model)
+    assert set(result) == {"rules", "embedding", "model", "fusion"}
+    for m in result.values():
+        assert 0 < m["median"] <= m["p95"]
+        assert 0 <= m["cpu_median"] <= m["cpu_p95"]
+    # The rules alone never run the embedding, so they cost a fraction of it.
+    assert result["rules"]["cpu_median"] < result["embedding"]["cpu_median"]
+    assert bench.rss_mb() > 0
