@@ -421,7 +421,7 @@ def test_an_emergency_says_only_what_is_true_once_then_offers_a_way_on(
         assert "hang up and dial 9 1 1" in lines[-2] and call.ended == "carecall hung up"
 
 
-DOCTOR = "I need help with my medicine, I keep forgetting my pills."
+DOCTOR = "I need to see a doctor about the pain in my knee."
 
 
 @pytest.mark.slow
