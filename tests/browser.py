@@ -59,6 +59,17 @@ def launched(browser_type, extra_args=()):
         browser.close()
 
 
+def log_in(page, base, name, password=None):
+    """Log in through the console's form and land on the queue."""
+    if password is None:
+        from tests.test_console import PASSWORD as password  # the tests' one password
+    page.goto(base + "/console/login")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(base + "/console/")
+
+
 def axe_violations(page):
     """Run axe-core on the page as it is now and return its violations."""
     if not AXE.exists():

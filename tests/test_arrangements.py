@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from app import arrangements, dispatch, jobs, outbox, people, queue
 from app.arrangements import Rule, localize, occurrences
 from app.db import connect
-from tests.browser import assert_accessible, chromium, live_server
+from tests.browser import assert_accessible, chromium, live_server, log_in
 from tests.test_api import bearer
-from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
+from tests.test_console import add_request, as_role, csrf_token, make_user, post_form
 from tests.test_dispatch import SENIOR, add_senior, add_volunteers, states, text
 from tests.twilio_fake import rest_settings
 
@@ -541,11 +541,7 @@ def test_arrangements_in_chromium(app, db):
     make_user(db, "amy", "coordinator")
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": 390, "height": 900})
-        page.goto(base + "/console/login")
-        page.get_by_label("Name").fill("amy")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(base + "/console/")
+        log_in(page, base, "amy")
         page.goto(base + f"/console/requests/{template['id']}")
         page.get_by_label("Tue").check()
         page.get_by_label("At (24-hour time)").fill("10:00")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import accounts, queue
-from tests.browser import assert_accessible, chromium, live_server
+from tests.browser import assert_accessible, chromium, live_server, log_in
 from tests.test_console import PASSWORD, add_request, fast_hasher
 
 pytestmark = pytest.mark.browser
@@ -45,15 +45,6 @@ def tone(path, seconds=4.0, rate=16000):
             int(3000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(int(seconds * rate))
         )
         out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
-
-
-def log_in(page, base, name):
-    """Log in through the form."""
-    page.goto(base + "/console/login")
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(base + "/console/")
 
 
 def test_coordinator_sees_critical_live_plays_corrects_and_merges(console_app, db, browser):

@@ -12,9 +12,9 @@ from twilio.request_validator import RequestValidator
 
 from app import dispatch, jobs, outbox, people, queue
 from app.db import connect
-from tests.browser import assert_accessible, chromium, live_server
+from tests.browser import assert_accessible, chromium, live_server, log_in
 from tests.test_api import bearer
-from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
+from tests.test_console import add_request, as_role, csrf_token, make_user
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, SERVICE_NUMBER, rest_settings
 
 ALWAYS = "; ".join(f"{d} 00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
@@ -477,11 +477,7 @@ def test_outbox_page_in_chromium_is_accessible(make_app, db):
     with live_server(app) as base, chromium() as browser:
         for width in (390, 1366):
             page = browser.new_page(viewport={"width": width, "height": 900})
-            page.goto(base + "/console/login")
-            page.get_by_label("Name").fill("amy")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            page.wait_for_url(base + "/console/")
+            log_in(page, base, "amy")
             page.get_by_role("link", name="Outbox").click()
             page.get_by_text("Messages wait here until Twilio is set up").wait_for()
             assert_accessible(page, f"outbox-{width}")
@@ -577,11 +573,7 @@ def test_coordinator_offers_in_chromium(make_app, db, width):
     make_user(db, "amy", "coordinator")
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": width, "height": 900})
-        page.goto(base + "/console/login")
-        page.get_by_label("Name").fill("amy")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(base + "/console/")
+        log_in(page, base, "amy")
         page.goto(base + f"/console/requests/{request['id']}")
         page.get_by_role("link", name="Suggested volunteers for this request").click()
         page.get_by_label("Offer to Volunteer 102").check()

@@ -6,7 +6,7 @@ import pytest
 
 from app import accounts, queue
 from app.kiosk import devices
-from tests.browser import axe_violations, chromium, live_server
+from tests.browser import axe_violations, chromium, live_server, log_in
 from tests.test_console import PASSWORD, add_request, fast_hasher
 
 pytestmark = pytest.mark.browser
@@ -36,15 +36,6 @@ def console_app(app):
 def ago(minutes):
     """Return the ISO time this many minutes ago."""
     return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat(timespec="seconds")
-
-
-def log_in(page, base, name):
-    """Log in through the form and land on the queue."""
-    page.goto(base + "/console/login")
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(base + "/console/")
 
 
 def check_fits(page, tmp_path, name):

@@ -7,9 +7,9 @@ from html import unescape
 import pytest
 
 from app import jobs, people, queue, supervision
-from tests.browser import assert_accessible, chromium, live_server
+from tests.browser import assert_accessible, chromium, live_server, log_in
 from tests.test_api import bearer
-from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
+from tests.test_console import add_request, as_role, csrf_token, make_user
 from tests.test_supervision import missed
 
 PAGE = "/console/supervision"
@@ -333,11 +333,7 @@ def test_supervision_in_chromium_is_accessible(app, db, complaint, width):
     missed(app, db, people.get_volunteer(db, complaint["volunteer_id"]))
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": width, "height": 900})
-        page.goto(base + "/console/login")
-        page.get_by_label("Name").fill("amy")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(base + "/console/")
+        log_in(page, base, "amy")
         page.get_by_role("link", name="Supervision").click()
         page.get_by_text("2 new items found just now.").wait_for()
         assert_accessible(page, f"supervision-{width}")

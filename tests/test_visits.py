@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app import dispatch, jobs, ledger, outbox, queue, visits
-from tests.browser import assert_accessible, chromium, live_server
+from tests.browser import assert_accessible, chromium, live_server, log_in
 from tests.test_api import bearer
-from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user, post_form
+from tests.test_console import add_request, as_role, csrf_token, make_user, post_form
 from tests.test_dispatch import (
     SENIOR,
     add_senior,
@@ -440,11 +440,7 @@ def test_the_request_page_with_a_visit_is_accessible_and_checks_in_by_hand(make_
     with live_server(app) as base, chromium() as browser:
         for width in (390, 1366):
             page = browser.new_page(viewport={"width": width, "height": 900})
-            page.goto(base + "/console/login")
-            page.get_by_label("Name").fill("amy")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            page.wait_for_url(base + "/console/")
+            log_in(page, base, "amy")
             page.goto(f"{base}/console/requests/{request['id']}")
             step = "in" if width == 390 else "out"
             page.get_by_role("button", name=f"Check {step} by hand").wait_for()

@@ -3,8 +3,8 @@
 import pytest
 
 from app import people
-from tests.browser import assert_accessible, chromium, live_server
-from tests.test_console import PASSWORD, add_request, as_role, csrf_token, make_user
+from tests.browser import assert_accessible, chromium, live_server, log_in
+from tests.test_console import add_request, as_role, csrf_token, make_user
 
 FORM = {
     "name": "Ann Lee",
@@ -109,11 +109,7 @@ def test_volunteer_pages_in_chromium_are_accessible(app, db, width):
     people.add_volunteer(db, FORM | {"phone": "+15550000109", "name": "Bo Kim"}, rules, actor="t")
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": width, "height": 900})
-        page.goto(base + "/console/login")
-        page.get_by_label("Name").fill("amy")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(base + "/console/")
+        log_in(page, base, "amy")
         page.get_by_role("link", name="Volunteers").click()
         page.get_by_label("Name", exact=True).fill("Ann Lee")
         page.get_by_label("Phone").fill("12345")
@@ -191,11 +187,7 @@ def test_people_pages_in_chromium_are_accessible(app, db):
     people.add_person(db, {**PERSON, "phones": "+15550000007"}, rules, actor="t")
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": 390, "height": 900})
-        page.goto(base + "/console/login")
-        page.get_by_label("Name").fill("amy")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(base + "/console/")
+        log_in(page, base, "amy")
         page.get_by_role("link", name="People served").click()
         page.get_by_label("Name", exact=True).fill("Ada Park")
         page.get_by_label("Phones").fill("12")
@@ -257,11 +249,7 @@ def test_matches_page_in_chromium_is_accessible(app, db):
     item = registry(app, db)
     with live_server(app) as base, chromium() as browser:
         page = browser.new_page(viewport={"width": 390, "height": 900})
-        page.goto(base + "/console/login")
-        page.get_by_label("Name").fill("amy")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Log in").click()
-        page.wait_for_url(base + "/console/")
+        log_in(page, base, "amy")
         page.goto(f"{base}/console/requests/{item['id']}")
         page.get_by_role("link", name="Suggested volunteers for this request").click()
         assert page.get_by_role("heading", level=3).first.inner_text().startswith("Ann Lee")
