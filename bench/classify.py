@@ -2,11 +2,12 @@
 
 With no option it compares the rules alone, the learned model alone and their fusion (what
 the app runs): accuracy, recall by category, emergency recall, false alarms and median
-time per request, on the two held-out sets (ivr_flows/heldout/en.tsv and en_b.tsv, never
-trained on), on older held-out files the rules were tuned against (bench/data/heldout_r7.tsv,
-heldout_r8.tsv), and by 5-fold cross-validation on the training examples (model and example
-bank rebuilt without each fold), over every row and over the rule-blind rows (`rules_seen`
-0: no rule phrase was written from them). It needs the e5-small text model (scripts/setup).
+time per request, on the three held-out sets (ivr_flows/heldout/en.tsv, en_b.tsv and
+en_c.tsv, never trained on), on older held-out files the rules were tuned against
+(bench/data/heldout_r7.tsv, heldout_r8.tsv), and by 5-fold cross-validation on the
+training examples (model and example bank rebuilt without each fold), over every row and
+over the rule-blind rows (`rules_seen` 0: no rule phrase was written from them).
+It needs the e5-small text model (scripts/setup).
 
 The options below score the rules alone on any labelled TSV, as before the model.
 
@@ -58,6 +59,7 @@ from app.textmodel import load_embedder, load_weights, weights_path  # noqa: E40
 DEFAULT_DATA = REPO / "bench" / "data" / "requests_en.tsv"
 HELDOUT = REPO / "ivr_flows" / "heldout" / "en.tsv"
 HELDOUT_B = REPO / "ivr_flows" / "heldout" / "en_b.tsv"
+HELDOUT_C = REPO / "ivr_flows" / "heldout" / "en_c.tsv"
 OLDER_HELDOUT = [REPO / "bench" / "data" / f"heldout_r{i}.tsv" for i in (7, 8)]
 
 
@@ -306,6 +308,7 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
     sets = [
         ("held-out A ivr_flows/heldout/en.tsv", training.read_heldout(HELDOUT)),
         ("held-out B ivr_flows/heldout/en_b.tsv", training.read_heldout(HELDOUT_B)),
+        ("held-out C ivr_flows/heldout/en_c.tsv", training.read_heldout(HELDOUT_C)),
     ]
     older = [row for path in OLDER_HELDOUT for row in training.read_heldout(path)]
     sets.append(("older held-out bench/data/heldout_r7+r8 (rules were tuned on them)", older))

@@ -774,7 +774,7 @@ def test_classification_with_the_model_is_fast(en, model):
     assert sorted(timings)[len(timings) // 2] < 0.1
 
 
-HELDOUT = {"A": "en.tsv", "B": "en_b.tsv"}
+HELDOUT = {"A": "en.tsv", "B": "en_b.tsv", "C": "en_c.tsv"}
 
 # Four neighbours on a circle: two "a" near (1, 0), one "b" at (0, 1), one "c" at (-1, 0).
 _NEAR = np.array([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0], [-1.0, 0.0]])
@@ -853,7 +853,7 @@ def heldout(request, en, model):
     return request.param, score(rows, embeddings, en, model.weights)
 
 
-@pytest.mark.parametrize(("name", "least"), [("en.tsv", 300), ("en_b.tsv", 200)])
+@pytest.mark.parametrize(("name", "least"), [("en.tsv", 300), ("en_b.tsv", 200), ("en_c.tsv", 300)])
 def test_heldout_sets_are_large_and_apart_from_the_training_examples(name, least):
     rows = read_heldout(REPO / "ivr_flows" / "heldout" / name)
     examples = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
@@ -867,12 +867,15 @@ def test_heldout_sets_are_large_and_apart_from_the_training_examples(name, least
 #   A: accuracy 0.929 / 0.883, emergencies 66 of 67 / 60, false alarms 1.6 % / 1.6 %,
 #      calibration error 0.042;
 #   B: accuracy 0.860 / 0.840, emergencies 44 of 50 / 39, false alarms 3.9 % / 3.9 %,
-#      calibration error 0.057.
+#      calibration error 0.057;
+#   C (written later, scored once before retraining): accuracy 0.889 / 0.846, emergencies
+#      56 of 66 / 55, false alarms 2.3 % / 1.5 %, calibration error 0.019.
 # The targets (0.95, every emergency, 2 %) are not reached yet; these gates sit a
 # little below what was met, so they stop it getting worse without failing on noise.
 GATES = {
     "A": {"accuracy": 0.91, "emergency_recall": 0.98, "false_alarms": 0.03},
     "B": {"accuracy": 0.84, "emergency_recall": 0.86, "false_alarms": 0.05},
+    "C": {"accuracy": 0.87, "emergency_recall": 0.83, "false_alarms": 0.035},
 }
 
 
