@@ -171,7 +171,7 @@ class Categories:
     _stem_cache: dict[str, str] = field(default_factory=dict, compare=False)
 
     def label(self, key: str) -> str:
-        """Return the plain words for a category key, for reading back to a caller."""
+        """Return the plain words for a category key, to fit in sentences about a request."""
         return self.labels.get(key, self.labels.get("other", key))
 
     def readback(self, key: str) -> str:
