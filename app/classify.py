@@ -140,6 +140,7 @@ class Categories:
     language: str
     keys: tuple[str, ...]  # category keys in the data file's order
     labels: Mapping[str, str]
+    readbacks: Mapping[str, str]  # the whole sentence a person hears about their category
     contractions: Mapping[str, tuple[str, ...]]
     suffixes: tuple[tuple[str, str], ...]
     fillers: frozenset[str]
@@ -170,8 +171,12 @@ class Categories:
     _stem_cache: dict[str, str] = field(default_factory=dict, compare=False)
 
     def label(self, key: str) -> str:
-        """Return the plain words for a category key, for reading back to a caller."""
+        """Return the plain words for a category key, to fit in sentences about a request."""
         return self.labels.get(key, self.labels.get("other", key))
+
+    def readback(self, key: str) -> str:
+        """Return the sentence that tells a person which kind of help we understood."""
+        return self.readbacks.get(key, self.readbacks.get("other", ""))
 
     def normalise(self, text: str) -> list[str]:
         """Split text into normalised tokens: lowercase, contractions expanded, fillers gone."""
@@ -324,7 +329,7 @@ def _check_keys(data: dict, filename: str) -> tuple[str, ...]:
 
 # Every key a language table may hold, by table; a dict is a sub-table, None any value.
 _LIST_KEYS = ("decisive", "strong", "phrases", "weak", "hints")
-_CATEGORY_TABLE = {"label": None, **dict.fromkeys(_LIST_KEYS)}
+_CATEGORY_TABLE = {"label": None, "readback": None, **dict.fromkeys(_LIST_KEYS)}
 SCHEMA: dict = {
     "name": None,
     "tuning": dict.fromkeys(
@@ -355,7 +360,7 @@ SCHEMA: dict = {
         ),
         "stemming": dict.fromkeys(("forms", "endings", "tidy", "keep", "min_stem")),
     },
-    # Any category key: the keys, their order and labels are the data's own.
+    # Any category key: the keys, their order, labels and readbacks are the data's own.
     "categories": {"*": _CATEGORY_TABLE},
     "emergency": {
         **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
@@ -498,6 +503,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         language=language,
         keys=tuple(lang.get("categories", {})),
         labels={},
+        readbacks={},
         contractions=contractions,
         suffixes=suffixes,
         fillers=fillers,
@@ -574,6 +580,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
     optional = frozenset(text.get("optional", ()))
     phrases: list[_Phrase] = []
     labels: dict[str, str] = {}
+    readbacks: dict[str, str] = {}
     cats = lang.get("categories", {})
     emergency = lang.get("emergency", {})
     # Emergency phrases are matched more tightly: "broken ... in" is not "broken in".
@@ -588,6 +595,11 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         if not entry.get("label"):
             raise CategoryDataError(f"{filename}: {language}.categories.{key} needs a label")
         labels[key] = entry["label"]
+        if not entry.get("readback"):
+            raise CategoryDataError(
+                f"{filename}: {language}.categories.{key} needs a readback sentence"
+            )
+        readbacks[key] = entry["readback"]
         gap = emergency_gap if key == "emergency" else base.max_gap
         for list_name, weight in weights.items():
             compile_list(entry.get(list_name, ()), _CATEGORY, key, float(weight), max_gap=gap)
@@ -633,6 +645,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
     return dataclasses.replace(
         base,
         labels=labels,
+        readbacks=readbacks,
         phrases=tuple(phrases),
         index={k: tuple(v) for k, v in index.items()},
         vocab=frozenset(vocab),

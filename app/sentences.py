@@ -27,7 +27,8 @@ def fill(template, **values):
         text = format(value, spec or "")
         following = parts[index + 1][0] if index + 1 < len(parts) else ""
         if following[:1] in tuple(STOPS):
-            text = text.rstrip().rstrip(STOPS).rstrip()
+            # Spaces and marks together: "Tuesday. ." must not leave "Tuesday." for the stop.
+            text = text.rstrip(STOPS + " \t\n")
         out += _without_overlap(out, text)
     return out
 

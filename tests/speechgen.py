@@ -33,6 +33,8 @@ VOICES = {
     "cmn": "sit/cmn",
 }
 CLEAR_VOICE = "en-us-klatt2"
+# espeak-ng words per minute of a render; a phone <Say> at prosody rate 100% stands for this.
+RATE = 140
 CODECS = ("pcm_s16le", "pcm_mulaw")
 # Part of every cache key: bump it when rendering changes, so stale files are not reused.
 RENDERER = "pyttsx3-subprocess-1"
@@ -47,7 +49,7 @@ def render(
     path: str | os.PathLike | None = None,
     *,
     voice: str = "en-us",
-    rate: int = 140,
+    rate: int = RATE,
     sample_rate: int = 16000,
     codec: str = "pcm_s16le",
 ) -> Path:

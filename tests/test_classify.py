@@ -274,7 +274,7 @@ def _data_phrases(node, where=""):
             yield from _data_phrases(item, where)
     elif isinstance(node, dict):
         for key, value in node.items():
-            if key not in ("text", "tuning", "name", "label"):
+            if key not in ("text", "tuning", "name", "label", "readback"):
                 yield from _data_phrases(value, f"{where}.{key}")
 
 
@@ -478,11 +478,16 @@ def test_unknown_language_raises():
         load_categories("xx")
 
 
-def test_new_language_is_just_data(tmp_path):
-    categories = "\n".join(
-        f'[zz.categories.{key}]\nlabel = "{key} label"\nphrases = ["{key} word"]'
-        for key in CATEGORY_KEYS
+def _category_table(language, key, label):
+    """Return one category's table: its label, its readback sentence and one phrase."""
+    return (
+        f'[{language}.categories.{key}]\nlabel = "{label}"\n'
+        f'readback = "{label}."\nphrases = ["{key} word"]'
     )
+
+
+def test_new_language_is_just_data(tmp_path):
+    categories = "\n".join(_category_table("zz", key, f"{key} label") for key in CATEGORY_KEYS)
     path = tmp_path / "categories.toml"
     path.write_text(categories + '\n[zz.urgency]\nhigh = ["pronto"]\n', encoding="utf-8")
     zz = load_categories("zz", path)
@@ -501,7 +506,7 @@ def test_new_language_is_just_data(tmp_path):
         ),
         ("[zz.tuning]\nmax_gapp = 3", "unknown key zz.tuning.max_gapp"),
         (
-            '[zz.categories.meals]\nlabel = "x"\nstrongg = ["y"]',
+            '[zz.categories.meals]\nlabel = "x"\nreadback = "X."\nstrongg = ["y"]',
             "unknown key zz.categories.meals.strongg",
         ),
         ('[zz.urgency]\nhigh = ["pronto"]\ncritical = ["now"]', "unknown key zz.urgency.critical"),
@@ -515,7 +520,7 @@ def test_new_language_is_just_data(tmp_path):
 )
 def test_rule_file_is_checked_against_its_schema(tmp_path, extra, message):
     categories = "\n".join(
-        f'[zz.categories.{key}]\nlabel = "{key} label"\nphrases = ["{key} word"]'
+        _category_table("zz", key, f"{key} label")
         for key in CATEGORY_KEYS
         if not (key == "meals" and "categories.meals" in extra)
     )
@@ -530,7 +535,7 @@ def test_rule_file_is_checked_against_its_schema(tmp_path, extra, message):
 def _categories_file(tmp_path, *tables):
     """Write a categories.toml of (language, [(key, label)]) tables; return its path."""
     text = "\n".join(
-        f'[{language}.categories.{key}]\nlabel = "{label}"\nphrases = ["{key} word"]'
+        _category_table(language, key, label)
         for language, categories in tables
         for key, label in categories
     )
@@ -599,6 +604,17 @@ def test_category_tables_are_checked_naming_file_and_key(tmp_path, tables, messa
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize("readback", ["", 'readback = ""\n'])
+def test_a_category_without_its_readback_sentence_is_refused_naming_file_and_key(
+    tmp_path, readback
+):
+    path = _categories_file(tmp_path, ("zz", [("emergency", "e"), ("other", "o")]))
+    path.write_text(path.read_text().replace('readback = "o."\n', readback), encoding="utf-8")
+    with pytest.raises(CategoryDataError) as caught:
+        load_categories("zz", path)
+    assert str(caught.value) == "categories.toml: zz.categories.other needs a readback sentence"
+
+
 def test_shipped_rule_file_passes_its_schema():
     for language in tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8")):
         assert load_categories(language).language == language
@@ -606,10 +622,7 @@ def test_shipped_rule_file_passes_its_schema():
 
 def _language_with_examples(tmp_path, examples):
     """Write a minimal zz language and its examples file; return the categories.toml path."""
-    categories = "\n".join(
-        f'[zz.categories.{key}]\nlabel = "{key} label"\nphrases = ["{key} word"]'
-        for key in CATEGORY_KEYS
-    )
+    categories = "\n".join(_category_table("zz", key, f"{key} label") for key in CATEGORY_KEYS)
     path = tmp_path / "categories.toml"
     path.write_text(categories + '\n[zz.examples]\nstop_words = ["the"]\n', encoding="utf-8")
     (tmp_path / "examples").mkdir()

@@ -7,6 +7,7 @@ import pytest
 
 from app import jobs, queue
 from app.db import connect
+from app.pipeline import categories_for
 from app.telephony import store
 from tests.speechgen import telephone
 from tests.twilio_fake import (
@@ -70,7 +71,7 @@ def test_a_request_is_recorded_read_back_confirmed_and_queued(twilio, db, media)
     [request] = requests_of(db)
     assert request["channel"] == "phone" and request["category"] == "groceries"
     assert request["confirmed_at"] and request["source_key"] == call.recordings[0]
-    assert said(call, "I heard:") and said(call, "shopping and errands")
+    assert said(call, "I heard:") and said(call, categories_for("en").readback("groceries"))
     number = " ".join(str(request["id"]))
     confirmation = next(line for line in call.heard() if "request number is" in line)
     assert confirmation.count(f"number is {number}") == 2

@@ -17,6 +17,10 @@ from app.sentences import fill
         ("I heard: {t}.", {"t": "I need help."}, "I heard: I need help."),
         ("I heard: {t}.", {"t": "Help me!  "}, "I heard: Help me."),
         ("I heard: {t}.", {"t": "Well..."}, "I heard: Well."),
+        # Marks and spaces mixed at the end: one stop, the template's.
+        ("I heard: {t}.", {"t": "on Tuesday. ."}, "I heard: on Tuesday."),
+        ("I heard: {t}.", {"t": "on Tuesday. … "}, "I heard: on Tuesday."),
+        ("I heard: {t}.", {"t": "at the centre ?"}, "I heard: at the centre."),
         ("I heard: {t}.", {"t": "heard: a noise"}, "I heard: heard: a noise."),
         ("I heard: {t}", {"t": "I need help?"}, "I heard: I need help?"),
         ("you need help with {c}.", {"c": "help with health"}, "you need help with health."),
@@ -44,15 +48,11 @@ def test_a_value_fits_its_template(template, values, expected):
             "I heard: Can someone drive me to the doctor on Friday morning.",
         ),
         (
-            "sounds_like",
-            {"category": "help with health, medicine or a doctor's visit"},
-            "It sounds like you need help with health, medicine or a doctor's visit.",
+            "heard",
+            {"transcript": "I need a lift to the community center?"},
+            "I heard: I need a lift to the community center.",
         ),
-        (
-            "sounds_like",
-            {"category": "shopping and errands"},
-            "It sounds like you need help with shopping and errands.",
-        ),
+        ("heard", {"transcript": "It is on Tuesday. ."}, "I heard: It is on Tuesday."),
     ],
 )
 def test_the_phone_readback_says_each_word_once(app, prompt, values, expected):

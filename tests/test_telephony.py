@@ -1,5 +1,6 @@
 """The phone line's parts: signatures behind proxies, safe downloads, flows and plain words."""
 
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -155,6 +156,17 @@ def test_the_english_flow_loads_and_keeps_the_key_contract(app):
     assert flow.menu("readback").action_for("no") == "rerecord"
     assert flow.timing.record_silence_seconds >= 5 and flow.timing.silence_retries == 3
     assert flow.meaning_of_word("Yes") == "yes" and flow.meaning_of_word("person") == "person"
+
+
+def test_every_prompt_a_flow_holds_is_said_and_every_prompt_said_is_held(app):
+    """A prompt the code no longer says is dead wording; one it says and no flow has, a crash."""
+    code = "\n".join(p.read_text(encoding="utf-8") for p in Path(app.root_path).rglob("*.py"))
+    named = set(re.findall(r'prompt\(\s*"([a-z0-9_]+)"', code))  # flow keys are lower-case
+    for language in available_languages(app.config["FLOWS_DIR"]):
+        flow = load_flow(app.config["FLOWS_DIR"], language)
+        menus = {menu.prompt for menu in flow.menus.values()}
+        assert named - set(flow.prompts) == set(), language
+        assert [k for k in flow.prompts if f'"{k}"' not in code and k not in menus] == []
 
 
 def _broken(change):

@@ -187,8 +187,11 @@ def state_of(request):
     return {"received": "transcribing", "transcribed": "ready"}.get(request["stage"], "failed")
 
 
-def status(request, prompts, label, *, emergency_number, review_confidence):
-    """Return what the kiosk page needs to show and speak about a request."""
+def status(request, prompts, categories, *, emergency_number, review_confidence):
+    """Return what the kiosk page needs to show and speak about a request.
+
+    categories: the request language's Categories, for its label and readback sentence.
+    """
     state = state_of(request)
     body = {
         "id": request["id"],
@@ -203,13 +206,13 @@ def status(request, prompts, label, *, emergency_number, review_confidence):
     body |= {
         "transcript": request["transcript"],
         "category": request["category"],
-        "category_label": label(request["category"] or "other"),
+        "category_label": categories.label(request["category"] or "other"),
         "urgency": request["urgency"],
         "emergency": bool(request["emergency"]),
         "readback": readback(
             request,
             prompts,
-            label,
+            categories,
             emergency_number=emergency_number,
             review_confidence=review_confidence,
         ),
@@ -217,7 +220,7 @@ def status(request, prompts, label, *, emergency_number, review_confidence):
     return body
 
 
-def readback(request, prompts, label, *, emergency_number, review_confidence):
+def readback(request, prompts, categories, *, emergency_number, review_confidence):
     """Compose what the page shows and says back: calm words, emergency advice first."""
     text = prompts.readback
     emergency = text["emergency"].format(number=emergency_number) if request["emergency"] else None
@@ -233,11 +236,12 @@ def readback(request, prompts, label, *, emergency_number, review_confidence):
     clear = transcript and (request["transcript_confidence"] or 0) >= review_confidence
     heard = transcript if clear else None
     note = None if clear else text["unclear"]
-    about = label(request["category"] or "other")
+    category = request["category"] or "other"
+    about = categories.label(category)  # shown under "This is about:"
     spoken = [
         emergency,
         fill(text["heard_speech"], transcript=heard) if heard else note,
-        fill(text["about_speech"], label=about),
+        categories.readback(category),
         text["question"],
     ]
     return {

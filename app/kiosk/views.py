@@ -290,18 +290,18 @@ def _status(req):
     return messages.status(
         req,
         _wording(language),
-        _labeller(language),
+        _categories(language),
         emergency_number=config["EMERGENCY_NUMBER"],
         review_confidence=config["REVIEW_CONFIDENCE"],
     )
 
 
-def _labeller(language):
-    """Return a function giving a category's plain words in a language (or the default)."""
+def _categories(language):
+    """Return a language's categories (labels, readback sentences), else the default's."""
     try:
-        return pipeline.categories_for(language).label
+        return pipeline.categories_for(language)
     except UnknownLanguage:
-        return pipeline.categories_for(current_app.config["DEFAULT_LANGUAGE"]).label
+        return pipeline.categories_for(current_app.config["DEFAULT_LANGUAGE"])
 
 
 def _wording(language):

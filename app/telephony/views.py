@@ -103,12 +103,12 @@ def _speaker(call):
     return speak.Speaker(_flow(call["language"]), call["pace"] or "normal")
 
 
-def _label(category, language):
-    """Return a category in plain words for the readback."""
+def _categories(language):
+    """Return a language's categories (labels, readback sentences), else the default's."""
     try:
-        return pipeline.categories_for(language).label(category or "other")
+        return pipeline.categories_for(language)
     except (UnknownLanguage, KeyError):
-        return pipeline.categories_for(_config()["DEFAULT_LANGUAGE"]).label(category or "other")
+        return pipeline.categories_for(_config()["DEFAULT_LANGUAGE"])
 
 
 def _coordinator(config, now=None):
@@ -398,7 +398,7 @@ def _status_texts(flow, call):
         return [flow.prompt("no_request")]
     open_ = [r for r in requests if r["status"] != "done"]  # cancelled ones are not here
     newest = (open_ or requests)[0]
-    label = _label(newest["category"], flow.language)
+    label = _categories(flow.language).label(newest["category"] or "other")
     zone = ZoneInfo(_config()["COORDINATOR_TIMEZONE"])
     sentence = words.status_sentence(newest, flow, label, zone=zone)
     if len(open_) > 1:
@@ -663,13 +663,10 @@ def _request_of(db, call):
 
 def _readback_texts(flow, request_):
     """Say back what we understood: the words only when we are confident of them."""
-    label = _label(request_["category"], flow.language)
+    about = _categories(flow.language).readback(request_["category"] or "other")
     if request_["needs_review"] or not (request_["transcript"] or "").strip():
-        return [flow.prompt("listen_later"), flow.prompt("sounds_like", category=label)]
-    return [
-        flow.prompt("heard", transcript=request_["transcript"].strip()),
-        flow.prompt("sounds_like", category=label),
-    ]
+        return [flow.prompt("listen_later"), about]
+    return [flow.prompt("heard", transcript=request_["transcript"].strip()), about]
 
 
 def _readback(call, request_):
