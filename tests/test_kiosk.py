@@ -487,14 +487,14 @@ READBACKS = [
     (
         {"transcript": "I need milk", "transcript_confidence": 0.9, "category": "groceries"},
         [
-            "I heard: I need milk. It sounds like you need help with shopping",
-            "a job in town. Is that right?",
+            "I heard: I need milk. It sounds like you need some shopping done",
+            "or something picked up. Is that right?",
         ],
         ["911"],
     ),
     (
         {"transcript": "mumble", "transcript_confidence": 0.2, "category": "other"},
-        ["could not make out every word", "I could not tell what help you need"],
+        ["could not make out every word", "you need help with something else"],
         ["mumble"],
     ),
     (
@@ -510,17 +510,17 @@ READBACKS = [
     (
         {"stage": "failed", "transcript": None, "category": "other"},
         ["could not make out the words", "say it again"],
-        ["It sounds like", "I could not tell what help"],
+        ["It sounds like", "something else"],
     ),
     # A transcript that ends its own sentence keeps one stop, not two.
     (
         {"transcript": "I need help.", "transcript_confidence": 0.9, "category": "other"},
-        ["I heard: I need help. I could not tell what help you need"],
+        ["I heard: I need help. It sounds like you need help with something else."],
         ["..", "help.."],
     ),
     (
         {"transcript": "Can you come Friday? ", "transcript_confidence": 0.9, "category": "other"},
-        ["I heard: Can you come Friday. I could not tell"],
+        ["I heard: Can you come Friday. It sounds like"],
         ["?."],
     ),
 ]
