@@ -43,6 +43,7 @@ from app.training import (
     read_heldout,
     read_rule_blind,
     score,
+    tune_threshold,
     tuning_rows,
     verdicts,
 )
@@ -848,6 +849,49 @@ def test_fusion_is_tuned_on_rule_blind_rows_when_there_are_enough(
     blind = {s.text for s in rows[:blind_rows]}
     chosen = tuning_rows(rows, blind)
     assert len(chosen) == (blind_rows if tuned_on_blind else len(rows))
+
+
+def _alarming(n, emergencies, rule_alarms, model_p):
+    """Return scored rows: emergencies the model gives model_p, calm rows it gives model_p - 0.4,
+    the rules raising the first `rule_alarms` calm rows."""
+    loud = Classification("emergency", 0.9, (), "critical", True, ())
+    silent = Classification("other", 0.0, (), "normal", False, ())
+    rows = []
+    for i in range(n):
+        emergency = i < emergencies
+        rules = loud if emergencies <= i < emergencies + rule_alarms else silent
+        p = model_p if emergency else model_p - 0.4
+        rows.append(
+            Scored(
+                f"r{i}",
+                "emergency" if emergency else "other",
+                emergency,
+                rules,
+                {"emergency": p, "other": 1 - p},
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("rule_alarms", "model_p", "threshold"),
+    [
+        # Rules quiet: the model's threshold catches every emergency, no calm row at 0.3.
+        (0, 0.7, 0.7),
+        # Rules alarm on 3 of 100 calm rows (over the 2 % target on their own): the model
+        # still catches the emergencies, rather than being pushed to its highest threshold.
+        (3, 0.7, 0.7),
+        (3, 0.5, 0.5),
+    ],
+)
+def test_the_emergency_threshold_reaches_for_recall_when_the_rules_alone_alarm_too_much(
+    rule_alarms, model_p, threshold
+):
+    rows = _alarming(120, 20, rule_alarms, model_p)
+    chosen, _ = tune_threshold(rows)
+    assert chosen <= threshold
+    caught = [s.rules.emergency or s.probabilities["emergency"] >= chosen for s in rows[:20]]
+    assert all(caught)
 
 
 def test_the_example_vote_stands_in_only_when_there_is_no_model(en, model):
