@@ -127,8 +127,8 @@ def classify_command(text, language, as_json, rules_only):
 def train_command(language, force):
     """Retrain the learned classifier on the examples and the coordinators' corrections.
 
-    Scores the weights in use and the new ones on the held-out set
-    (ivr_flows/heldout/LANG.tsv), and keeps the old ones if the new score lower.
+    Scores the weights in use and the new ones on every held-out file, pooled
+    (ivr_flows/heldout/LANG.tsv and LANG_*.tsv), and keeps the old ones if the new score lower.
 
     Example: flask --app app classify train
     """
@@ -142,7 +142,7 @@ def train_command(language, force):
         raise click.ClickException(f"no text model: {models.problems().get('model')}")
     try:
         categories = load_categories(language, flows / "categories.toml")
-        heldout = training.read_heldout(flows / training.HELDOUT_DIR / f"{language}.tsv")
+        heldout = training.read_heldout_sets(flows, language)
         examples = flows / EXAMPLES_DIR / f"{language}.tsv"
         rows = read_examples(examples, categories.keys)
         blind = training.read_rule_blind(examples)
@@ -154,7 +154,7 @@ def train_command(language, force):
         raise click.ClickException(
             f"cannot read the corrections ({exc}); run: flask --app app migrate"
         ) from exc
-    # The held-out set only measures: a correction that repeats one of its rows stays out.
+    # The held-out sets only measure: a correction that repeats one of their rows stays out.
     kept = {text for text, *_ in heldout}
     every = [*rows, *corrections]
     rows = [row for row in every if row[0] not in kept]

@@ -26,7 +26,7 @@ from .classify import (
 )
 from .textmodel import Weights, fit, folds, neighbour_vote
 
-HELDOUT_DIR = "heldout"  # beside categories.toml: heldout/<language>.tsv
+HELDOUT_DIR = "heldout"  # beside categories.toml: heldout/<language>.tsv, <language>_*.tsv
 FOLDS = 5
 # The fewest rule-blind rows, and emergencies among them, worth tuning the fusion on alone.
 MIN_BLIND_ROWS = 150
@@ -68,6 +68,18 @@ def read_heldout(path: Path) -> list[tuple[str, str, bool]]:
             flag = r["category"] == "emergency" if emergency is None else emergency == "1"
             rows.append((r["text"], r["category"], flag))
     return rows
+
+
+def heldout_paths(flows: Path, language: str) -> list[Path]:
+    """Return a language's held-out files: heldout/<language>.tsv, then <language>_*.tsv."""
+    folder = Path(flows) / HELDOUT_DIR
+    first = folder / f"{language}.tsv"
+    return [first, *sorted(folder.glob(f"{language}_*.tsv"))]
+
+
+def read_heldout_sets(flows: Path, language: str) -> list[tuple[str, str, bool]]:
+    """Read every held-out file of a language as one pool of (text, category, emergency)."""
+    return [row for path in heldout_paths(flows, language) for row in read_heldout(path)]
 
 
 def read_rule_blind(path: Path) -> frozenset[str]:

@@ -966,8 +966,8 @@ def test_rules_alone_still_classify_when_the_text_model_is_missing(make_app, mod
     )
 
 
-def _flows(tmp_path, examples, heldout):
-    """Write a flows folder with the real categories and the given examples and held-out rows."""
+def _flows(tmp_path, examples, heldout, more_heldout=()):
+    """Write a flows folder with the real categories, the examples and two held-out files."""
     flows = tmp_path / "flows"
     (flows / "examples").mkdir(parents=True)
     (flows / "heldout").mkdir()
@@ -981,21 +981,27 @@ def _flows(tmp_path, examples, heldout):
         f"{t}\t{c}\t{int(c == 'emergency')}" for t, c in heldout
     ]
     (flows / "heldout" / "en.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = ["text\tcategory\temergency"] + [
+        f"{t}\t{c}\t{int(c == 'emergency')}" for t, c in more_heldout
+    ]
+    (flows / "heldout" / "en_b.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return flows
 
 
 def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
     heldout = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")]
+    heldout_b = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en_b.tsv")]
     by_category = {}
     for text, category in every:
         by_category.setdefault(category, []).append((text, category))
     good = [row for rows in by_category.values() for row in rows[:6]]
-    flows = _flows(tmp_path, good, heldout[::5])
+    flows = _flows(tmp_path, good, heldout[::5], heldout_b[::5])
     app = make_app(FLOWS_DIR=str(flows))
-    # A coordinator's correction teaches it; one repeating a held-out row stays out.
+    # A coordinator's correction teaches it; one repeating a row of any held-out file stays out.
     db = connect(app.config["DATABASE"])
-    for text in ("the boiler is banging and there's no hot water", heldout[0][0]):
+    texts = ("the boiler is banging and there's no hot water", heldout[0][0], heldout_b[0][0])
+    for text in texts:
         item, _ = queue.create(
             db, channel="phone", phone="+15550000001", transcript=text, category="other"
         )
@@ -1003,9 +1009,12 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     db.close()
     result = app.test_cli_runner().invoke(args=["classify", "train"])
     assert result.exit_code == 0, result.output
-    assert f"training on {len(good) + 1} rows (2 corrections; 1 held-out rows left out)" in (
+    assert f"training on {len(good) + 1} rows (3 corrections; 2 held-out rows left out)" in (
         result.output
     )
+    # Both held-out files are scored, as one pool.
+    pooled = len(heldout[::5]) + len(heldout_b[::5])
+    assert f"({pooled} requests)" in result.output
     assert "held-out before: rules accuracy" in result.output
     assert "held-out after:  fusion accuracy" in result.output
     trained = load_weights(flows / "model" / "en.npz")
@@ -1013,7 +1022,7 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     # Labels shuffled among the examples make a worse model, which is not installed.
     labels = [c for _, c in good]
     worse = [(t, labels[(i * 7 + 3) % len(labels)]) for i, (t, _) in enumerate(good)]
-    _flows(tmp_path / "again", worse, heldout[::5])
+    _flows(tmp_path / "again", worse, heldout[::5], heldout_b[::5])
     (flows / "examples" / "en.tsv").write_text(
         (tmp_path / "again" / "flows" / "examples" / "en.tsv").read_text(encoding="utf-8"),
         encoding="utf-8",
