@@ -14,7 +14,7 @@ The options below score the rules alone on any labelled TSV, as before the model
 Example:
     python bench/classify.py
     python bench/classify.py --compare --errors
-    python bench/classify.py --audio 3      # every 3rd held-out request as telephone audio
+    python bench/classify.py --audio 3      # every 3rd request of each held-out set, as a call
     python bench/classify.py --latency      # milliseconds per path, and the app's memory
     python bench/classify.py --data bench/data/requests_en.tsv
     python bench/classify.py --data bench/data/requests_en.tsv --language en
@@ -350,38 +350,51 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
 def audio(step: int, models_dir: Path = REPO / "speech_models") -> int:
     """Print the comparison on held-out requests spoken by espeak-ng over a telephone line.
 
-    Each request is rendered as 8 kHz mu-law speech and transcribed by Whisper tiny.en, as
-    a phone call would be; the transcript is then classified. Synthetic voices are harder
-    for Whisper than people, so this is a floor rather than a forecast.
+    Every STEPth request of each held-out set is rendered as 8 kHz mu-law speech and
+    transcribed by Whisper tiny.en, as a phone call would be; the transcript is then
+    classified. Synthetic voices are harder for Whisper than people, so this is a floor
+    rather than a forecast.
     """
     import tempfile
 
     from app.speech.service import SpeechService
     from tests.speechgen import telephone
 
-    rows = training.read_heldout(HELDOUT)[::step]
-    speech = SpeechService(
-        engines={"en": "whisper:whisper-tiny-en"}, models_dir=models_dir, max_seconds=600
-    )
-    heard = []
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (text, category, emergency) in enumerate(rows):
-            wav = telephone(text, Path(tmp) / f"{i}.wav")
-            heard.append((speech.transcribe(load_audio(wav), "en").text, category, emergency))
-    print(f"transcribed {len(heard)} requests in {time.perf_counter() - started:.0f} s")
     categories = load_categories("en")
     weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
     embedder = load_embedder(weights.embedder, models_dir)
-    written = training.score(rows, embedder.embed([t for t, *_ in rows]), categories, weights)
-    print(compare_table(f"1 in {step} held-out requests as written", written, weights)[0])
-    scored = training.score(heard, embedder.embed([t for t, *_ in heard]), categories, weights)
-    table, fusion = compare_table(
-        f"the same {len(heard)} requests as telephone audio", scored, weights
+    speech = SpeechService(
+        engines={"en": "whisper:whisper-tiny-en"}, models_dir=models_dir, max_seconds=600
     )
-    print(table)
-    for text in fusion["missed"]:
-        print(f"  missed emergency, heard as: {text}")
+    pooled_written, pooled_heard = [], []
+    for name, path in (("A", HELDOUT), ("B", HELDOUT_B), ("C", HELDOUT_C)):
+        rows = training.read_heldout(path)[::step]
+        heard = []
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (text, category, emergency) in enumerate(rows):
+                wav = telephone(text, Path(tmp) / f"{i}.wav")
+                said = speech.transcribe(load_audio(wav), "en").text
+                heard.append((said, category, emergency))
+        print(
+            f"held-out {name}: transcribed {len(heard)} requests in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        written = training.score(rows, embedder.embed([t for t, *_ in rows]), categories, weights)
+        scored = training.score(heard, embedder.embed([t for t, *_ in heard]), categories, weights)
+        pooled_written += written
+        pooled_heard += scored
+        print(compare_table(f"held-out {name}, 1 in {step}, as written", written, weights)[0])
+        table, fusion = compare_table(
+            f"held-out {name}, the same {len(heard)} as telephone audio", scored, weights
+        )
+        print(table)
+        for text in fusion["missed"]:
+            print(f"  missed emergency, heard as: {text}")
+        print()
+    n = len(pooled_heard)
+    print(compare_table(f"all three, {n} requests as written", pooled_written, weights)[0])
+    print(compare_table(f"all three, {n} requests as telephone audio", pooled_heard, weights)[0])
     return 0
 
 
@@ -429,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "--audio",
         type=int,
         metavar="STEP",
-        help="the comparison on every STEPth held-out request as telephone audio",
+        help="the comparison on every STEPth request of each held-out set as telephone audio",
     )
     args = parser.parse_args(argv)
     if args.latency:
