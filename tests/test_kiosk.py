@@ -487,8 +487,8 @@ READBACKS = [
     (
         {"transcript": "I need milk", "transcript_confidence": 0.9, "category": "groceries"},
         [
-            "I heard: I need milk. It sounds like you need some shopping done",
-            "or something picked up. Is that right?",
+            "I heard: I need milk. It sounds like you need some shopping done for you.",
+            "Is that right?",
         ],
         ["911"],
     ),
