@@ -93,6 +93,7 @@ class _Phrase:
     max_gap: int = 2  # other words allowed between two phrase words
     needs: str = ""  # context group that must also be present (emergency combos)
     otherwise: str = ""  # category to count towards when `needs` is absent
+    guarded: bool = True  # whether harmless context nearby can set it aside (not `decisive`)
 
 
 @dataclass(frozen=True)
@@ -564,6 +565,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         max_gap: int = base.max_gap,
         needs: str = "",
         otherwise: str = "",
+        guarded: bool = True,
     ) -> None:
         for source in items:
             for variant in _expand(source):
@@ -574,7 +576,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
                 if tokens:
                     w = weight * (1 + length_bonus * (len(tokens) - 1))
                     phrases.append(
-                        _Phrase(tokens, variant, pool, tag, w, max_gap, needs, otherwise)
+                        _Phrase(tokens, variant, pool, tag, w, max_gap, needs, otherwise, guarded)
                     )
 
     optional = frozenset(text.get("optional", ()))
@@ -602,7 +604,12 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         readbacks[key] = entry["readback"]
         gap = emergency_gap if key == "emergency" else base.max_gap
         for list_name, weight in weights.items():
-            compile_list(entry.get(list_name, ()), _CATEGORY, key, float(weight), max_gap=gap)
+            # A decisive phrase names the need outright, so no nearby context outweighs it:
+            # "I don't want to go on any more" is not a past event.
+            guarded = list_name != "decisive"
+            compile_list(
+                entry.get(list_name, ()), _CATEGORY, key, float(weight), gap, guarded=guarded
+            )
     compile_list(lang.get("neutral", {}).get("phrases", ()), _CATEGORY, "", 0.0)
 
     for i, combo in enumerate(emergency.get("combos", ())):
@@ -915,8 +922,8 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
         if tag == "emergency":
             if m.phrase.needs and m.phrase.needs not in present:
                 tag = m.phrase.otherwise
-            elif _negated(m, negations, categories.negation_window) or _near(
-                m, harmless, categories.guard_window, sentence_of
+            elif _negated(m, negations, categories.negation_window) or (
+                m.phrase.guarded and _near(m, harmless, categories.guard_window, sentence_of)
             ):
                 spent.update(m.positions)
                 disarmed.append(m.phrase.source)

@@ -20,6 +20,7 @@ from app.classify import (
     UnknownLanguage,
     category_keys,
     classify,
+    classify_rules,
     fuse,
     load_categories,
     read_examples,
@@ -348,6 +349,158 @@ def test_idioms_leave_real_emergencies_alone(en, text):
 )
 def test_guards_stop_at_clause_boundaries(en, text, emergency):
     assert classify(text, en).emergency is emergency
+
+
+# The rules are the safety net: fusion raises emergency whenever they do, so these tables
+# check the rules alone (no example vote, no model), as the fusion sees them.
+def _rules_alarm(en, text):
+    """Tell whether the phrase rules alone raise an emergency for `text`."""
+    return classify_rules(text, en, vote=False).emergency
+
+
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("Could someone take me to give blood at the town hall on Saturday?", False),
+        ("There's an old blood stain on the carpet I can't shift.", False),
+        ("I cut my finger last week and got blood on the tablecloth, can someone wash it?", False),
+        ("The socket by the bed is cracked, nothing is sparking but I'd like it looked at.", False),
+        ("No sparks or anything, the lights just keep tripping.", False),
+        ("My back door lock is stiff and the key sticks.", False),
+        ("My knees are stiff in the mornings, could someone walk the dog?", False),
+        ("The coal fire won't light and the chimney needs sweeping.", False),
+        ("Could someone clean out my fireplace before winter?", False),
+        ("The burglar alarm panel is beeping, I think the battery is low.", False),
+        ("The intruder alarm keeps going off by itself, can someone look at the sensor?", False),
+        ("My shed was broken into a couple of years ago and I'd like a better lock on it.", False),
+        ("Somebody tried the handle of my garage at the weekend, could someone fit a bolt?", False),
+        ("The cat is choking on a hairball, is there a vet who visits?", False),
+        ("I'm worried about my dog, he hasn't eaten for three days.", False),
+        ("I'm scared I might fall in the bath, could someone fit a rail?", False),
+        ("I'm afraid I'll fall on the ice, could someone grit my path?", False),
+        ("I worry my husband will fall on the stairs at night.", False),
+        ("I keep having nightmares about falling down the stairs.", False),
+        ("I really don't want an ambulance, I just need a lift to the minor injuries.", False),
+        ("The smoke alarm keeps beeping, it wants a new battery.", False),
+        ("The CO alarm is beeping, I think the battery is low.", False),
+        ("Could someone help me read my gas meter?", False),
+        ("I've had a huge gas bill and I don't understand it.", False),
+        ("My legs have gone on me a bit lately, could someone do my shopping?", False),
+        ("There's a brown stain on the kitchen floor that won't come off.", False),
+        ("The bedroom window is painted shut and I can't get any air in at night.", False),
+        ("There's smoke damage on the ceiling from years ago, could someone repaint it?", False),
+        ("My tablecloth has a burn mark, can it be cleaned?", False),
+        ("I want to give up smoking, is there a group?", False),
+        ("The shelf came down in the night, nobody was hurt, could someone put it back?", False),
+        ("Mum's gone all confused with her new tablets, could someone sort her pill box?", False),
+        ("My friend is a bit of a live wire, she'd love a visitor.", False),
+        ("My grandson hits me up for money every week, could someone help with my budget?", False),
+        ("My daughter is coming back for me at five, but I need a lift there.", False),
+        ("The wind is rattling the letterbox all night, could someone fix it?", False),
+        ("I can't get myself off the toilet without a rail, could someone fit one?", False),
+        ("He's not drinking alcohol these days, but he needs a lift to the club.", False),
+    ],
+)
+def test_harmless_look_alikes_do_not_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("The smoke alarm is going off and the kitchen is full of smoke.", True),
+        ("I came to give blood but my husband's collapsed in the car park.", True),
+        ("The fire won't light and I can smell gas all through the house.", True),
+        ("The intruder alarm's going off and there's a man in my hallway.", True),
+        ("I'm afraid I'll fall, I'm stuck on the floor and can't get up.", True),
+        (
+            "I don't want an ambulance fuss but my chest is crushing and I'm grey and sweating.",
+            True,
+        ),
+        ("The burglar alarm is beeping and someone is trying to get in the back door.", True),
+        ("My dog's choking and my husband's collapsed trying to help him.", True),
+        ("I fell last year, and today I've fallen again and I can't get up.", True),
+        ("He's threatening to hurt me if I tell anyone.", True),
+        ("Someone rang and said they'd burn my house down if I don't pay.", True),
+        ("I can't see the point in living any more.", True),
+        ("I don't want to go on any more, I've had enough.", True),
+    ],
+)
+def test_real_danger_beside_a_look_alike_still_alarms(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("I fell last year and broke my wrist, now I need help with the shopping.", False),
+        ("After my stroke in 2019 I can't drive, could someone take me to church?", False),
+        ("My friend had a heart attack years ago and I'd like to visit her.", False),
+        ("I slid off the bed this morning but I'm fine now, I just need a grab rail.", False),
+        ("I had a stroke last year and my speech is slurred, could someone ring the bank?", False),
+        ("Nobody was hurt but the fence blew down across the path.", False),
+        ("I've never wanted to end my life, I'm just lonely.", False),
+        ("I want to learn first aid in case my husband chokes.", False),
+    ],
+)
+def test_negated_and_past_cues_do_not_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        # Falls.
+        ("I've gone down between the bed and the wall and I can't shift.", True),
+        ("My husband is on the floor and I can't lift him.", True),
+        ("She's lying at the bottom of the stairs and not moving.", True),
+        ("I've come off the ladder and I think I've broken my leg.", True),
+        # Chest.
+        ("I've got a tight feeling in my chest and it's going down my arm.", True),
+        ("There's a heavy pressure on my chest and I feel sick.", True),
+        ("It's like a weight sitting on my chest.", True),
+        # Stroke.
+        ("Her mouth's gone lopsided and she can't lift her arm.", True),
+        ("He's talking gibberish all of a sudden and his face has dropped.", True),
+        ("My husband's arm has gone floppy and his speech is slurred.", True),
+        ("Dad is suddenly confused and keeps calling me by the wrong name.", True),
+        # Breathing.
+        ("I can't catch my breath, I'm gasping.", True),
+        ("He's struggling for air and his lips are going blue.", True),
+        # Fire and smoke.
+        ("The curtains are on fire.", True),
+        ("The electric heater is smouldering and the room is filling with smoke.", True),
+        ("There's smoke coming from under the bedroom door.", True),
+        # Gas.
+        ("There's a strong smell of gas and I feel dizzy.", True),
+        ("It smells like rotten eggs in the hall.", True),
+        ("The gas is on and not lit and my husband is asleep.", True),
+        # Electrical.
+        ("The socket is sparking and there's a burning smell.", True),
+        ("There are exposed wires hanging out of the wall.", True),
+        ("The plug socket is crackling and I can smell hot plastic.", True),
+        # Intruders.
+        ("Someone is trying to get in through my back door.", True),
+        ("There's a man in my garden trying the door.", True),
+        ("There's a stranger in my kitchen.", True),
+        ("Someone's broken into the house and they're still downstairs.", True),
+        ("Someone's rattling the door handle and it's three in the morning.", True),
+        # Threats and being hit.
+        ("My son's been hitting me and he's threatening to do it again.", True),
+        ("My son-in-law punched me and says he'll do it again.", True),
+        ("A man at the door has got a knife.", True),
+        # Self-harm.
+        ("I don't want to be here any more, I've had enough.", True),
+        ("I've saved up my tablets and I'm going to take them tonight.", True),
+        ("I've got the pills ready.", True),
+        # Not eaten or drunk for days.
+        ("My mother hasn't eaten or drunk anything for three days.", True),
+        ("He hasn't had a drink for two days and he's very drowsy.", True),
+        ("I haven't eaten properly today, could someone bring a hot meal?", False),
+    ],
+)
+def test_emergency_cue_families_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
 
 
 @pytest.mark.parametrize(
