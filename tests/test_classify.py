@@ -503,6 +503,28 @@ def test_emergency_cue_families_alarm(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# A switch to the present ("but now", "and now", "but this time") starts a new clause even
+# after a comma, so a guard or past marker before it cannot reach the danger after it;
+# within its own clause the guard still works.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("Nobody got hurt the other time, but now he's waving a knife about.", True),
+        ("No one was hurt last Christmas but now he's got a knife.", True),
+        ("I had a little fall in March, and now I've fallen again and can't get up.", True),
+        ("The alarm needed a battery last week, but this time the hall is full of smoke.", True),
+        ("He used to shout a lot, but today he's threatening to kill me.", True),
+        ("nobody was hurt last time but now he has got a knife", True),
+        ("I fell last year, and now I'm nervous on the stairs.", False),
+        ("Nobody was hurt when the shelf came down, but now I need someone to put it back.", False),
+        ("I had a fall in January and now I'd like a grab rail by the bath.", False),
+        ("The fire brigade came last week but now it all needs repainting.", False),
+    ],
+)
+def test_a_switch_to_the_present_ends_a_guards_reach(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 @pytest.mark.parametrize(
     ("text", "urgency"),
     [
