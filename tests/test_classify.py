@@ -525,6 +525,61 @@ def test_a_switch_to_the_present_ends_a_guards_reach(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# Round 2 of issue #11: the cue families the rules still missed, each beside the harmless
+# talk that looks like it.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        # Cuts and bleeding that will not stop.
+        ("She's slit her wrists in the bathroom.", True),
+        ("I cut my finger and it won't stop bleeding.", True),
+        ("I've sliced my hand on a tin lid and it's gushing, I've got a towel round it.", True),
+        ("There's blood spurting out of his leg where he caught it on the mower.", True),
+        ("I cut my finger chopping onions, could someone bring some plasters?", False),
+        ("I cut my wrist on a tin lid last month and it's healed up nicely.", False),
+        # Nosebleeds that go on, on blood thinners.
+        ("My wife's nose has been bleeding for over an hour and she's on warfarin.", True),
+        ("I get the odd nosebleed in the dry weather, could someone fetch tissues?", False),
+        # A sudden, worst-ever headache.
+        ("It's the worst headache I've ever had, it came on all of a sudden.", True),
+        ("He says he's never had a headache like this, like being hit with a hammer.", True),
+        ("I've had a headache since Tuesday, could someone fetch paracetamol?", False),
+        ("The council forms are giving me a headache, could someone help me fill them in?", False),
+        # Fits that will not stop.
+        ("Dad's had a seizure and it's been going ten minutes.", True),
+        ("She's having one of her fits and it hasn't stopped.", True),
+        ("I had a fit of giggles at the pictures, it was lovely.", False),
+        ("Could someone fit a new curtain rail in the lounge?", False),
+        # Choking on food.
+        ("He's got a piece of meat stuck and he can't breathe.", True),
+        ("There's something stuck in her throat and she can't cough it out.", True),
+        ("My tablets get stuck in my throat, could they be crushed?", False),
+        # Carbon monoxide alarms.
+        ("The carbon monoxide alarm is going off and I've got a headache.", True),
+        ("The CO detector is screaming and we both feel dizzy.", True),
+        ("My CO alarm needs a new battery.", False),
+        ("The carbon monoxide alarm keeps going off, I think the battery is flat.", False),
+        ("Could someone fit a carbon monoxide detector by the boiler?", False),
+        # Water on the electrics.
+        ("Water's pouring through the ceiling onto the light fitting and it's fizzing.", True),
+        ("The kitchen's flooded round the sockets and the lights keep flickering.", True),
+        ("There's a drip onto the light switch from the bathroom, could a plumber come?", False),
+        # On a bridge, going to jump.
+        ("I'm on the bridge and I want to jump.", True),
+        ("I'm stood at the edge of the cliff and nobody will miss me.", True),
+        ("I'm going to jump on the bus into town, could someone meet me?", False),
+        ("We used to walk on the bridge by the river, could someone take me again?", False),
+        # Allergic reactions: throat or tongue swelling.
+        ("My tongue's swelling up after a peanut.", True),
+        ("I've been stung and my throat feels tight.", True),
+        ("He's had a reaction to the new tablets and his throat is closing up.", True),
+        ("I've got a sore throat, could someone fetch some lozenges?", False),
+    ],
+)
+def test_round_two_cue_families_and_their_look_alikes(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 @pytest.mark.parametrize(
     ("text", "urgency"),
     [
