@@ -580,6 +580,26 @@ def test_round_two_cue_families_and_their_look_alikes(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# Pain down the arm or in the jaw is the heart's warning only with the chest, sweat,
+# sickness or breathlessness; a gas smell gone since the engineer came is over.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("The pain runs down my arm from my neck, it's my arthritis, could someone shop?", False),
+        ("the ache goes down his arm from the shoulder he has arthritis", False),
+        ("I've a pain in my jaw, I think it's a tooth, could I get a lift to the dentist?", False),
+        ("The smell of gas went once the engineer had been, thank you.", False),
+        ("the gas smell has gone since the engineer came round", False),
+        ("The pain's going down my left arm and I'm all sweaty.", True),
+        ("My jaw aches and I feel sick and clammy.", True),
+        ("The pain goes down my arm and there's a tightness across my chest.", True),
+        ("The engineer came last week, but now I can smell gas again.", True),
+    ],
+)
+def test_arm_or_jaw_pain_alone_and_gas_gone_do_not_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 @pytest.mark.parametrize(
     ("text", "urgency"),
     [
