@@ -600,6 +600,20 @@ def test_arm_or_jaw_pain_alone_and_gas_gone_do_not_alarm(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# A year named marks a past event, as a month does; a switch to the present ends its reach.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("I had a stroke in 2019, could someone help with my shopping?", False),
+        ("My husband fell in 2021 and broke his hip, he needs a lift to the day centre.", False),
+        ("He had a heart attack back in 2015, he'd like some company.", False),
+        ("I had a stroke in 2019, but now my face has dropped again.", True),
+    ],
+)
+def test_a_year_named_is_a_past_event(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 @pytest.mark.parametrize(
     ("text", "urgency"),
     [
