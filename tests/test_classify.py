@@ -574,6 +574,12 @@ def test_a_switch_to_the_present_ends_a_guards_reach(en, text, emergency):
         ("I've been stung and my throat feels tight.", True),
         ("He's had a reaction to the new tablets and his throat is closing up.", True),
         ("I've got a sore throat, could someone fetch some lozenges?", False),
+        ("My throat's swollen with this cold, could someone fetch some honey?", False),
+        ("My mouth is all swollen after the dentist took a tooth out.", False),
+        ("Could someone collect my EpiPen prescription from the chemist?", False),
+        ("I've used his EpiPen and his lips are still swelling.", True),
+        ("I'd jump at the chance of a trip out, I'm going to jump at it.", False),
+        ("My grandson is on the roof fixing the aerial and I've had enough of the noise.", False),
     ],
 )
 def test_round_two_cue_families_and_their_look_alikes(en, text, emergency):
