@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import time
 import tomllib
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from app import queue
 from app.classify import (
     DEFAULT_PATH,
+    MAX_EXPANSIONS,
     URGENCIES,
     CategoryDataError,
     Classification,
@@ -294,6 +296,19 @@ def test_no_multi_word_alternatives():
             if "|" in left + right and set(left.split("|")) & set(right.split("|")) - {"_"}:
                 bad.append((where, phrase))
     assert bad == []
+
+
+def test_no_phrase_expands_past_the_cap():
+    # The loader keeps only the first MAX_EXPANSIONS variants of a phrase, silently: the
+    # alternatives of its first words past the cap would never match.
+    with open(DEFAULT_PATH, "rb") as fh:
+        data = tomllib.load(fh)
+    too_many = [
+        (where, phrase)
+        for where, phrase in _data_phrases(data)
+        if math.prod(len(word.split("|")) for word in phrase.split()) > MAX_EXPANSIONS
+    ]
+    assert too_many == []
 
 
 @pytest.mark.parametrize(
@@ -578,6 +593,8 @@ def test_a_switch_to_the_present_ends_a_guards_reach(en, text, emergency):
         ("My mouth is all swollen after the dentist took a tooth out.", False),
         ("Could someone collect my EpiPen prescription from the chemist?", False),
         ("I've used his EpiPen and his lips are still swelling.", True),
+        ("I've just come back from the dentist and her face has dropped on one side.", True),
+        ("My glands are up and I can't breathe.", True),
         ("I'd jump at the chance of a trip out, I'm going to jump at it.", False),
         ("My grandson is on the roof fixing the aerial and I've had enough of the noise.", False),
     ],
