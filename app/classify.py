@@ -146,6 +146,7 @@ class Categories:
     suffixes: tuple[tuple[str, str], ...]
     fillers: frozenset[str]
     clause_words: frozenset[str]
+    clause_starts: tuple[tuple[str, ...], ...]  # word runs that start a clause in any text
     word_forms: Mapping[str, str]
     stem_endings: tuple[tuple[str, str], ...]
     stem_tidy: tuple[tuple[str, str], ...]
@@ -187,15 +188,21 @@ class Categories:
         """Return normalised tokens and, for each, the number of the sentence it is in.
 
         In unpunctuated text ("i fell and cannot get up") a clause word such as "and"
-        starts a new sentence, so a guard cannot reach across a whole transcript.
+        starts a new sentence, so a guard cannot reach across a whole transcript; in any
+        text a switch to the present ("but now") starts one.
         """
         tokens: list[str] = []
         sentence_of: list[int] = []
         clauses = self.clause_words if _PUNCTUATION_RE.search(text) is None else frozenset()
         number = 0
         for sentence in _SENTENCE_RE.split(text):
-            for word in self._normalise_sentence(sentence):
-                if word in clauses:
+            words = self._normalise_sentence(sentence)
+            for i, word in enumerate(words):
+                # A comma does not end a sentence, so "..., but now he has a knife" needs
+                # its switch to the present spotted in punctuated text too.
+                if word in clauses or any(
+                    tuple(words[i : i + len(run)]) == run for run in self.clause_starts
+                ):
                     number += 1
                 tokens.append(word)
                 sentence_of.append(number)
@@ -357,6 +364,7 @@ SCHEMA: dict = {
                 "optional",
                 "no_fuzzy",
                 "clause_words",
+                "clause_starts",
             )
         ),
         "stemming": dict.fromkeys(("forms", "endings", "tidy", "keep", "min_stem")),
@@ -509,6 +517,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         suffixes=suffixes,
         fillers=fillers,
         clause_words=frozenset(),
+        clause_starts=(),
         word_forms=dict(stemming.get("forms", {})),
         stem_endings=tuple(tuple(rule) for rule in stemming.get("endings", ())),
         stem_tidy=tuple(tuple(rule) for rule in stemming.get("tidy", ())),
@@ -661,6 +670,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         clause_words=frozenset(
             w for word in text.get("clause_words", ()) for w in base.normalise(word)
         ),
+        clause_starts=tuple(tuple(base.normalise(run)) for run in text.get("clause_starts", ())),
         examples=bank,
         _fuzzy_cache={},
         _stem_cache={},

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import time
 import tomllib
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from app import queue
 from app.classify import (
     DEFAULT_PATH,
+    MAX_EXPANSIONS,
     URGENCIES,
     CategoryDataError,
     Classification,
@@ -296,6 +298,19 @@ def test_no_multi_word_alternatives():
     assert bad == []
 
 
+def test_no_phrase_expands_past_the_cap():
+    # The loader keeps only the first MAX_EXPANSIONS variants of a phrase, silently: the
+    # alternatives of its first words past the cap would never match.
+    with open(DEFAULT_PATH, "rb") as fh:
+        data = tomllib.load(fh)
+    too_many = [
+        (where, phrase)
+        for where, phrase in _data_phrases(data)
+        if math.prod(len(word.split("|")) for word in phrase.split()) > MAX_EXPANSIONS
+    ]
+    assert too_many == []
+
+
 @pytest.mark.parametrize(
     ("text", "category"),
     [
@@ -500,6 +515,125 @@ def test_negated_and_past_cues_do_not_alarm(en, text, emergency):
     ],
 )
 def test_emergency_cue_families_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+# A switch to the present ("but now", "and now", "but this time") starts a new clause even
+# after a comma, so a guard or past marker before it cannot reach the danger after it;
+# within its own clause the guard still works.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("Nobody got hurt the other time, but now he's waving a knife about.", True),
+        ("No one was hurt last Christmas but now he's got a knife.", True),
+        ("I had a little fall in March, and now I've fallen again and can't get up.", True),
+        ("The alarm needed a battery last week, but this time the hall is full of smoke.", True),
+        ("He used to shout a lot, but today he's threatening to kill me.", True),
+        ("nobody was hurt last time but now he has got a knife", True),
+        ("I fell last year, and now I'm nervous on the stairs.", False),
+        ("Nobody was hurt when the shelf came down, but now I need someone to put it back.", False),
+        ("I had a fall in January and now I'd like a grab rail by the bath.", False),
+        ("The fire brigade came last week but now it all needs repainting.", False),
+    ],
+)
+def test_a_switch_to_the_present_ends_a_guards_reach(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+# Round 2 of issue #11: the cue families the rules still missed, each beside the harmless
+# talk that looks like it.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        # Cuts and bleeding that will not stop.
+        ("She's slit her wrists in the bathroom.", True),
+        ("I cut my finger and it won't stop bleeding.", True),
+        ("I've sliced my hand on a tin lid and it's gushing, I've got a towel round it.", True),
+        ("There's blood spurting out of his leg where he caught it on the mower.", True),
+        ("I cut my finger chopping onions, could someone bring some plasters?", False),
+        ("I cut my wrist on a tin lid last month and it's healed up nicely.", False),
+        # Nosebleeds that go on, on blood thinners.
+        ("My wife's nose has been bleeding for over an hour and she's on warfarin.", True),
+        ("I get the odd nosebleed in the dry weather, could someone fetch tissues?", False),
+        # A sudden, worst-ever headache.
+        ("It's the worst headache I've ever had, it came on all of a sudden.", True),
+        ("He says he's never had a headache like this, like being hit with a hammer.", True),
+        ("I've had a headache since Tuesday, could someone fetch paracetamol?", False),
+        ("The council forms are giving me a headache, could someone help me fill them in?", False),
+        # Fits that will not stop.
+        ("Dad's had a seizure and it's been going ten minutes.", True),
+        ("She's having one of her fits and it hasn't stopped.", True),
+        ("I had a fit of giggles at the pictures, it was lovely.", False),
+        ("Could someone fit a new curtain rail in the lounge?", False),
+        # Choking on food.
+        ("He's got a piece of meat stuck and he can't breathe.", True),
+        ("There's something stuck in her throat and she can't cough it out.", True),
+        ("My tablets get stuck in my throat, could they be crushed?", False),
+        # Carbon monoxide alarms.
+        ("The carbon monoxide alarm is going off and I've got a headache.", True),
+        ("The CO detector is screaming and we both feel dizzy.", True),
+        ("My CO alarm needs a new battery.", False),
+        ("The carbon monoxide alarm keeps going off, I think the battery is flat.", False),
+        ("Could someone fit a carbon monoxide detector by the boiler?", False),
+        # Water on the electrics.
+        ("Water's pouring through the ceiling onto the light fitting and it's fizzing.", True),
+        ("The kitchen's flooded round the sockets and the lights keep flickering.", True),
+        ("There's a drip onto the light switch from the bathroom, could a plumber come?", False),
+        # On a bridge, going to jump.
+        ("I'm on the bridge and I want to jump.", True),
+        ("I'm stood at the edge of the cliff and nobody will miss me.", True),
+        ("I'm going to jump on the bus into town, could someone meet me?", False),
+        ("We used to walk on the bridge by the river, could someone take me again?", False),
+        # Allergic reactions: throat or tongue swelling.
+        ("My tongue's swelling up after a peanut.", True),
+        ("I've been stung and my throat feels tight.", True),
+        ("He's had a reaction to the new tablets and his throat is closing up.", True),
+        ("I've got a sore throat, could someone fetch some lozenges?", False),
+        ("My throat's swollen with this cold, could someone fetch some honey?", False),
+        ("My mouth is all swollen after the dentist took a tooth out.", False),
+        ("Could someone collect my EpiPen prescription from the chemist?", False),
+        ("I've used his EpiPen and his lips are still swelling.", True),
+        ("I've just come back from the dentist and her face has dropped on one side.", True),
+        ("My glands are up and I can't breathe.", True),
+        ("I'd jump at the chance of a trip out, I'm going to jump at it.", False),
+        ("My grandson is on the roof fixing the aerial and I've had enough of the noise.", False),
+    ],
+)
+def test_round_two_cue_families_and_their_look_alikes(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+# Pain down the arm or in the jaw is the heart's warning only with the chest, sweat,
+# sickness or breathlessness; a gas smell gone since the engineer came is over.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("The pain runs down my arm from my neck, it's my arthritis, could someone shop?", False),
+        ("the ache goes down his arm from the shoulder he has arthritis", False),
+        ("I've a pain in my jaw, I think it's a tooth, could I get a lift to the dentist?", False),
+        ("The smell of gas went once the engineer had been, thank you.", False),
+        ("the gas smell has gone since the engineer came round", False),
+        ("The pain's going down my left arm and I'm all sweaty.", True),
+        ("My jaw aches and I feel sick and clammy.", True),
+        ("The pain goes down my arm and there's a tightness across my chest.", True),
+        ("The engineer came last week, but now I can smell gas again.", True),
+    ],
+)
+def test_arm_or_jaw_pain_alone_and_gas_gone_do_not_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
+# A year named marks a past event, as a month does; a switch to the present ends its reach.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("I had a stroke in 2019, could someone help with my shopping?", False),
+        ("My husband fell in 2021 and broke his hip, he needs a lift to the day centre.", False),
+        ("He had a heart attack back in 2015, he'd like some company.", False),
+        ("I had a stroke in 2019, but now my face has dropped again.", True),
+    ],
+)
+def test_a_year_named_is_a_past_event(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
