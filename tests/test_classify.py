@@ -1207,19 +1207,20 @@ def test_heldout_sets_are_large_and_apart_from_the_training_examples(name, least
     assert not {t for t, *_ in rows} & {t for t, _ in examples}
 
 
-# Measured when the weights were trained (bench/classify.py), fusion then rules alone:
-#   A: accuracy 0.929 / 0.883, emergencies 66 of 67 / 60, false alarms 1.6 % / 1.6 %,
-#      calibration error 0.042;
-#   B: accuracy 0.860 / 0.840, emergencies 44 of 50 / 39, false alarms 3.9 % / 3.9 %,
-#      calibration error 0.057;
-#   C (written later, scored once before retraining): accuracy 0.889 / 0.846, emergencies
-#      56 of 66 / 55, false alarms 2.3 % / 1.5 %, calibration error 0.019.
+# Measured when the weights were trained on 1,761 examples (bench/classify.py), fusion then
+# rules alone:
+#   A: accuracy 0.926 / 0.886, emergencies 67 of 67 / 62, false alarms 2.7 % / 1.6 %,
+#      calibration error 0.012;
+#   B: accuracy 0.907 / 0.864, emergencies 49 of 50 / 45, false alarms 2.4 % / 2.4 %,
+#      calibration error 0.038;
+#   C: accuracy 0.916 / 0.883, emergencies 61 of 66 / 60, false alarms 2.6 % / 0.8 %,
+#      calibration error 0.017.
 # The targets (0.95, every emergency, 2 %) are not reached yet; these gates sit a
 # little below what was met, so they stop it getting worse without failing on noise.
 GATES = {
-    "A": {"accuracy": 0.91, "emergency_recall": 0.98, "false_alarms": 0.03},
-    "B": {"accuracy": 0.84, "emergency_recall": 0.86, "false_alarms": 0.05},
-    "C": {"accuracy": 0.87, "emergency_recall": 0.83, "false_alarms": 0.035},
+    "A": {"accuracy": 0.91, "emergency_recall": 0.98, "false_alarms": 0.035},
+    "B": {"accuracy": 0.89, "emergency_recall": 0.96, "false_alarms": 0.035},
+    "C": {"accuracy": 0.90, "emergency_recall": 0.9, "false_alarms": 0.035},
 }
 
 
