@@ -43,6 +43,8 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")
 # Guards only reach across words of the same sentence; Whisper punctuates sentences.
 _SENTENCE_RE = re.compile(r"[.!?;\u3002\uff01\uff1f]+")
+# A year in digits, 1900-2099: "in 2019" is a past event whatever the year is now.
+_YEAR_RE = re.compile(r"(?:19|20)\d\d")
 # Text with none of these marks was not punctuated, so clause words stand in for them.
 _PUNCTUATION_RE = re.compile(r"[.,!?;:\u3001\u3002\uff01\uff0c\uff1f]")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
@@ -147,6 +149,7 @@ class Categories:
     fillers: frozenset[str]
     clause_words: frozenset[str]
     clause_starts: tuple[tuple[str, ...], ...]  # word runs that start a clause in any text
+    year_word: str  # what a year written in digits ("2019") becomes, or "" to keep it
     word_forms: Mapping[str, str]
     stem_endings: tuple[tuple[str, str], ...]
     stem_tidy: tuple[tuple[str, str], ...]
@@ -226,6 +229,8 @@ class Categories:
                         break
                 token = token.replace("'", "")
             out.extend(t for t in token.split() if t not in self.fillers)
+        if self.year_word:
+            out = [self.year_word if _YEAR_RE.fullmatch(t) else t for t in out]
         if self.rewrite_re is not None and out:
             joined = self.rewrite_re.sub(lambda m: self.rewrites[m.group(0)], " ".join(out))
             out = joined.split()
@@ -365,6 +370,7 @@ SCHEMA: dict = {
                 "no_fuzzy",
                 "clause_words",
                 "clause_starts",
+                "year_word",
             )
         ),
         "stemming": dict.fromkeys(("forms", "endings", "tidy", "keep", "min_stem")),
@@ -518,6 +524,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         fillers=fillers,
         clause_words=frozenset(),
         clause_starts=(),
+        year_word=str(text.get("year_word", "")),
         word_forms=dict(stemming.get("forms", {})),
         stem_endings=tuple(tuple(rule) for rule in stemming.get("endings", ())),
         stem_tidy=tuple(tuple(rule) for rule in stemming.get("tidy", ())),

@@ -630,6 +630,9 @@ def test_arm_or_jaw_pain_alone_and_gas_gone_do_not_alarm(en, text, emergency):
         ("I had a stroke in 2019, could someone help with my shopping?", False),
         ("My husband fell in 2021 and broke his hip, he needs a lift to the day centre.", False),
         ("He had a heart attack back in 2015, he'd like some company.", False),
+        # Any year in digits, not a list that would need this year added each January.
+        ("My wife had a stroke in 1987, could someone sit with her on Sunday?", False),
+        ("Mum had her heart attack in 2029, she would like a visitor.", False),
         ("I had a stroke in 2019, but now my face has dropped again.", True),
     ],
 )
