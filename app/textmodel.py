@@ -16,7 +16,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import tempfile
 import threading
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,24 +199,35 @@ class Weights:
             "neighbour_k": self.neighbour_k,
             "neighbour_temperature": self.neighbour_temperature,
         }
-        with open(path, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                labels=np.array(self.labels),
-                mean=self.mean.astype(np.float32),
-                scale=self.scale.astype(np.float32),
-                coef=self.coef.astype(np.float32),
-                bias=self.bias.astype(np.float32),
-                neighbours=self.neighbours.astype(np.float16),
-                neighbour_labels=self.neighbour_labels.astype(np.int16),
-                meta=np.array(json.dumps(meta, sort_keys=True)),
-            )
+        # Written beside the old file and renamed over it, so a reader (or a crash) never
+        # meets half a file.
+        fd, partial = tempfile.mkstemp(suffix=".npz.part", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez_compressed(
+                    fh,
+                    labels=np.array(self.labels),
+                    mean=self.mean.astype(np.float32),
+                    scale=self.scale.astype(np.float32),
+                    coef=self.coef.astype(np.float32),
+                    bias=self.bias.astype(np.float32),
+                    neighbours=self.neighbours.astype(np.float16),
+                    neighbour_labels=self.neighbour_labels.astype(np.int16),
+                    meta=np.array(json.dumps(meta, sort_keys=True)),
+                )
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(partial, 0o644)
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)
 
 
 def load_weights(path: Path) -> Weights:
     """Read classifier weights written by Weights.save; raise WeightsError when unusable."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # Opened here, so a file numpy cannot read is still closed.
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             weights = Weights(
                 labels=tuple(str(x) for x in data["labels"]),
@@ -246,7 +259,7 @@ def load_weights(path: Path) -> Weights:
         raise WeightsError(
             f"{path}: no classifier weights; build them with: flask --app app classify train"
         ) from exc
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise WeightsError(f"{path}: not a classifier weights file ({exc}).") from exc
     if weights.coef.shape != (len(weights.labels), weights.mean.shape[0]):
         raise WeightsError(f"{path}: weights and labels disagree in shape.")
