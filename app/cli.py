@@ -1,5 +1,8 @@
 """Command-line edges: transcribe, classify, intake and serve, as JSON lines when asked."""
 
+import contextlib
+import csv
+import fcntl
 import json
 import secrets
 import sqlite3
@@ -107,8 +110,16 @@ def classify_command(text, language, as_json, rules_only):
     Example: echo "I need a lift to the doctor" | flask --app app classify --json
     """
     language = language or current_app.config["DEFAULT_LANGUAGE"]
-    categories = load_categories(language)
+    try:
+        categories = load_categories(language)
+    except (OSError, UnknownLanguage, CategoryDataError, csv.Error) as exc:
+        raise click.ClickException(str(exc)) from exc
     model = None if rules_only else pipeline.text_classifier(current_app, language)
+    if model is None and not rules_only:
+        problems = textmodel.text_models(current_app).problems([language])
+        if problems:
+            why = "; ".join(problems.values())
+            click.echo(f"warning: classifying by the rules alone: {why}", err=True)
     lines = [text] if text is not None else (line.rstrip("\n") for line in sys.stdin)
     for line in lines:
         if not line.strip() and text is None:
@@ -142,12 +153,17 @@ def train_command(language, force):
         raise click.ClickException(f"no text model: {models.problems().get('model')}")
     try:
         categories = load_categories(language, flows / "categories.toml")
-        heldout = training.read_heldout_sets(flows, language)
+        sets = training.read_heldout_sets(flows, language)
         examples = flows / EXAMPLES_DIR / f"{language}.tsv"
         rows = read_examples(examples, categories.keys)
         blind = training.read_rule_blind(examples)
-    except (OSError, KeyError, UnknownLanguage, CategoryDataError) as exc:
+    except (OSError, KeyError, ValueError, csv.Error) as exc:
         raise click.ClickException(str(exc)) from exc
+    heldout = [row for rows in sets.values() for row in rows]
+    click.echo(
+        "held-out: " + ", ".join(f"{p.relative_to(flows)} {len(r)}" for p, r in sets.items()),
+        err=True,
+    )
     try:
         corrections = [(t, c) for t, c, _ in labelled_examples(get_db()) if c in categories.keys]
     except sqlite3.Error as exc:
@@ -165,15 +181,22 @@ def train_command(language, force):
     )
     # No rule phrase was written from a correction, so corrections are rule-blind too.
     blind = blind | {text for text, _ in corrections}
-    embeddings = embedder.embed([t for t, _ in rows])
-    weights, _ = training.train(rows, embeddings, categories, models.name, blind)
-    held = embedder.embed([t for t, *_ in heldout])
     path = textmodel.weights_path(flows, language)
+    with _training_lock(path):
+        _train_and_install(rows, heldout, categories, models.name, embedder, blind, path, force)
+
+
+def _train_and_install(rows, heldout, categories, name, embedder, blind, path, force):
+    """Train new weights, score old and new on the held-out rows, install the new if no worse."""
+    embeddings = embedder.embed([t for t, _ in rows])
+    weights, _ = training.train(rows, embeddings, categories, name, blind)
+    held = embedder.embed([t for t, *_ in heldout])
     try:
         old = textmodel.load_weights(path)
-        if old.embedder != models.name:
+        if old.embedder != name:
             old = None
-    except textmodel.WeightsError:
+    except textmodel.WeightsError as exc:
+        click.echo(f"no usable weights in use ({exc}); comparing with the rules alone", err=True)
         old = None
     before = _heldout_line(heldout, held, categories, old)
     after = _heldout_line(heldout, held, categories, weights)
@@ -181,7 +204,22 @@ def train_command(language, force):
     if after[1] < before[1] and not force:
         raise click.ClickException("the new weights score lower on the held-out set; kept the old")
     weights.save(path)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {path}; restart serve and worker to use it")
+
+
+@contextlib.contextmanager
+def _training_lock(path):
+    """Hold a lock beside the weights while training, so two runs never race to install."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_suffix(".lock")
+    with open(lock, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise click.ClickException(
+                f"another `classify train` holds {lock}; wait for it to finish"
+            ) from None
+        yield
 
 
 def _heldout_line(rows, embeddings, categories, weights):

@@ -77,9 +77,13 @@ def heldout_paths(flows: Path, language: str) -> list[Path]:
     return [first, *sorted(folder.glob(f"{language}_*.tsv"))]
 
 
-def read_heldout_sets(flows: Path, language: str) -> list[tuple[str, str, bool]]:
-    """Read every held-out file of a language as one pool of (text, category, emergency)."""
-    return [row for path in heldout_paths(flows, language) for row in read_heldout(path)]
+def read_heldout_sets(flows: Path, language: str) -> dict[Path, list[tuple[str, str, bool]]]:
+    """Read every held-out file of a language; an empty one is an error naming it."""
+    sets = {path: read_heldout(path) for path in heldout_paths(flows, language)}
+    for path, rows in sets.items():
+        if not rows:
+            raise ValueError(f"{path}: no held-out requests in it")
+    return sets
 
 
 def read_rule_blind(path: Path) -> frozenset[str]:
