@@ -282,29 +282,52 @@ class Categories:
         return found
 
 
+def checked_categories(path: Path, language: str) -> None:
+    """Load a categories file once per version of it; raise CategoryDataError if it is bad."""
+    stat = Path(path).stat()
+    _checked(Path(path), language, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(path: Path, language: str, mtime_ns: int, size: int) -> None:
+    """Load the file; the cache remembers only the versions that loaded."""
+    load_categories(language, path)
+
+
 def load_categories(language: str = "en", path: Path | None = None) -> Categories:
     """Load one language's phrase lists from categories.toml and its labelled examples."""
     path = Path(path or DEFAULT_PATH)
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
+    data = _read_toml(path)
     if language not in data or not isinstance(data[language], dict):
         known = ", ".join(sorted(k for k, v in data.items() if isinstance(v, dict)))
         raise UnknownLanguage(f"no categories for language {language!r} (have: {known})")
     check_schema(data[language], language, path.name)
     _check_keys(data, path.name)
-    categories = _build(language, data[language], path.name)
+    try:
+        categories = _build(language, data[language], path.name)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, CategoryDataError):
+            raise
+        raise CategoryDataError(f"{path}: a wrong value in [{language}]: {exc}") from None
     examples = path.parent / EXAMPLES_DIR / f"{language}.tsv"
     if examples.is_file():
         categories = with_examples(categories, read_examples(examples, categories.keys))
     return categories
 
 
+def _read_toml(path: Path) -> dict:
+    """Read a categories file; a syntax error is a CategoryDataError naming it."""
+    with open(path, "rb") as fh:
+        try:
+            return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise CategoryDataError(f"{path}: not valid TOML ({exc})") from None
+
+
 @functools.cache
 def _keys_in(path: Path) -> tuple[str, ...]:
     """Return the category keys a categories.toml defines, read once per file."""
-    with open(path, "rb") as fh:
-        data = tomllib.load(fh)
-    return _check_keys(data, path.name)
+    return _check_keys(_read_toml(path), path.name)
 
 
 def category_keys(path: Path | None = None) -> tuple[str, ...]:

@@ -1137,6 +1137,13 @@ def _check_folders(values):
             f"{PREFIX}DEFAULT_LANGUAGE={language!r}: no phone flow {flow}; add it, or choose"
             f" a language with a flow in {PREFIX}FLOWS_DIR"
         )
+    # Every request is classified by these: a broken file stops start-up, not each job.
+    from .classify import checked_categories
+
+    try:
+        checked_categories(Path(values["FLOWS_DIR"]) / "categories.toml", language)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{PREFIX}FLOWS_DIR={values['FLOWS_DIR']!r}: {exc}") from None
     # Every check-out counts points by these rules: a bad file fails now, not at a visit's end.
     from .ledger import PointsDataError, load_points
 
