@@ -1033,6 +1033,35 @@ def test_weights_round_trip_and_refuse_garbage(tmp_path, model):
         load_weights(tmp_path / "missing.npz")
 
 
+def _cut(data):
+    """Return the weights without their last 100 bytes, as a copy interrupted would be."""
+    return data[:-100]
+
+
+def _flip(data):
+    """Return the weights with one byte in the middle changed."""
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+@pytest.mark.parametrize("damage", [lambda d: b"", _cut, lambda d: d[:30000], _flip])
+def test_damaged_weights_are_a_weights_error_naming_the_file(tmp_path, model, damage):
+    path = tmp_path / "en.npz"
+    model.weights.save(path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(WeightsError, match=f"{path}: not a classifier weights file"):
+        load_weights(path)
+
+
+def test_weights_are_saved_whole_or_not_at_all(tmp_path, model):
+    path = tmp_path / "model" / "en.npz"
+    model.weights.save(path)
+    model.weights.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["en.npz"]
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert load_weights(path).labels == model.weights.labels
+
+
 @pytest.mark.parametrize(
     ("text", "category", "emergency"),
     [
@@ -1246,7 +1275,8 @@ def test_rules_alone_still_classify_when_the_text_model_is_missing(make_app, mod
     runner = app.test_cli_runner()
     result = runner.invoke(args=["classify", "there's smoke in the kitchen", "--json"])
     assert result.exit_code == 0, result.output
-    answer = json.loads(result.output)
+    answer = json.loads(result.stdout)
+    assert result.stderr.startswith("warning: classifying by the rules alone: ")
     assert (answer["category"], answer["emergency"]) == ("emergency", True)
     assert not any(m.startswith("model: ") for m in answer["matched"])
     warnings = startup_warnings(app)
@@ -1322,6 +1352,41 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     assert result.exit_code != 0
     assert "score lower on the held-out set" in result.output
     assert load_weights(flows / "model" / "en.npz").info == trained.info
+
+
+def test_train_refuses_while_another_run_holds_the_lock(tmp_path, make_app):
+    import fcntl
+
+    every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
+    heldout = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")]
+    flows = _flows(tmp_path, every[::40], heldout[::10], heldout[1::10])
+    app = make_app(FLOWS_DIR=str(flows))
+    lock = flows / "model" / "en.lock"
+    lock.parent.mkdir()
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = app.test_cli_runner().invoke(args=["classify", "train"])
+    assert result.exit_code != 0
+    assert f"another `classify train` holds {lock}" in result.output
+    assert not (flows / "model" / "en.npz").exists()
+
+
+def test_train_names_each_heldout_file_and_refuses_an_empty_one(tmp_path, make_app):
+    every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
+    heldout = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")]
+    flows = _flows(tmp_path, every[::40], heldout[::10])
+    app = make_app(FLOWS_DIR=str(flows))
+    result = app.test_cli_runner().invoke(args=["classify", "train"])
+    assert result.exit_code != 0
+    assert f"{flows / 'heldout' / 'en_b.tsv'}: no held-out requests in it" in result.output
+
+
+def test_classify_says_when_it_falls_back_to_the_rules(make_app):
+    app = make_app(TEXT_MODEL="e5-small", MODELS_DIR=str(REPO / "ivr_flows"))
+    result = app.test_cli_runner().invoke(args=["classify", "my husband collapsed"])
+    assert result.exit_code == 0, result.output
+    assert "warning: classifying by the rules alone: " in result.output
+    assert result.output.rstrip().endswith("emergency      critical my husband collapsed")
 
 
 def test_text_model_none_classifies_by_rules_alone_without_a_warning(make_app):

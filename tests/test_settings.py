@@ -293,6 +293,26 @@ def test_a_flows_folder_with_bad_point_rules_is_refused(tmp_path, points, says):
     assert says in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda t: t.replace("max_gap = 2", "max_gapp = 2", 1), "unknown key en.tuning.max_gapp"),
+        (lambda t: t.replace("max_gap = 2", 'max_gap = "two"', 1), "a wrong value in [en]"),
+        (lambda t: t.replace("[en.tuning]", "[en.tuning", 1), "not valid TOML"),
+    ],
+)
+def test_a_flows_folder_with_bad_categories_is_refused(tmp_path, edit, says):
+    """Every request is classified by them: a bad file stops start-up, not each job."""
+    shutil.copytree(REPO_ROOT / "ivr_flows", tmp_path / "flows")
+    target = tmp_path / "flows" / "categories.toml"
+    target.write_text(edit(target.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        loaded(FLOWS_DIR=str(tmp_path / "flows"))
+    assert caught.value.message.startswith("CARECALL_FLOWS_DIR=")
+    assert "categories.toml" in caught.value.message
+    assert says in caught.value.message
+
+
 def test_a_missing_flows_folder_stops_the_command_line_in_one_line(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",
