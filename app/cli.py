@@ -111,7 +111,7 @@ def classify_command(text, language, as_json, rules_only):
     """
     language = language or current_app.config["DEFAULT_LANGUAGE"]
     try:
-        categories = load_categories(language)
+        categories = pipeline.categories_for(language)
     except (OSError, UnknownLanguage, CategoryDataError, csv.Error) as exc:
         raise click.ClickException(str(exc)) from exc
     model = None if rules_only else pipeline.text_classifier(current_app, language)

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from flask import current_app
+from flask import current_app, has_app_context
 
 from . import jobs, queue, recordings, settings, textmodel
-from .classify import UnknownLanguage, classify, load_categories
+from .classify import DEFAULT_PATH, UnknownLanguage, classify, load_categories
 from .db import get_db
 from .speech import (
     AudioError,
@@ -320,10 +320,18 @@ def speech_service(app):
     return app.extensions["carecall.speech"]
 
 
-@lru_cache(maxsize=8)
 def categories_for(language):
-    """Return the category phrase lists for a language, loaded once."""
-    return load_categories(language)
+    """Return a language's categories from the app's flows folder (outside an app, ours)."""
+    path = DEFAULT_PATH
+    if has_app_context():
+        path = Path(current_app.config["FLOWS_DIR"]) / "categories.toml"
+    return _categories(path, language)
+
+
+@lru_cache(maxsize=8)
+def _categories(path, language):
+    """Load one language's categories from one file, once."""
+    return load_categories(language, path)
 
 
 def text_classifier(app, language):

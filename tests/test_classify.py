@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import queue
+from app import pipeline, queue
 from app.classify import (
     DEFAULT_PATH,
     MAX_EXPANSIONS,
@@ -1352,6 +1353,19 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     assert result.exit_code != 0
     assert "score lower on the held-out set" in result.output
     assert load_weights(flows / "model" / "en.npz").info == trained.info
+
+
+def test_the_app_reads_the_categories_in_its_flows_folder(tmp_path, make_app):
+    flows = tmp_path / "flows"
+    shutil.copytree(REPO / "ivr_flows", flows)
+    toml = flows / "categories.toml"
+    text = toml.read_text(encoding="utf-8")
+    toml.write_text(text.replace('"a ride somewhere"', '"a lift somewhere"', 1), encoding="utf-8")
+    app = make_app(FLOWS_DIR=str(flows))
+    with app.app_context():
+        assert pipeline.categories_for("en").label("transport") == "a lift somewhere"
+    with make_app().app_context():
+        assert pipeline.categories_for("en").label("transport") == "a ride somewhere"
 
 
 def test_train_refuses_while_another_run_holds_the_lock(tmp_path, make_app):

@@ -23,8 +23,8 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
-from .. import accounts, arrangements, queue
-from ..classify import category_keys, load_categories
+from .. import accounts, arrangements, pipeline, queue
+from ..classify import category_keys
 from ..db import get_db, lock_error
 from ..kiosk import devices
 from . import actions, search, waiting
@@ -103,7 +103,7 @@ def _labels():
     """Return the English category labels, loaded once per app."""
     labels = current_app.extensions.get("console_labels")
     if labels is None:
-        labels = current_app.extensions["console_labels"] = load_categories("en")
+        labels = current_app.extensions["console_labels"] = pipeline.categories_for("en")
     return labels
 
 
