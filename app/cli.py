@@ -200,6 +200,11 @@ def _train_and_install(rows, heldout, categories, name, embedder, blind, path, f
         old = None
     before = _heldout_line(heldout, held, categories, old)
     after = _heldout_line(heldout, held, categories, weights)
+    info = weights.info
+    click.echo(
+        f"cross-validation of the new weights: accuracy {info['cv_accuracy']:.3f}, emergency "
+        f"recall {info['cv_emergency_recall']:.3f}, false alarms {info['cv_false_alarms']:.3f}"
+    )
     click.echo(f"held-out before: {before[0]}\nheld-out after:  {after[0]}")
     if after[1] < before[1] and not force:
         raise click.ClickException("the new weights score lower on the held-out set; kept the old")
