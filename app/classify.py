@@ -305,9 +305,9 @@ def load_categories(language: str = "en", path: Path | None = None) -> Categorie
     _check_keys(data, path.name)
     try:
         categories = _build(language, data[language], path.name)
+    except CategoryDataError:
+        raise
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, CategoryDataError):
-            raise
         raise CategoryDataError(f"{path}: a wrong value in [{language}]: {exc}") from None
     examples = path.parent / EXAMPLES_DIR / f"{language}.tsv"
     if examples.is_file():
