@@ -282,16 +282,10 @@ class Categories:
         return found
 
 
-def checked_categories(path: Path, language: str) -> None:
-    """Load a categories file once per version of it; raise CategoryDataError if it is bad."""
-    stat = Path(path).stat()
-    _checked(Path(path), language, stat.st_mtime_ns, stat.st_size)
-
-
 @functools.lru_cache(maxsize=8)
-def _checked(path: Path, language: str, mtime_ns: int, size: int) -> None:
-    """Load the file; the cache remembers only the versions that loaded."""
-    load_categories(language, path)
+def cached_categories(path: Path, language: str) -> Categories:
+    """Load one language's categories from one file once per process (errors are not kept)."""
+    return load_categories(language, path)
 
 
 def load_categories(language: str = "en", path: Path | None = None) -> Categories:

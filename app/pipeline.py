@@ -24,13 +24,12 @@ Every step that can be slow or fail runs as a durable job, so a crash loses noth
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from flask import current_app, has_app_context
 
 from . import jobs, queue, recordings, settings, textmodel
-from .classify import DEFAULT_PATH, UnknownLanguage, classify, load_categories
+from .classify import DEFAULT_PATH, UnknownLanguage, cached_categories, classify
 from .db import get_db
 from .speech import (
     AudioError,
@@ -325,13 +324,7 @@ def categories_for(language):
     path = DEFAULT_PATH
     if has_app_context():
         path = Path(current_app.config["FLOWS_DIR"]) / "categories.toml"
-    return _categories(path, language)
-
-
-@lru_cache(maxsize=8)
-def _categories(path, language):
-    """Load one language's categories from one file, once."""
-    return load_categories(language, path)
+    return cached_categories(path, language)
 
 
 def text_classifier(app, language):

@@ -1138,10 +1138,11 @@ def _check_folders(values):
             f" a language with a flow in {PREFIX}FLOWS_DIR"
         )
     # Every request is classified by these: a broken file stops start-up, not each job.
-    from .classify import checked_categories
+    # Loaded into the cache the app classifies with, so start-up pays for it only once.
+    from .classify import cached_categories
 
     try:
-        checked_categories(Path(values["FLOWS_DIR"]) / "categories.toml", language)
+        cached_categories(Path(values["FLOWS_DIR"]) / "categories.toml", language)
     except (OSError, ValueError) as exc:
         raise SettingsError(f"{PREFIX}FLOWS_DIR={values['FLOWS_DIR']!r}: {exc}") from None
     # Every check-out counts points by these rules: a bad file fails now, not at a visit's end.

@@ -100,11 +100,8 @@ def console_context():
 
 
 def _labels():
-    """Return the English category labels, loaded once per app."""
-    labels = current_app.extensions.get("console_labels")
-    if labels is None:
-        labels = current_app.extensions["console_labels"] = pipeline.categories_for("en")
-    return labels
+    """Return the English categories, whose labels the console shows."""
+    return pipeline.categories_for("en")
 
 
 def _label(key):
