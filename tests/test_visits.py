@@ -1,6 +1,7 @@
 """Check-in and check-out of a job taken: the real app, signed webhooks as Twilio sends them,
 and the real twilio client against a loopback fake of Twilio's REST API."""
 
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -52,10 +53,16 @@ def taken(app, db, client):
     return request, volunteers, first, second
 
 
-def agreed_now(app):
-    """Return this minute in the coordinators' zone, as a request's agreed start."""
+def agreed_now(app, *, gone=0.0):
+    """Return this minute in the coordinators' zone, as a request's agreed start, once at
+    least `gone` seconds of it have passed (the start is the minute's first second)."""
     zone = ZoneInfo(app.config["COORDINATOR_TIMEZONE"])
-    return datetime.now(zone).isoformat(timespec="minutes")
+    moment = datetime.now(zone)
+    wait = gone - (moment.second + moment.microsecond / 1e6)
+    if wait > 0:
+        time.sleep(wait)
+        moment = datetime.now(zone)
+    return moment.isoformat(timespec="minutes")
 
 
 def made_earlier(db, request_id, *, hours):
@@ -405,10 +412,11 @@ def test_the_missed_check_in_job_runs_when_the_grace_is_over(make_app, rest, db)
     client = app.test_client()
     add_senior(app, db)
     volunteers = add_volunteers(app, db, 2)
-    request = add_request(db, phone=SENIOR, wanted_at=agreed_now(app))
+    # The agreed start is this minute's first second, and two seconds of the minute have
+    # gone, so the one second of grace is over (at 12:00:00.4 it would not be yet).
+    request = add_request(db, phone=SENIOR, wanted_at=agreed_now(app, gone=2.0))
     [first] = offer(client, db, request["id"], top=1)
     text(client, volunteers[0]["phone"], "yes")
-    # The agreed start is this minute, so one second of grace is over.
     jobs.drain(app)
     assert states(db, request["id"]) == {1: "no_show", 2: "offered"}
     assert any(
