@@ -148,7 +148,8 @@ class Categories:
     suffixes: tuple[tuple[str, str], ...]
     fillers: frozenset[str]
     clause_words: frozenset[str]
-    clause_starts: tuple[tuple[str, ...], ...]  # word runs that start a clause in any text
+    # Word runs that start a clause in any text, by their first word.
+    clause_starts: Mapping[str, tuple[tuple[str, ...], ...]]
     year_word: str  # what a year written in digits ("2019") becomes, or "" to keep it
     word_forms: Mapping[str, str]
     stem_endings: tuple[tuple[str, str], ...]
@@ -204,7 +205,8 @@ class Categories:
                 # A comma does not end a sentence, so "..., but now he has a knife" needs
                 # its switch to the present spotted in punctuated text too.
                 if word in clauses or any(
-                    tuple(words[i : i + len(run)]) == run for run in self.clause_starts
+                    tuple(words[i : i + len(run)]) == run
+                    for run in self.clause_starts.get(word, ())
                 ):
                     number += 1
                 tokens.append(word)
@@ -540,7 +542,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         suffixes=suffixes,
         fillers=fillers,
         clause_words=frozenset(),
-        clause_starts=(),
+        clause_starts={},
         year_word=str(text.get("year_word", "")),
         word_forms=dict(stemming.get("forms", {})),
         stem_endings=tuple(tuple(rule) for rule in stemming.get("endings", ())),
@@ -694,7 +696,11 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         clause_words=frozenset(
             w for word in text.get("clause_words", ()) for w in base.normalise(word)
         ),
-        clause_starts=tuple(tuple(base.normalise(run)) for run in text.get("clause_starts", ())),
+        clause_starts=_runs_by_first_word(
+            base.normalise(variant)
+            for run in text.get("clause_starts", ())
+            for variant in _expand(run)
+        ),
         examples=bank,
         _fuzzy_cache={},
         _stem_cache={},
@@ -706,6 +712,15 @@ def _expand(source: str) -> list[str]:
     options = [word.split("|") for word in source.split()]
     combos = itertools.islice(itertools.product(*options), MAX_EXPANSIONS)
     return [" ".join(w for w in combo if w != "_") for combo in combos]
+
+
+def _runs_by_first_word(runs: Iterable[list[str]]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Index word runs by their first word, so a text word finds its runs at once."""
+    found: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for run in runs:
+        if run:
+            found[run[0]].append(tuple(run))
+    return {word: tuple(runs) for word, runs in found.items()}
 
 
 def _find_matches(tokens: list[str], categories: Categories) -> list[_Match]:
@@ -762,9 +777,15 @@ def _emergency_rule(m: _Match) -> bool:
     return phrase.pool == _GUARD and phrase.tag != "calm"
 
 
-def _negated(m: _Match, negations: list[_Match], window: int) -> bool:
-    """Tell whether a negation sits just before `m` or in a gap between its words."""
-    return any(m.start - window <= o.end <= m.end and o.start not in m.positions for o in negations)
+def _negated(m: _Match, negations: list[_Match], window: int, sentence_of: list[int]) -> bool:
+    """Tell whether a negation in `m`'s clause sits just before it or between its words."""
+    clauses = {sentence_of[i] for i in m.positions}
+    return any(
+        m.start - window <= o.end <= m.end
+        and o.start not in m.positions
+        and sentence_of[o.end] in clauses
+        for o in negations
+    )
 
 
 def _confidence(value: float, total: float) -> float:
@@ -956,7 +977,7 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
         if tag == "emergency":
             if m.phrase.needs and m.phrase.needs not in present:
                 tag = m.phrase.otherwise
-            elif _negated(m, negations, categories.negation_window) or (
+            elif _negated(m, negations, categories.negation_window, sentence_of) or (
                 m.phrase.guarded and _near(m, harmless, categories.guard_window, sentence_of)
             ):
                 spent.update(m.positions)
@@ -981,7 +1002,7 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     calm = [m for m in guards if m.phrase.tag == "calm"]
     for m in _resolve([m for m in found if m.phrase.pool == _URGENCY]):
         # "nothing urgent" and "no need to rush" ask for no hurry.
-        if m.phrase.tag == "high" and _negated(m, calm, categories.calm_window):
+        if m.phrase.tag == "high" and _negated(m, calm, categories.calm_window, sentence_of):
             continue
         if m.phrase.tag:
             urgency_hits.add(m.phrase.tag)

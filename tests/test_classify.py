@@ -641,6 +641,28 @@ def test_a_year_named_is_a_past_event(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# "and" with a new subject starts a clause: a past cue, guard or negation stays in its own.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("I had a stroke in 2019 and I've fallen and can't get up.", True),
+        ("i had a stroke in 2019 and ive fallen and cant get up", True),
+        ("My husband had a heart attack years ago and he's collapsed in the garden.", True),
+        ("She had her hip done last month and she's fallen in the bathroom.", True),
+        ("I was at the clinic last week and there's smoke coming from the kitchen.", True),
+        ("I've told nobody and I've fallen over.", True),
+        # Without a new subject "and" chains one past story, as before.
+        ("I fell last year and broke my hip, could someone take me to physio?", False),
+        ("I had a fall last year and broke my wrist, could someone do my shopping?", False),
+        ("I had a stroke in 2019 and I need help with my shopping.", False),
+        ("My wife fell in March and she needs a lift to the hospital.", False),
+        ("He had a heart attack years ago and he'd like some company.", False),
+    ],
+)
+def test_and_with_a_new_subject_ends_a_guards_reach(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 @pytest.mark.parametrize(
     ("text", "urgency"),
     [
