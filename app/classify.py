@@ -96,6 +96,7 @@ class _Phrase:
     needs: str = ""  # context group that must also be present (emergency combos)
     otherwise: str = ""  # category to count towards when `needs` is absent
     guarded: bool = True  # whether harmless context nearby can set it aside (not `decisive`)
+    needs_within: int = 0  # how many words from the phrase the `needs` cue may sit
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,7 @@ SCHEMA: dict = {
             "guard_window",
             "list_weights",
             "evidence_decay",
+            "combo_window",
         )
     ),
     "text": {
@@ -398,7 +400,7 @@ SCHEMA: dict = {
     "categories": {"*": _CATEGORY_TABLE},
     "emergency": {
         **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
-        "combos": [dict.fromkeys(("phrases", "with", "otherwise"))],
+        "combos": [dict.fromkeys(("phrases", "with", "otherwise", "window"))],
     },
     "neutral": {"phrases": None},
     "urgency": dict.fromkeys(("high", "low", "neutral", "negations", "negation_window")),
@@ -601,6 +603,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         needs: str = "",
         otherwise: str = "",
         guarded: bool = True,
+        needs_within: int = 0,
     ) -> None:
         for source in items:
             for variant in _expand(source):
@@ -611,7 +614,18 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
                 if tokens:
                     w = weight * (1 + length_bonus * (len(tokens) - 1))
                     phrases.append(
-                        _Phrase(tokens, variant, pool, tag, w, max_gap, needs, otherwise, guarded)
+                        _Phrase(
+                            tokens,
+                            variant,
+                            pool,
+                            tag,
+                            w,
+                            max_gap,
+                            needs,
+                            otherwise,
+                            guarded,
+                            needs_within,
+                        )
                     )
 
     optional = frozenset(text.get("optional", ()))
@@ -647,6 +661,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
             )
     compile_list(lang.get("neutral", {}).get("phrases", ()), _CATEGORY, "", 0.0)
 
+    combo_window = int(tuning.get("combo_window", 10))
     for i, combo in enumerate(emergency.get("combos", ())):
         group = f"combo{i}"
         otherwise = combo.get("otherwise", "")
@@ -661,6 +676,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
             float(weights.get("strong", 2.0)),
             needs=group,
             otherwise=otherwise,
+            needs_within=int(combo.get("window", combo_window)),
         )
         compile_list(combo.get("with", ()), _GUARD, group, 0.0)
     compile_list(emergency.get("negations", ()), _GUARD, "negation", 0.0)
@@ -767,6 +783,14 @@ def _near(m: _Match, others: list[_Match], window: int, sentence_of: list[int]) 
         and sentence_of[o.start] == sentence_of[m.start]
         for o in others
     )
+
+
+def _within(m: _Match, others: list[_Match], window: int) -> bool:
+    """Tell whether any of `others` sits within `window` words of `m`, clauses or not.
+
+    A combo's second cue is often its own clause ("i cut my hand and it will not stop").
+    """
+    return any(o.start <= m.end + window and o.end >= m.start - window for o in others)
 
 
 def _emergency_rule(m: _Match) -> bool:
@@ -954,7 +978,9 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     if idiom_words:
         found = [m for m in found if not _emergency_rule(m) or idiom_words.isdisjoint(m.positions)]
     guards = [m for m in found if m.phrase.pool == _GUARD]
-    present = {m.phrase.tag for m in guards}
+    cues: dict[str, list[_Match]] = defaultdict(list)
+    for m in guards:
+        cues[m.phrase.tag].append(m)
     negations = [m for m in guards if m.phrase.tag == "negation"]
     harmless = [m for m in guards if m.phrase.tag == "guard"]
 
@@ -975,7 +1001,7 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
             spent.update(m.positions)
             continue
         if tag == "emergency":
-            if m.phrase.needs and m.phrase.needs not in present:
+            if m.phrase.needs and not _within(m, cues[m.phrase.needs], m.phrase.needs_within):
                 tag = m.phrase.otherwise
             elif _negated(m, negations, categories.negation_window, sentence_of) or (
                 m.phrase.guarded and _near(m, harmless, categories.guard_window, sentence_of)

@@ -663,6 +663,54 @@ def test_and_with_a_new_subject_ends_a_guards_reach(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# A combo's second cue must be close by and about the same thing: "the phone won't stop
+# ringing" is not a cut that will not stop bleeding.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("I cut my finger chopping onions and the phone won't stop ringing.", False),
+        ("My wife sliced her thumb on the mandoline, and the dog won't stop barking.", False),
+        (
+            "I nicked my thumb on a tin this morning, could someone come round? "
+            "The rain won't stop and I can't get to the shop.",
+            False,
+        ),
+        ("The boiler's not working and I've got a stinking cold, could someone look at it?", False),
+        ("Water's dripping onto the light switch, my neighbour popped round to look at it.", False),
+        (
+            "The heating's not working in the spare room. My grandson is coming on Sunday to fit "
+            "a new thermostat, and the forecast says it'll be icy next week.",
+            False,
+        ),
+        (
+            "I meet my friend on the bridge by the cafe on Tuesdays for a coffee and a natter, "
+            "could someone walk me there? She always gives me a big hug goodbye.",
+            False,
+        ),
+        (
+            "I've a pain in my jaw from a bad tooth, could someone take me to the dentist on "
+            "Friday? My husband has been feeling sick all week with a tummy bug.",
+            False,
+        ),
+        (
+            "The carbon monoxide alarm my son bought is still in its box, could a volunteer put "
+            "it up for me? My landline keeps ringing with sales calls.",
+            False,
+        ),
+        # The real thing, its second cue close by, in its own clause or sentence.
+        ("I cut my hand on the bread knife and it won't stop bleeding.", True),
+        ("Grandad's sliced his hand open on a broken glass and the blood won't stop.", True),
+        ("My nose has been bleeding all morning. It won't stop.", True),
+        ("She's had a seizure and it hasn't stopped.", True),
+        ("The carbon monoxide alarm is going off and I feel dizzy.", True),
+        ("Water's coming through the light fitting and the fuse has tripped.", True),
+        ("The boiler's not working and it's freezing, I'm shivering.", True),
+    ],
+)
+def test_a_combos_second_cue_must_be_near_and_about_it(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 @pytest.mark.parametrize(
     ("text", "urgency"),
     [
