@@ -663,6 +663,27 @@ def test_and_with_a_new_subject_ends_a_guards_reach(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# "Crushing" alarms beside the chest or heart, not for fingers, cans or garlic.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("I crushed my finger in the door, could someone bring some plasters?", False),
+        ("Could someone help me with crushing the cans for recycling?", False),
+        ("I've been crushing garlic for the stew and now my hands smell.", False),
+        ("My husband crushed his foot under the mower, could someone drive him to A&E?", False),
+        ("The crush at the bus station was awful, could someone drive me into town?", False),
+        ("I've got a crushing pain in my chest.", True),
+        ("There's a crushing feeling in my chest and I can't get comfortable.", True),
+        ("My chest feels crushed.", True),
+        ("I've got a crushing feeling behind my ribs.", True),
+        ("It's like my heart is being crushed in a vice.", True),
+        ("i have this crushing pain in my chest and its going down my left arm", True),
+    ],
+)
+def test_crushing_alarms_only_beside_the_chest(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 # A combo's second cue must be close by and about the same thing: "the phone won't stop
 # ringing" is not a cut that will not stop bleeding.
 @pytest.mark.parametrize(
