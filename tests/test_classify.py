@@ -663,6 +663,45 @@ def test_and_with_a_new_subject_ends_a_guards_reach(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# Whisper and Vosk often drop apostrophes: a contraction without one reads the same.
+@pytest.mark.parametrize(
+    ("bare", "written"),
+    [
+        ("its been three days since I ate", "it's been three days since I ate"),
+        ("im on the floor in the kitchen", "i'm on the floor in the kitchen"),
+        ("ive fallen over by the back door", "i've fallen over by the back door"),
+        ("i cant get up off the carpet", "i can't get up off the carpet"),
+        ("i dont feel right at all", "i don't feel right at all"),
+        ("it wont stop bleeding", "it won't stop bleeding"),
+        ("he didnt wake up this morning", "he didn't wake up this morning"),
+        ("i havent eaten since friday", "i haven't eaten since friday"),
+        ("she hasnt had a drink all day", "she hasn't had a drink all day"),
+        ("he isnt breathing right", "he isn't breathing right"),
+        ("theyre saying hes gone a funny colour", "they're saying he's gone a funny colour"),
+        ("youve been ever so kind", "you've been ever so kind"),
+        ("whos going to fetch my tablets", "who's going to fetch my tablets"),
+        ("itll need a new fuse", "it'll need a new fuse"),
+        ("i shouldve rung sooner", "i should've rung sooner"),
+    ],
+)
+def test_contractions_without_apostrophes_read_the_same(en, bare, written):
+    assert en.normalise(bare) == en.normalise(written)
+    assert classify_rules(bare, en, vote=False) == classify_rules(written, en, vote=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("hes cut his hand on a tin and its pouring", True),
+        ("its been two days and ive not had anything to eat or drink", True),
+        ("im on the floor and i cant get up", True),
+        ("its been three days since the shopping came, could someone pop to the shop", False),
+    ],
+)
+def test_transcripts_without_apostrophes_alarm_as_written(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 # "Crushing" alarms beside the chest or heart, not for fingers, cans or garlic.
 @pytest.mark.parametrize(
     ("text", "emergency"),
