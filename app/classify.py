@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import logging
 import math
 import re
 import tomllib
@@ -36,6 +37,8 @@ EXAMPLES_DIR = "examples"
 
 # Transcripts are a few sentences; anything far longer is a stuck recording, not a request.
 MAX_TOKENS = 2000
+# Said among a classification's reasons when the text ran past MAX_TOKENS.
+TRUNCATED_NOTE = f"note: only the first {MAX_TOKENS} words were read"
 # Alternatives inside one phrase ("fix|mend tap|taps") expand to at most this many phrases.
 MAX_EXPANSIONS = 256
 
@@ -49,6 +52,8 @@ _YEAR_RE = re.compile(r"(?:19|20)\d\d")
 _PUNCTUATION_RE = re.compile(r"[.,!?;:\u3001\u3002\uff01\uff0c\uff1f]")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+
+log = logging.getLogger(__name__)
 
 # Pools of phrases matched independently of each other.
 _CATEGORY, _URGENCY, _GUARD, _IDIOM = "category", "urgency", "guard", "idiom"
@@ -196,11 +201,18 @@ class Categories:
         starts a new sentence, so a guard cannot reach across a whole transcript; in any
         text a switch to the present ("but now") starts one.
         """
+        tokens, sentence_of, _cut = self._read(text)
+        return tokens, sentence_of
+
+    def _read(self, text: str) -> tuple[list[str], list[int], bool]:
+        """Return `sentences(text)` and whether words past MAX_TOKENS were left unread."""
         tokens: list[str] = []
         sentence_of: list[int] = []
         clauses = self.clause_words if _PUNCTUATION_RE.search(text) is None else frozenset()
         number = 0
-        for sentence in _SENTENCE_RE.split(text):
+        cut = False
+        pieces = _SENTENCE_RE.split(text)
+        for k, sentence in enumerate(pieces):
             words = self._normalise_sentence(sentence)
             for i, word in enumerate(words):
                 # A comma does not end a sentence, so "..., but now he has a knife" needs
@@ -214,8 +226,10 @@ class Categories:
                 sentence_of.append(number)
             number += 1
             if len(tokens) >= MAX_TOKENS:
+                rest = (self._normalise_sentence(s) for s in pieces[k + 1 :])
+                cut = len(tokens) > MAX_TOKENS or any(rest)
                 break
-        return tokens[:MAX_TOKENS], sentence_of[:MAX_TOKENS]
+        return tokens[:MAX_TOKENS], sentence_of[:MAX_TOKENS], cut
 
     def _normalise_sentence(self, text: str) -> list[str]:
         """Normalise one sentence's words."""
@@ -970,7 +984,7 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     The examples' word-overlap vote stands in for the learned model when there is none;
     next to the model it added nothing on cross-validation, so `classify` leaves it out.
     """
-    tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
+    tokens, sentence_of, cut = categories._read(text) if isinstance(text, str) else ([], [], False)
     found = _find_matches(tokens, categories)
     # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of
     # the emergency rules and the examples: their words neither alarm nor reassure.
@@ -1077,6 +1091,13 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     nearest = next((i for _, i in neighbours if bank.labels[i] == category), None)
     if nearest is not None and votes:
         matched.append(f"example: {bank.texts[nearest]}")
+    if cut:
+        # The cap bounds the time a stuck recording takes; whoever reads the request should
+        # know the rest of it was not read.
+        matched.append(TRUNCATED_NOTE)
+        log.warning(
+            "classify read only the first %d words of a %d-character text", MAX_TOKENS, len(text)
+        )
 
     if is_emergency:
         urgency = "critical"

@@ -17,6 +17,8 @@ from app import pipeline, queue
 from app.classify import (
     DEFAULT_PATH,
     MAX_EXPANSIONS,
+    MAX_TOKENS,
+    TRUNCATED_NOTE,
     URGENCIES,
     CategoryDataError,
     Classification,
@@ -854,6 +856,27 @@ def test_typical_request_is_fast(en):
             classify(text, en)
         timings.append((time.perf_counter() - started) / 20)
     assert min(timings) < 0.002
+
+
+# The rules read at most MAX_TOKENS words (a stuck recording must not stall them) and say
+# so among the reasons, so a coordinator knows the rest went unread.
+@pytest.mark.parametrize(
+    ("text", "truncated"),
+    [
+        ("could someone mow my lawn", False),
+        ("lawn " * MAX_TOKENS, False),
+        ("lawn. " * MAX_TOKENS, False),
+        ("lawn " * MAX_TOKENS + "um, er. hmm.", False),
+        ("lawn " * (MAX_TOKENS + 1), True),
+        ("lawn. " * MAX_TOKENS + "hedge.", True),
+        ("well you see dear I was thinking " * 400 + "and now I've fallen and can't get up", True),
+    ],
+)
+def test_reading_stops_at_the_cap_and_says_so(en, caplog, text, truncated):
+    result = classify(text, en)
+    assert (TRUNCATED_NOTE in result.matched) is truncated
+    assert (TRUNCATED_NOTE in classify_rules(text, en, vote=False).matched) is truncated
+    assert ("read only the first" in caplog.text) is truncated
 
 
 @settings(max_examples=300, deadline=None)
