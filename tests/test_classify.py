@@ -759,7 +759,10 @@ def test_crushing_alarms_only_beside_the_chest(en, text, emergency):
             "it up for me? My landline keeps ringing with sales calls.",
             False,
         ),
+        ("I haven't eaten anything yet today, my daughter does my big shop once a week.", False),
+        ("I've not had a bite since breakfast, could someone bring me a meal once a week?", False),
         # The real thing, its second cue close by, in its own clause or sentence.
+        ("Mum hasn't had a drink for almost a week.", True),
         ("I cut my hand on the bread knife and it won't stop bleeding.", True),
         ("Grandad's sliced his hand open on a broken glass and the blood won't stop.", True),
         ("My nose has been bleeding all morning. It won't stop.", True),
