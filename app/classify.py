@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import logging
 import math
 import re
 import tomllib
@@ -36,6 +37,8 @@ EXAMPLES_DIR = "examples"
 
 # Transcripts are a few sentences; anything far longer is a stuck recording, not a request.
 MAX_TOKENS = 2000
+# Said among a classification's reasons when the text ran past MAX_TOKENS.
+TRUNCATED_NOTE = f"note: only the first {MAX_TOKENS} words were read"
 # Alternatives inside one phrase ("fix|mend tap|taps") expand to at most this many phrases.
 MAX_EXPANSIONS = 256
 
@@ -49,6 +52,8 @@ _YEAR_RE = re.compile(r"(?:19|20)\d\d")
 _PUNCTUATION_RE = re.compile(r"[.,!?;:\u3001\u3002\uff01\uff0c\uff1f]")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+
+log = logging.getLogger(__name__)
 
 # Pools of phrases matched independently of each other.
 _CATEGORY, _URGENCY, _GUARD, _IDIOM = "category", "urgency", "guard", "idiom"
@@ -96,6 +101,7 @@ class _Phrase:
     needs: str = ""  # context group that must also be present (emergency combos)
     otherwise: str = ""  # category to count towards when `needs` is absent
     guarded: bool = True  # whether harmless context nearby can set it aside (not `decisive`)
+    needs_within: int = 0  # how many words from the phrase the `needs` cue may sit
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,8 @@ class Categories:
     suffixes: tuple[tuple[str, str], ...]
     fillers: frozenset[str]
     clause_words: frozenset[str]
-    clause_starts: tuple[tuple[str, ...], ...]  # word runs that start a clause in any text
+    # Word runs that start a clause in any text, by their first word.
+    clause_starts: Mapping[str, tuple[tuple[str, ...], ...]]
     year_word: str  # what a year written in digits ("2019") becomes, or "" to keep it
     word_forms: Mapping[str, str]
     stem_endings: tuple[tuple[str, str], ...]
@@ -194,25 +201,35 @@ class Categories:
         starts a new sentence, so a guard cannot reach across a whole transcript; in any
         text a switch to the present ("but now") starts one.
         """
+        tokens, sentence_of, _cut = self._read(text)
+        return tokens, sentence_of
+
+    def _read(self, text: str) -> tuple[list[str], list[int], bool]:
+        """Return `sentences(text)` and whether words past MAX_TOKENS were left unread."""
         tokens: list[str] = []
         sentence_of: list[int] = []
         clauses = self.clause_words if _PUNCTUATION_RE.search(text) is None else frozenset()
         number = 0
-        for sentence in _SENTENCE_RE.split(text):
+        cut = False
+        pieces = _SENTENCE_RE.split(text)
+        for k, sentence in enumerate(pieces):
             words = self._normalise_sentence(sentence)
             for i, word in enumerate(words):
                 # A comma does not end a sentence, so "..., but now he has a knife" needs
                 # its switch to the present spotted in punctuated text too.
                 if word in clauses or any(
-                    tuple(words[i : i + len(run)]) == run for run in self.clause_starts
+                    tuple(words[i : i + len(run)]) == run
+                    for run in self.clause_starts.get(word, ())
                 ):
                     number += 1
                 tokens.append(word)
                 sentence_of.append(number)
             number += 1
             if len(tokens) >= MAX_TOKENS:
+                rest = (self._normalise_sentence(s) for s in pieces[k + 1 :])
+                cut = len(tokens) > MAX_TOKENS or any(rest)
                 break
-        return tokens[:MAX_TOKENS], sentence_of[:MAX_TOKENS]
+        return tokens[:MAX_TOKENS], sentence_of[:MAX_TOKENS], cut
 
     def _normalise_sentence(self, text: str) -> list[str]:
         """Normalise one sentence's words."""
@@ -374,6 +391,7 @@ SCHEMA: dict = {
             "guard_window",
             "list_weights",
             "evidence_decay",
+            "combo_window",
         )
     ),
     "text": {
@@ -396,7 +414,7 @@ SCHEMA: dict = {
     "categories": {"*": _CATEGORY_TABLE},
     "emergency": {
         **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
-        "combos": [dict.fromkeys(("phrases", "with", "otherwise"))],
+        "combos": [dict.fromkeys(("phrases", "with", "otherwise", "window"))],
     },
     "neutral": {"phrases": None},
     "urgency": dict.fromkeys(("high", "low", "neutral", "negations", "negation_window")),
@@ -540,7 +558,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         suffixes=suffixes,
         fillers=fillers,
         clause_words=frozenset(),
-        clause_starts=(),
+        clause_starts={},
         year_word=str(text.get("year_word", "")),
         word_forms=dict(stemming.get("forms", {})),
         stem_endings=tuple(tuple(rule) for rule in stemming.get("endings", ())),
@@ -599,6 +617,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         needs: str = "",
         otherwise: str = "",
         guarded: bool = True,
+        needs_within: int = 0,
     ) -> None:
         for source in items:
             for variant in _expand(source):
@@ -609,7 +628,18 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
                 if tokens:
                     w = weight * (1 + length_bonus * (len(tokens) - 1))
                     phrases.append(
-                        _Phrase(tokens, variant, pool, tag, w, max_gap, needs, otherwise, guarded)
+                        _Phrase(
+                            tokens,
+                            variant,
+                            pool,
+                            tag,
+                            w,
+                            max_gap,
+                            needs,
+                            otherwise,
+                            guarded,
+                            needs_within,
+                        )
                     )
 
     optional = frozenset(text.get("optional", ()))
@@ -645,6 +675,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
             )
     compile_list(lang.get("neutral", {}).get("phrases", ()), _CATEGORY, "", 0.0)
 
+    combo_window = int(tuning.get("combo_window", 10))
     for i, combo in enumerate(emergency.get("combos", ())):
         group = f"combo{i}"
         otherwise = combo.get("otherwise", "")
@@ -659,6 +690,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
             float(weights.get("strong", 2.0)),
             needs=group,
             otherwise=otherwise,
+            needs_within=int(combo.get("window", combo_window)),
         )
         compile_list(combo.get("with", ()), _GUARD, group, 0.0)
     compile_list(emergency.get("negations", ()), _GUARD, "negation", 0.0)
@@ -694,7 +726,11 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         clause_words=frozenset(
             w for word in text.get("clause_words", ()) for w in base.normalise(word)
         ),
-        clause_starts=tuple(tuple(base.normalise(run)) for run in text.get("clause_starts", ())),
+        clause_starts=_runs_by_first_word(
+            base.normalise(variant)
+            for run in text.get("clause_starts", ())
+            for variant in _expand(run)
+        ),
         examples=bank,
         _fuzzy_cache={},
         _stem_cache={},
@@ -706,6 +742,15 @@ def _expand(source: str) -> list[str]:
     options = [word.split("|") for word in source.split()]
     combos = itertools.islice(itertools.product(*options), MAX_EXPANSIONS)
     return [" ".join(w for w in combo if w != "_") for combo in combos]
+
+
+def _runs_by_first_word(runs: Iterable[list[str]]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Index word runs by their first word, so a text word finds its runs at once."""
+    found: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for run in runs:
+        if run:
+            found[run[0]].append(tuple(run))
+    return {word: tuple(runs) for word, runs in found.items()}
 
 
 def _find_matches(tokens: list[str], categories: Categories) -> list[_Match]:
@@ -754,6 +799,14 @@ def _near(m: _Match, others: list[_Match], window: int, sentence_of: list[int]) 
     )
 
 
+def _within(m: _Match, others: list[_Match], window: int) -> bool:
+    """Tell whether any of `others` sits within `window` words of `m`, clauses or not.
+
+    A combo's second cue is often its own clause ("i cut my hand and it will not stop").
+    """
+    return any(o.start <= m.end + window and o.end >= m.start - window for o in others)
+
+
 def _emergency_rule(m: _Match) -> bool:
     """Tell whether a match feeds the emergency decision: a danger phrase, cue or guard."""
     phrase = m.phrase
@@ -762,9 +815,15 @@ def _emergency_rule(m: _Match) -> bool:
     return phrase.pool == _GUARD and phrase.tag != "calm"
 
 
-def _negated(m: _Match, negations: list[_Match], window: int) -> bool:
-    """Tell whether a negation sits just before `m` or in a gap between its words."""
-    return any(m.start - window <= o.end <= m.end and o.start not in m.positions for o in negations)
+def _negated(m: _Match, negations: list[_Match], window: int, sentence_of: list[int]) -> bool:
+    """Tell whether a negation in `m`'s clause sits just before it or between its words."""
+    clauses = {sentence_of[i] for i in m.positions}
+    return any(
+        m.start - window <= o.end <= m.end
+        and o.start not in m.positions
+        and sentence_of[o.end] in clauses
+        for o in negations
+    )
 
 
 def _confidence(value: float, total: float) -> float:
@@ -925,7 +984,7 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     The examples' word-overlap vote stands in for the learned model when there is none;
     next to the model it added nothing on cross-validation, so `classify` leaves it out.
     """
-    tokens, sentence_of = categories.sentences(text) if isinstance(text, str) else ([], [])
+    tokens, sentence_of, cut = categories._read(text) if isinstance(text, str) else ([], [], False)
     found = _find_matches(tokens, categories)
     # Figures of speech ("my back is killing me", "dying for a cuppa") are taken out of
     # the emergency rules and the examples: their words neither alarm nor reassure.
@@ -933,7 +992,9 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     if idiom_words:
         found = [m for m in found if not _emergency_rule(m) or idiom_words.isdisjoint(m.positions)]
     guards = [m for m in found if m.phrase.pool == _GUARD]
-    present = {m.phrase.tag for m in guards}
+    cues: dict[str, list[_Match]] = defaultdict(list)
+    for m in guards:
+        cues[m.phrase.tag].append(m)
     negations = [m for m in guards if m.phrase.tag == "negation"]
     harmless = [m for m in guards if m.phrase.tag == "guard"]
 
@@ -954,9 +1015,9 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
             spent.update(m.positions)
             continue
         if tag == "emergency":
-            if m.phrase.needs and m.phrase.needs not in present:
+            if m.phrase.needs and not _within(m, cues[m.phrase.needs], m.phrase.needs_within):
                 tag = m.phrase.otherwise
-            elif _negated(m, negations, categories.negation_window) or (
+            elif _negated(m, negations, categories.negation_window, sentence_of) or (
                 m.phrase.guarded and _near(m, harmless, categories.guard_window, sentence_of)
             ):
                 spent.update(m.positions)
@@ -981,7 +1042,7 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     calm = [m for m in guards if m.phrase.tag == "calm"]
     for m in _resolve([m for m in found if m.phrase.pool == _URGENCY]):
         # "nothing urgent" and "no need to rush" ask for no hurry.
-        if m.phrase.tag == "high" and _negated(m, calm, categories.calm_window):
+        if m.phrase.tag == "high" and _negated(m, calm, categories.calm_window, sentence_of):
             continue
         if m.phrase.tag:
             urgency_hits.add(m.phrase.tag)
@@ -1030,6 +1091,13 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     nearest = next((i for _, i in neighbours if bank.labels[i] == category), None)
     if nearest is not None and votes:
         matched.append(f"example: {bank.texts[nearest]}")
+    if cut:
+        # The cap bounds the time a stuck recording takes; whoever reads the request should
+        # know the rest of it was not read.
+        matched.append(TRUNCATED_NOTE)
+        log.warning(
+            "classify read only the first %d words of a %d-character text", MAX_TOKENS, len(text)
+        )
 
     if is_emergency:
         urgency = "critical"
