@@ -66,7 +66,7 @@ def render(
     """Render text as speech to a mono WAV at sample_rate and return its path."""
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}")
-    engine, _ = _voice(voice)
+    engine, _ = engine_of(voice)
     key = json.dumps([RENDERERS[engine], text, voice, rate, sample_rate, codec], ensure_ascii=False)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cached = ARTIFACTS / f"{digest}.wav"
@@ -92,20 +92,25 @@ def telephone(text: str, path: str | os.PathLike | None = None, **kwargs) -> Pat
 def installed(voice: str) -> bool:
     """Return whether the engine and voice data behind a voice name are installed."""
     try:
-        _require(*_voice(voice))
+        require(voice)
     except RenderError:
         return False
     return True
 
 
-def _voice(voice: str) -> tuple[str, str]:
+def require(voice: str) -> None:
+    """Raise RenderError naming what to install when a voice's engine or data is missing."""
+    _require(*engine_of(voice))
+
+
+def engine_of(voice: str) -> tuple[str, str]:
     """Return (engine, engine's voice id) for a voice name or a bare espeak-ng voice id."""
     return VOICES.get(voice, ("espeak-ng", voice))
 
 
 def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
     """Synthesise text to a WAV with the voice's engine, at the engine's own sample rate."""
-    engine, voice_id = _voice(voice)
+    engine, voice_id = engine_of(voice)
     _require(engine, voice_id)
     if engine == "festival":
         _festival(text, path, voice=voice_id, rate=rate)
