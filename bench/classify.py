@@ -15,6 +15,7 @@ Example:
     python bench/classify.py
     python bench/classify.py --compare --errors
     python bench/classify.py --audio 3      # every 3rd request of each held-out set, as a call
+    python bench/classify.py --audio 3 --voice en-us   # the same, spoken by espeak-ng
     python bench/classify.py --latency      # milliseconds per path, and the app's memory
     python bench/classify.py --data bench/data/requests_en.tsv
     python bench/classify.py --data bench/data/requests_en.tsv --language en
@@ -347,19 +348,28 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
     return 0
 
 
-def audio(step: int, models_dir: Path = REPO / "speech_models") -> int:
-    """Print the comparison on held-out requests spoken by espeak-ng over a telephone line.
+def audio(step: int, voice: str | None = None, models_dir: Path = REPO / "speech_models") -> int:
+    """Print the comparison on held-out requests spoken by a synthetic voice over a phone line.
 
     Every STEPth request of each held-out set is rendered as 8 kHz mu-law speech and
     transcribed by Whisper tiny.en, as a phone call would be; the transcript is then
-    classified. Synthetic voices are harder for Whisper than people, so this is a floor
-    rather than a forecast.
+    classified. The voice is speechgen's BENCH_VOICE (Festival) when installed, else
+    espeak-ng's en-us. Synthetic voices are harder for Whisper than people, so this is a
+    floor rather than a forecast.
     """
     import tempfile
 
     from app.speech.service import SpeechService
-    from tests.speechgen import telephone
+    from tests.speechgen import BENCH_VOICE, RenderError, engine_of, installed, require, telephone
 
+    if voice is None:
+        voice = BENCH_VOICE if installed(BENCH_VOICE) else "en-us"
+    try:
+        require(voice)
+    except RenderError as e:
+        print(e)
+        return 1
+    print("voice: {} ({} {})".format(voice, *engine_of(voice)))
     categories = load_categories("en")
     weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
     embedder = load_embedder(weights.embedder, models_dir)
@@ -373,7 +383,7 @@ def audio(step: int, models_dir: Path = REPO / "speech_models") -> int:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             for i, (text, category, emergency) in enumerate(rows):
-                wav = telephone(text, Path(tmp) / f"{i}.wav")
+                wav = telephone(text, Path(tmp) / f"{i}.wav", voice=voice)
                 said = speech.transcribe(load_audio(wav), "en").text
                 heard.append((said, category, emergency))
         print(
@@ -444,11 +454,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="STEP",
         help="the comparison on every STEPth request of each held-out set as telephone audio",
     )
+    parser.add_argument(
+        "--voice",
+        metavar="NAME",
+        help="with --audio, the voice that speaks the requests (tests/speechgen.py VOICES; "
+        "default festival-slt when installed, else en-us)",
+    )
     args = parser.parse_args(argv)
+    if args.voice and not args.audio:
+        parser.error("--voice goes with --audio")
     if args.latency:
         return speed(args.latency)
     if args.audio:
-        return audio(args.audio)
+        return audio(args.audio, args.voice)
     legacy = args.data or args.held_out or args.leave_one_out or args.examples_only
     if args.compare or not legacy:
         return compare(show_errors=args.errors)

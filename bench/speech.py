@@ -3,8 +3,9 @@
 Usage: python bench/speech.py
 
 Each row runs in its own child process so load time and peak RSS are its own. Rows differ by
-model, set (phone = 8 kHz mu-law 300-3400 Hz, wide = 16 kHz), espeak-ng voice and beam, so the
-table shows how much of the error is the synthetic voice and how much the model.
+model, set (phone = 8 kHz mu-law 300-3400 Hz, wide = 16 kHz), voice (espeak-ng's, or Festival's
+festival-slt) and beam, so the table shows how much of the error is the synthetic voice and how
+much the model.
 Targets for whisper-tiny-en on the phone set: WER <= 5 % at RTF <= 0.10 on 2 cores.
 RTF is wall time and rises when other jobs load the machine (see the load column); CPU is
 decode CPU-seconds per audio second over all threads, which load does not inflate.
@@ -28,7 +29,7 @@ from app.speech import load_audio  # noqa: E402
 from app.speech.errors import ModelNotInstalled  # noqa: E402
 from app.speech.models import DEFAULT_MODELS_DIR, model_path  # noqa: E402
 from app.speech.wer import word_error_rate  # noqa: E402
-from tests.speechgen import CLEAR_VOICE, render, telephone  # noqa: E402
+from tests.speechgen import BENCH_VOICE, CLEAR_VOICE, RenderError, render, require, telephone  # noqa: E402
 
 ENGLISH = [
     "Hello, this is Margaret on Elm Street. I need a ride to my doctor's appointment "
@@ -69,6 +70,7 @@ ROWS = [
     ("whisper-tiny-en", "en", "phone", "en-us-klatt", 1),
     ("whisper-tiny-en", "en", "phone", CLEAR_VOICE, 1),
     ("whisper-tiny-en", "en", "phone", CLEAR_VOICE, 3),
+    ("whisper-tiny-en", "en", "phone", BENCH_VOICE, 1),
     ("whisper-tiny-en", "en", "wide", "en-us", 1),
     ("whisper-tiny-en", "en", "wide", CLEAR_VOICE, 1),
     ("whisper-base", "en", "phone", CLEAR_VOICE, 1),
@@ -137,7 +139,13 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(*json.loads(args.one))))
         return
+    missing = {}
     for _, _, set_name, voice, _ in ROWS:
+        try:
+            require(voice)
+        except RenderError as e:
+            missing[voice] = str(e)
+            continue
         clips(set_name, voice)  # render (cached) before timing anything
     print(
         f"{'model':16} {'set':5} {'voice':12} {'beam':>4} {'clips':>5} {'audio s':>7} "
@@ -148,6 +156,9 @@ def main() -> None:
             model_path(row[0], DEFAULT_MODELS_DIR)
         except ModelNotInstalled:
             print(f"{row[0]:16} (not installed; flask --app app models install {row[0]})")
+            continue
+        if row[3] in missing:
+            print(f"{row[0]:16} {row[2]:5} {row[3]:12} ({missing[row[3]]})")
             continue
         done = subprocess.run(
             [sys.executable, __file__, "--one", json.dumps(row)],

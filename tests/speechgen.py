@@ -1,8 +1,10 @@
-"""Render speech to WAV files with espeak-ng (the engine pyttsx3 drives) for tests and benches.
+"""Render speech to WAV files for tests and benches, with espeak-ng or Festival.
 
-Rendered files are cached under tests/artifacts/speech/, keyed by a hash of the arguments,
-so reruns cost nothing. Telephone audio is made the way a phone line makes it: band-limited
-to 300-3400 Hz and stored as 8 kHz mu-law.
+espeak-ng (the engine pyttsx3 drives) speaks every language the tests use; Festival's HTS
+voice "festival-slt" is a clearer, more natural English voice for benches (see BENCH_VOICE).
+Rendered files are cached under tests/artifacts/speech/, keyed by a hash of the engine and
+the arguments, so reruns cost nothing. Telephone audio is made the way a phone line makes
+it: band-limited to 300-3400 Hz and stored as 8 kHz mu-law.
 """
 
 from __future__ import annotations
@@ -20,23 +22,33 @@ import av
 import numpy as np
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "speech"
-# espeak-ng voice ids as pyttsx3 reports them; short names are what tests write.
+# Short names, which tests write, to (engine, the engine's voice id); a name not listed is
+# taken as an espeak-ng voice id. espeak-ng ids are as pyttsx3 reports them.
 # "+klatt*" are espeak-ng's Klatt-synthesiser variants of the voice, shipped in espeak-ng-data.
 # Through a 300-3400 Hz phone band Whisper tiny.en mishears them far less than the default
 # voice (~30 % vs ~38 % WER on 48 requests; see bench/speech.py), so accuracy tests use one.
 VOICES = {
-    "en-us": "gmw/en-us",
-    "en-us-klatt": "gmw/en-us+klatt",
-    "en-us-klatt2": "gmw/en-us+klatt2",
-    "ko": "ko",
-    "cmn": "sit/cmn",
+    "en-us": ("espeak-ng", "gmw/en-us"),
+    "en-us-klatt": ("espeak-ng", "gmw/en-us+klatt"),
+    "en-us-klatt2": ("espeak-ng", "gmw/en-us+klatt2"),
+    "ko": ("espeak-ng", "ko"),
+    "cmn": ("espeak-ng", "sit/cmn"),
+    # Festival's HMM voice of CMU ARCTIC's "slt" (Debian festvox-us-slt-hts).
+    "festival-slt": ("festival", "cmu_us_slt_arctic_hts"),
 }
 CLEAR_VOICE = "en-us-klatt2"
+# The voice benches speak with when it is installed. On 120 requests from
+# ivr_flows/examples/en.tsv over the phone band, Whisper tiny.en's WER was 5.2 % with it,
+# against 7.9 % for Piper's joe, 16 % for flite's kal and 41 % for espeak-ng's en-us (29 % for
+# en-us-klatt2 on 40 of them); it renders deterministically, in ~0.6 s a sentence (issue #11).
+BENCH_VOICE = "festival-slt"
 # espeak-ng words per minute of a render; a phone <Say> at prosody rate 100% stands for this.
+# Other engines speak at their own pace, scaled by rate / RATE.
 RATE = 140
 CODECS = ("pcm_s16le", "pcm_mulaw")
-# Part of every cache key: bump it when rendering changes, so stale files are not reused.
-RENDERER = "espeak-ng-cli-1"
+# Part of every cache key, so one engine's files are never taken for another's: bump an
+# engine's entry when its rendering changes, so stale files are not reused.
+RENDERERS = {"espeak-ng": "espeak-ng-cli-1", "festival": "festival-text2wave-1"}
 
 
 class RenderError(Exception):
@@ -55,7 +67,8 @@ def render(
     """Render text as speech to a mono WAV at sample_rate and return its path."""
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}")
-    key = json.dumps([RENDERER, text, voice, rate, sample_rate, codec], ensure_ascii=False)
+    engine, _ = engine_of(voice)
+    key = json.dumps([RENDERERS[engine], text, voice, rate, sample_rate, codec], ensure_ascii=False)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cached = ARTIFACTS / f"{digest}.wav"
     if not cached.exists():
@@ -77,14 +90,41 @@ def telephone(text: str, path: str | os.PathLike | None = None, **kwargs) -> Pat
     return render(text, path, sample_rate=8000, codec="pcm_mulaw", **kwargs)
 
 
-# pyttsx3 drives espeak-ng; in a subprocess it sometimes exits 0 having written nothing, and
-# in-process it carries samples over between utterances. The espeak-ng command line gives the
-# same samples as pyttsx3 when pyttsx3 works (checked for en-us, cmn and ko), every time.
+def installed(voice: str) -> bool:
+    """Return whether the engine and voice data behind a voice name are installed."""
+    try:
+        require(voice)
+    except RenderError:
+        return False
+    return True
+
+
+def require(voice: str) -> None:
+    """Raise RenderError naming what to install when a voice's engine or data is missing."""
+    _require(*engine_of(voice))
+
+
+def engine_of(voice: str) -> tuple[str, str]:
+    """Return (engine, engine's voice id) for a voice name or a bare espeak-ng voice id."""
+    return VOICES.get(voice, ("espeak-ng", voice))
+
+
 def _speak(text: str, path: Path, *, voice: str, rate: int) -> None:
-    """Synthesise text to a 22 kHz WAV with espeak-ng, the engine pyttsx3 drives on Linux."""
-    voice_id = VOICES.get(voice, voice)
-    _require_voice(voice_id)
-    _espeak_cli(text, path, voice=voice_id, rate=rate)
+    """Synthesise text to a WAV with the voice's engine, at the engine's own sample rate."""
+    engine, voice_id = engine_of(voice)
+    _require(engine, voice_id)
+    if engine == "festival":
+        _festival(text, path, voice=voice_id, rate=rate)
+    else:
+        _espeak_cli(text, path, voice=voice_id, rate=rate)
+
+
+def _require(engine: str, voice_id: str) -> None:
+    """Raise RenderError naming the package when an engine or its voice is missing."""
+    if engine == "festival":
+        _require_festival_voice(voice_id)
+    else:
+        _require_voice(voice_id)
 
 
 def _require_voice(voice_id: str) -> None:
@@ -109,12 +149,56 @@ def _espeak_variants() -> frozenset[str]:
     return frozenset(p.name for p in variants.iterdir()) if variants.is_dir() else frozenset()
 
 
+# pyttsx3 drives espeak-ng; in a subprocess it sometimes exits 0 having written nothing, and
+# in-process it carries samples over between utterances. The espeak-ng command line gives the
+# same samples as pyttsx3 when pyttsx3 works (checked for en-us, cmn and ko), every time.
 def _espeak_cli(text: str, path: Path, *, voice: str, rate: int) -> None:
     """Synthesise text with the espeak-ng command line."""
     command = ["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), "--", text]
     done = subprocess.run(command, capture_output=True, check=False)
     if done.returncode != 0 or not path.exists():
         raise RenderError(f"espeak-ng failed: {done.stderr.decode(errors='replace')}")
+
+
+# Debian packages each Festival voice on its own; the HTS ones are named festvox-us-*-hts.
+FESTIVAL_PACKAGES = {"cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
+
+
+def _require_festival_voice(voice_id: str) -> None:
+    """Raise RenderError naming the Debian packages when Festival or the voice is missing."""
+    if voice_id not in _festival_voices():
+        package = FESTIVAL_PACKAGES.get(voice_id, "the festvox package of that voice")
+        raise RenderError(
+            f"Festival voice {voice_id!r} is not installed; install the Debian packages "
+            f"festival and {package} (scripts/setup --test does)."
+        )
+
+
+@functools.cache
+def _festival_voices() -> frozenset[str]:
+    """Return the voices Festival can load, or none when Festival is not installed."""
+    if not shutil.which("festival") or not shutil.which("text2wave"):
+        return frozenset()
+    command = ["festival", "--batch", "(print (voice.list))"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # "(cmu_us_slt_arctic_hts ked_diphone kal_diphone)"
+    return frozenset(done.stdout.strip().strip("()").split())
+
+
+def _festival(text: str, path: Path, *, voice: str, rate: int) -> None:
+    """Synthesise text with Festival's text2wave (its HTS voices ignore Duration_Stretch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "text.txt"
+        # text2wave reads a file, so no text is ever taken for an option or Scheme.
+        source.write_text(text, encoding="utf-8")
+        speed = f'(set! hts_engine_params (cons (list "-r" {rate / RATE:.4f}) hts_engine_params))'
+        command = ["text2wave", "-eval", f"(voice_{voice})", "-eval", speed]
+        done = subprocess.run(
+            [*command, str(source), "-o", str(path)], capture_output=True, check=False
+        )
+    # text2wave exits 0 on a Scheme error, having written nothing.
+    if done.returncode != 0 or not path.exists() or path.stat().st_size <= 44:
+        raise RenderError(f"festival failed: {done.stderr.decode(errors='replace')}")
 
 
 def _convert(src: Path, dst: Path, *, sample_rate: int, codec: str) -> None:
