@@ -1,5 +1,6 @@
 """Request classifier: categories, urgency, emergency guards, robustness and the labelled set."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -1360,6 +1361,20 @@ def test_the_emergency_threshold_reaches_for_recall_when_the_rules_alone_alarm_t
     assert chosen <= threshold
     caught = [s.rules.emergency or s.probabilities["emergency"] >= chosen for s in rows[:20]]
     assert all(caught)
+
+
+def test_the_emergency_threshold_keeps_a_margin_below_the_faintest_emergency_seen():
+    # Every emergency at 0.7, calm rows just under 0.3: any threshold from 0.3 to 0.7 catches
+    # all with no false alarm; the lowest leaves room for a fainter emergency next time.
+    rows = _alarming(120, 20, 0, 0.7)
+    assert tune_threshold(rows) == (0.3, 0.3)
+    # With calm rows up to 0.5 the cap (2 % of 100) holds it at their level.
+    louder = [
+        dataclasses.replace(s, probabilities={"emergency": 0.5 + 0.01 * i, "other": 0.5})
+        for i, s in enumerate(rows[20:25])
+    ]
+    chosen, _ = tune_threshold(rows[:20] + louder + rows[25:])
+    assert chosen == 0.55
 
 
 def test_the_example_vote_stands_in_only_when_there_is_no_model(en, model):
