@@ -39,6 +39,15 @@ EXAMPLES_DIR = "examples"
 MAX_TOKENS = 2000
 # Said among a classification's reasons when the text ran past MAX_TOKENS.
 TRUNCATED_NOTE = f"note: only the first {MAX_TOKENS} words were read"
+# The learned model reads at most MODEL_MAX_WORDS words of a text, its first and last
+# halves (a rambling caller often says what they need at the end), and MODEL_MAX_CHARS
+# characters: its time grows with length (400 words took over a second, one 100,000-letter
+# word a minute). It was trained on requests of 39 words at most; the rules read them all.
+MODEL_MAX_WORDS = 160
+MODEL_MAX_CHARS = 1600
+# A text of fewer words says too little for the model, which called "1" and "[music]" an
+# emergency; the rules alone judge it.
+MODEL_MIN_WORDS = 2
 # Alternatives inside one phrase ("fix|mend tap|taps") expand to at most this many phrases.
 MAX_EXPANSIONS = 256
 
@@ -51,6 +60,8 @@ _YEAR_RE = re.compile(r"(?:19|20)\d\d")
 # Text with none of these marks was not punctuated, so clause words stand in for them.
 _PUNCTUATION_RE = re.compile(r"[.,!?;:\u3001\u3002\uff01\uff0c\uff1f]")
 _KEY_RE = re.compile(r"[a-z][a-z0-9_]*")
+# What speech engines write for sounds that are not words: "[Music]", "[BLANK_AUDIO]", "♪".
+_NON_SPEECH_RE = re.compile(r"\[[^\]]*\]|[\u266a\u266b\u266c]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 
 log = logging.getLogger(__name__)
@@ -893,14 +904,31 @@ def _votes(neighbours: list[tuple[float, int]], bank: ExampleBank) -> dict[str, 
     return {key: value / total for key, value in votes.items()} if total > 0 else {}
 
 
+def model_text(text: str) -> str | None:
+    """Return the part of a text the model reads, or None when it holds too few words."""
+    heard = _NON_SPEECH_RE.sub(" ", text)
+    words = [m for m in _TOKEN_RE.finditer(heard) if not m.group().isdigit()]
+    if len(words) < MODEL_MIN_WORDS:
+        return None
+    if len(words) > MODEL_MAX_WORDS:
+        half = MODEL_MAX_WORDS // 2
+        head = heard[: words[half - 1].end()][: MODEL_MAX_CHARS // 2]
+        tail = heard[words[-half].start() :][-(MODEL_MAX_CHARS // 2) :]
+        return f"{head.strip()} ... {tail.strip()}"
+    return heard[:MODEL_MAX_CHARS].strip()
+
+
 def classify(text: str, categories: Categories, model=None) -> Classification:
     """Classify a request's text into a category and urgency, by rules and model together."""
     if model is None or not isinstance(text, str) or not text.strip():
         return classify_rules(text, categories)
+    read = model_text(text)
+    if read is None:
+        return classify_rules(_NON_SPEECH_RE.sub(" ", text), categories)
     rules = classify_rules(text, categories, vote=False)
     return fuse(
         rules,
-        model.probabilities(text),
+        model.probabilities(read),
         model.rule_weight,
         model.emergency_threshold,
         model.disarmed_threshold,

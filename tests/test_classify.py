@@ -19,6 +19,8 @@ from app.classify import (
     DEFAULT_PATH,
     MAX_EXPANSIONS,
     MAX_TOKENS,
+    MODEL_MAX_CHARS,
+    MODEL_MAX_WORDS,
     TRUNCATED_NOTE,
     URGENCIES,
     CategoryDataError,
@@ -29,6 +31,7 @@ from app.classify import (
     classify_rules,
     fuse,
     load_categories,
+    model_text,
     read_examples,
 )
 from app.console.actions import change
@@ -1375,6 +1378,56 @@ def test_the_emergency_threshold_keeps_a_margin_below_the_faintest_emergency_see
     ]
     chosen, _ = tune_threshold(rows[:20] + louder + rows[25:])
     assert chosen == 0.55
+
+
+_LONG = " ".join(f"w{i}" for i in range(1000))
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [
+        # What speech engines write for no words, and too few words, are not for the model.
+        ("[Music]", None),
+        ("[BLANK_AUDIO]", None),
+        ("\u266a \u266a", None),
+        ("'", None),
+        ("1", None),
+        ("\U0001f525", None),
+        ("fire", None),
+        ("[Music] I've fallen [Music]", "I've fallen"),
+        ("I've fallen", "I've fallen"),
+        # A rambling text: its first and last halves; one endless word: a bounded piece.
+        (
+            _LONG,
+            " ".join(_LONG.split()[: MODEL_MAX_WORDS // 2] + ["..."])
+            + " "
+            + " ".join(_LONG.split()[-MODEL_MAX_WORDS // 2 :]),
+        ),
+        ("help me " + "x" * 100_000, ("help me " + "x" * 100_000)[:MODEL_MAX_CHARS]),
+    ],
+)
+def test_the_model_reads_words_and_a_bounded_length(text, read):
+    assert model_text(text) == read
+
+
+@pytest.mark.parametrize(
+    "text", ["[Music]", "\u266a", "'", "1", "\U0001f525", "[BLANK_AUDIO]", "(inaudible) ."]
+)
+def test_a_call_with_no_words_is_no_emergency(en, model, text):
+    # The model alone called these an emergency (0.67-0.87): a silent call raised an alarm.
+    assert not classify(text, en, model).emergency
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "fire",
+        "help " * 400 + "and now I've fallen and I can't get up",
+        "[Music] my husband's collapsed and he's not breathing [Music]",
+    ],
+)
+def test_emergencies_beside_noise_or_rambling_are_still_caught(en, model, text):
+    assert classify(text, en, model).emergency
 
 
 def test_the_example_vote_stands_in_only_when_there_is_no_model(en, model):
