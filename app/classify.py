@@ -424,7 +424,7 @@ SCHEMA: dict = {
     # Any category key: the keys, their order, labels and readbacks are the data's own.
     "categories": {"*": _CATEGORY_TABLE},
     "emergency": {
-        **dict.fromkeys(("max_gap", "negations", "guards", "idioms")),
+        **dict.fromkeys(("max_gap", "negations", "guards", "reassurances", "idioms")),
         "combos": [dict.fromkeys(("phrases", "with", "otherwise", "window"))],
     },
     "neutral": {"phrases": None},
@@ -706,6 +706,7 @@ def _build(language: str, lang: dict, filename: str = "categories.toml") -> Cate
         compile_list(combo.get("with", ()), _GUARD, group, 0.0)
     compile_list(emergency.get("negations", ()), _GUARD, "negation", 0.0)
     compile_list(emergency.get("guards", ()), _GUARD, "guard", 0.0)
+    compile_list(emergency.get("reassurances", ()), _GUARD, "reassurance", 0.0)
     compile_list(emergency.get("idioms", ()), _IDIOM, "idiom", 0.0)
 
     urgency = lang.get("urgency", {})
@@ -816,6 +817,18 @@ def _within(m: _Match, others: list[_Match], window: int) -> bool:
     A combo's second cue is often its own clause ("i cut my hand and it will not stop").
     """
     return any(o.start <= m.end + window and o.end >= m.start - window for o in others)
+
+
+def _reassured(m: _Match, reassurances: list[_Match], window: int, sentence_of: list[int]) -> bool:
+    """Tell whether a reassurance follows `m` closely, in its clause or the next one.
+
+    "i slipped and i am fine" is one story though "and i am" starts a clause; a
+    reassurance before a new clause ("i am fine but now he has collapsed") is not.
+    """
+    return any(
+        m.end < r.start <= m.end + window and sentence_of[r.start] - sentence_of[m.start] in (0, 1)
+        for r in reassurances
+    )
 
 
 def _emergency_rule(m: _Match) -> bool:
@@ -1024,7 +1037,14 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
     for m in guards:
         cues[m.phrase.tag].append(m)
     negations = [m for m in guards if m.phrase.tag == "negation"]
-    harmless = [m for m in guards if m.phrase.tag == "guard"]
+    # "i am not ok" is no reassurance.
+    reassurances = [
+        m
+        for m in guards
+        if m.phrase.tag == "reassurance"
+        and not _negated(m, negations, categories.negation_window, sentence_of)
+    ]
+    harmless = [m for m in guards if m.phrase.tag == "guard"] + reassurances
 
     keys = categories.keys
     evidence: dict[str, list[float]] = {key: [] for key in keys}
@@ -1046,7 +1066,11 @@ def classify_rules(text: str, categories: Categories, vote: bool = True) -> Clas
             if m.phrase.needs and not _within(m, cues[m.phrase.needs], m.phrase.needs_within):
                 tag = m.phrase.otherwise
             elif _negated(m, negations, categories.negation_window, sentence_of) or (
-                m.phrase.guarded and _near(m, harmless, categories.guard_window, sentence_of)
+                m.phrase.guarded
+                and (
+                    _near(m, harmless, categories.guard_window, sentence_of)
+                    or _reassured(m, reassurances, categories.guard_window, sentence_of)
+                )
             ):
                 spent.update(m.positions)
                 disarmed.append(m.phrase.source)

@@ -673,6 +673,33 @@ def test_and_with_a_new_subject_ends_a_guards_reach(en, text, emergency):
     assert _rules_alarm(en, text) is emergency
 
 
+# A reassurance reaches a danger phrase just before it across a clause start; a negated one
+# ("i am not ok") reassures nobody; "but" with a new subject starts a clause after a comma.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("i slipped in the kitchen and im fine i got myself up i just need a new mat", False),
+        ("my husband fell in the garden and he is alright he got back up", False),
+        ("i had a little fall and i am ok nobody needs to come i just want a grab rail", False),
+        ("i tripped on the rug and i am not hurt but could someone tape it down", False),
+        ("He fell over and he's all right now.", False),
+        ("I fell, but I'm fine.", False),
+        ("He fell, but he got himself up.", False),
+        ("I had a fall last year, but I'm alright now.", False),
+        ("he is not alright he has collapsed", True),
+        ("i am not ok i have fallen and cannot get up", True),
+        ("I've fallen and I'm not alright, I can't get up.", True),
+        ("she's fallen and she isn't ok", True),
+        ("I've fallen. I am not ok.", True),
+        ("i am fine but now my husband has collapsed", True),
+        ("I'm fine, but my husband has collapsed on the floor.", True),
+        ("I had a stroke in 2019, but I've fallen today.", True),
+    ],
+)
+def test_a_reassurance_after_a_fall_sets_it_aside_and_a_negated_one_does_not(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 # Whisper and Vosk often drop apostrophes: a contraction without one reads the same.
 @pytest.mark.parametrize(
     ("bare", "written"),
