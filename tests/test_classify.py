@@ -700,6 +700,29 @@ def test_a_reassurance_after_a_fall_sets_it_aside_and_a_negated_one_does_not(en,
     assert _rules_alarm(en, text) is emergency
 
 
+# "no" and "cannot" right before a danger phrase negate it; days with no food or water alarm.
+@pytest.mark.parametrize(
+    ("text", "emergency"),
+    [
+        ("ive got no chest pain or anything i just need my prescription picking up", False),
+        ("i cant smell gas its just the boiler making a funny noise", False),
+        ("I can't smell any burning but the toaster has stopped working", False),
+        ("I had nothing to eat for lunch, could someone bring a meal?", False),
+        ("he's got no pulse", True),
+        ("no one is here and I've fallen", True),
+        ("I cannot get up, I've fallen", True),
+        ("she cannot speak properly and her face is drooping", True),
+        ("no, I've fallen and I can't get up", True),
+        ("i can smell gas", True),
+        ("I've had no food for four days", True),
+        ("mum has had no water since the weekend", True),
+        ("i have had nothing to eat for three days", True),
+    ],
+)
+def test_no_and_cannot_negate_and_days_without_food_alarm(en, text, emergency):
+    assert _rules_alarm(en, text) is emergency
+
+
 # Whisper and Vosk often drop apostrophes: a contraction without one reads the same.
 @pytest.mark.parametrize(
     ("bare", "written"),
