@@ -789,6 +789,11 @@ def test_crushing_alarms_only_beside_the_chest(en, text, emergency):
     ("text", "emergency"),
     [
         ("I cut my finger chopping onions and the phone won't stop ringing.", False),
+        ("i cut my finger and the phone has not stopped ringing for hours", False),
+        ("i nicked my finger with the scissors and i spent hours on the phone to the bank", False),
+        ("i cut my finger and the bus took over an hour", False),
+        ("I cut my hand and it has been bleeding for hours.", True),
+        ("I cut my hand and it has been bleeding for an hour.", True),
         ("My wife sliced her thumb on the mandoline, and the dog won't stop barking.", False),
         (
             "I nicked my thumb on a tin this morning, could someone come round? "
