@@ -725,6 +725,14 @@ def test_a_reassurance_after_a_fall_sets_it_aside_and_a_negated_one_does_not(en,
         ("I've had no food for four days", True),
         ("mum has had no water since the weekend", True),
         ("i have had nothing to eat for three days", True),
+        # "no" inside a phrase about not going on is part of it, not a negation.
+        ("there's no point in living like this", True),
+        ("i just dont see the point in going on anymore", True),
+        ("i dont think i want to be here anymore", True),
+        ("I don't see the point any more, I've had enough.", True),
+        ("I don't see the point in going on the coach trip if it rains.", False),
+        ("I don't think I want to be here when the builders come.", False),
+        ("there's no point in going on about it", False),
     ],
 )
 def test_no_and_cannot_negate_and_days_without_food_alarm(en, text, emergency):
