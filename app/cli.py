@@ -28,6 +28,7 @@ from .db import DatabaseBusy, connect, get_db, migrate
 from .health import startup_warnings
 from .queue import CHANNELS
 from .speech import SpeechError, load_audio
+from .speech.errors import ModelNotInstalled
 from .speech.models import models_cli
 
 
@@ -183,22 +184,16 @@ def train_command(language, force):
     blind = blind | {text for text, _ in corrections}
     path = textmodel.weights_path(flows, language)
     with _training_lock(path):
-        _train_and_install(rows, heldout, categories, models.name, embedder, blind, path, force)
+        _train_and_install(rows, heldout, categories, models, embedder, blind, path, force)
 
 
-def _train_and_install(rows, heldout, categories, name, embedder, blind, path, force):
+def _train_and_install(rows, heldout, categories, models, embedder, blind, path, force):
     """Train new weights, score old and new on the held-out rows, install the new if no worse."""
     embeddings = embedder.embed([t for t, _ in rows])
-    weights, _ = training.train(rows, embeddings, categories, name, blind)
+    weights, _ = training.train(rows, embeddings, categories, models.name, blind)
     held = embedder.embed([t for t, *_ in heldout])
-    try:
-        old = textmodel.load_weights(path)
-        if old.embedder != name:
-            old = None
-    except textmodel.WeightsError as exc:
-        click.echo(f"no usable weights in use ({exc}); comparing with the rules alone", err=True)
-        old = None
-    before = _heldout_line(heldout, held, categories, old)
+    old, old_held = _weights_in_use(path, models, [t for t, *_ in heldout], held)
+    before = _heldout_line(heldout, old_held, categories, old)
     after = _heldout_line(heldout, held, categories, weights)
     info = weights.info
     click.echo(
@@ -210,6 +205,32 @@ def _train_and_install(rows, heldout, categories, name, embedder, blind, path, f
         raise click.ClickException("the new weights score lower on the held-out set; kept the old")
     weights.save(path)
     click.echo(f"wrote {path}; restart serve and worker to use it")
+
+
+def _weights_in_use(path, models, texts, embeddings):
+    """Return the weights in use and the held-out embeddings they read, or None and the rules.
+
+    Weights trained on another text model are scored on that model's own embeddings, so a
+    change of model is judged against the classifier it replaces, not against the rules.
+    """
+    try:
+        old = textmodel.load_weights(path)
+    except textmodel.WeightsError as exc:
+        click.echo(f"no usable weights in use ({exc}); comparing with the rules alone", err=True)
+        return None, embeddings
+    if old.embedder == models.name:
+        return old, embeddings
+    try:
+        own = textmodel.load_embedder(old.embedder, models.models_dir)
+    except (ModelNotInstalled, textmodel.TextModelError) as exc:
+        click.echo(
+            f"the weights in use read {old.embedder}, which cannot load ({exc}); "
+            "comparing with the rules alone",
+            err=True,
+        )
+        return None, embeddings
+    click.echo(f"the weights in use read {old.embedder}; scoring them on it", err=True)
+    return old, own.embed(texts)
 
 
 @contextlib.contextmanager

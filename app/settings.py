@@ -611,9 +611,14 @@ SETTINGS = (
     _s(
         "speech",
         "TEXT_MODEL",
-        Text(1, r"[a-z0-9-]+", "a model name from speech_models/models.toml, or none"),
-        "e5-small",
-        "Sentence-embedding model joined with the rules to classify; none: the rules alone.",
+        Text(
+            1,
+            r"[a-z0-9-]+(\+[a-z0-9-]+)*",
+            "model names from speech_models/models.toml joined with +, or none",
+        ),
+        "e5-small+minilm-l6",
+        "Sentence-embedding models (side by side) joined with the rules to classify; "
+        "none: the rules alone.",
     ),
     _s(
         "speech",

