@@ -85,12 +85,17 @@ def model_problems(app):
 def text_model_problems(app):
     """Return a line per reason requests are classified by the rules alone."""
     name = app.config["TEXT_MODEL"]
+    found = textmodel.text_models(app).problems([app.config["DEFAULT_LANGUAGE"]])
     return [
-        f"{settings.PREFIX}TEXT_MODEL={name}: {what}: {problem}; classifying by the rules alone"
-        for what, problem in textmodel.text_models(app)
-        .problems([app.config["DEFAULT_LANGUAGE"]])
-        .items()
+        f"{settings.PREFIX}TEXT_MODEL={name}: {_whose(what)}{problem.rstrip('.')}; "
+        "classifying by the rules alone"
+        for what, problem in found.items()
     ]
+
+
+def _whose(what):
+    """Return how a text model problem is introduced: the models', or a language's weights."""
+    return "" if what == "model" else f"{what} weights: "
 
 
 def worker_problems(app, db, now=None):

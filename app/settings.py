@@ -614,7 +614,7 @@ SETTINGS = (
         Text(
             1,
             r"[a-z0-9-]+(\+[a-z0-9-]+)*",
-            "model names from speech_models/models.toml joined with +, or none",
+            "lowercase text model names (e5-small, minilm-l6) joined with +, or none",
         ),
         "e5-small+minilm-l6",
         "Sentence-embedding models (side by side) joined with the rules to classify; "
@@ -1119,11 +1119,33 @@ def _check_together(values):
             f"{PREFIX}TWILIO_ACCOUNT_SID is unset but {PREFIX}TWILIO_AUTH_TOKEN is set:"
             " recordings are downloaded with both; set the account SID (AC + 32 hex digits)"
         )
+    _check_text_model(values["TEXT_MODEL"])
     if values["LOCKOUT_BASE_SECONDS"] > values["LOCKOUT_MAX_SECONDS"]:
         raise SettingsError(
             f"{PREFIX}LOCKOUT_BASE_SECONDS must not exceed {PREFIX}LOCKOUT_MAX_SECONDS"
         )
     _check_folders(values)
+
+
+def _check_text_model(name):
+    """Check that TEXT_MODEL names text models CareCall can run, each once.
+
+    A model that is named right but not installed is only a warning: requests are then
+    classified by the rules alone until it is installed.
+    """
+    from .textmodel import EMBEDDERS, JOIN
+
+    if name == "none":
+        return
+    parts = name.split(JOIN)
+    for part in parts:
+        if part not in EMBEDDERS:
+            raise SettingsError(
+                f"{PREFIX}TEXT_MODEL={name!r}: {part!r} is not a text model; "
+                f"text models: {', '.join(EMBEDDERS)}, joined with {JOIN}, or none"
+            )
+    if twice := sorted({part for part in parts if parts.count(part) > 1}):
+        raise SettingsError(f"{PREFIX}TEXT_MODEL={name!r}: names {', '.join(twice)} twice")
 
 
 def _check_folders(values):

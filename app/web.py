@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, g, jsonify, render_template, request
 
 from . import accounts, jobs
 from .db import get_db
-from .health import dead_job_problems, staff_problems
+from .health import dead_job_problems, staff_problems, text_model_problems
 from .health import problems as readiness_problems
 from .speech import ModelNotInstalled
 from .speech.models import load_manifest, model_path
@@ -39,11 +39,13 @@ def health():
         models={spec.name: _installed(spec.name) for spec in load_manifest().models},
         requests=db.execute("SELECT count(*) FROM requests").fetchone()[0],
         workers=jobs.live_workers(db, config["WORKER_HEARTBEAT_SECONDS"]),
-        # Dead jobs and an unset coordinator line do not make CareCall unready; someone must look.
+        # Dead jobs, an unset coordinator line and classifying by the rules alone (a text
+        # model or its weights missing) do not make CareCall unready; someone must look.
         problems=[
             *readiness_problems(current_app, db),
             *dead_job_problems(db),
             *staff_problems(current_app),
+            *text_model_problems(current_app),
         ],
     )
 

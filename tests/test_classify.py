@@ -446,6 +446,15 @@ def test_harmless_look_alikes_do_not_alarm(en, text, emergency):
         ("Someone rang and said they'd burn my house down if I don't pay.", True),
         ("I can't see the point in living any more.", True),
         ("I don't want to go on any more, I've had enough.", True),
+        ("I don't see much point carrying on any more.", True),
+        ("I don't see the point in carrying on.", True),
+        ("I'm not sure I see much point carrying on.", True),
+        ("There's not much point to me any more, is there.", True),
+        (
+            "Honestly I'm not sure I see much point carrying on, but don't you worry about me,"
+            " it's the bins I rang about.",
+            True,
+        ),
     ],
 )
 def test_real_danger_beside_a_look_alike_still_alarms(en, text, emergency):

@@ -79,6 +79,31 @@ def test_dead_jobs_are_a_problem_staff_see_but_not_unreadiness(app, client, db):
     assert not any("dead job" in r for r in client.get("/readyz").get_json()["reasons"])
 
 
+@pytest.mark.parametrize(
+    ("models", "says"),
+    [
+        ({"e5-small": "installed"}, "Speech model 'minilm-l6' is not installed"),
+        ({"e5-small": "installed", "minilm-l6": "truncated"}, "minilm-l6 is damaged"),
+    ],
+)
+def test_rules_alone_is_a_problem_staff_see_but_not_unreadiness(make_app, models_dir, models, says):
+    """Without a text model requests are still understood, less well: someone must look."""
+    app = make_app(MODELS_DIR=models_dir({**READY_MODELS, **models}))
+    client = app.test_client()
+    with app.app_context():
+        from app.db import get_db
+
+        token, _ = accounts.create_token(get_db(), "monitor", "coordinator")
+    with jobs.Heartbeat(app, "test-worker", "worker"):
+        body = client.get("/healthz", headers={"Authorization": f"Bearer {token}"}).get_json()
+        ready = client.get("/readyz")
+    [line] = [p for p in body["problems"] if "TEXT_MODEL" in p]
+    assert line.startswith("CARECALL_TEXT_MODEL=e5-small+minilm-l6: ")
+    assert says in line and line.endswith("; classifying by the rules alone")
+    assert ".;" not in line
+    assert (ready.status_code, ready.get_json()["reasons"]) == (200, [])
+
+
 def test_a_wrong_token_sees_only_ok(client, db):
     body = client.get("/healthz", headers={"Authorization": "Bearer cc_nonsense"}).get_json()
     assert body == {"status": "ok"}

@@ -290,6 +290,19 @@ def test_first_run_banner_says_where_to_change_the_password(app):
     assert "http://127.0.0.1:5000/console/password" in line
 
 
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({}, "the rules and the text models e5-small+minilm-l6"),
+        ({"TEXT_MODEL": "none"}, "the rules alone (CARECALL_TEXT_MODEL=none)"),
+        ({"TEXT_MODEL": "minilm-l6"}, "the rules alone (a text model cannot load"),
+    ],
+)
+def test_the_banner_says_what_understands_requests(make_app, settings, says):
+    lines = cli.banner(make_app(**settings), "http://127.0.0.1:5000", None, True)
+    assert f"  understanding:       {says}" in [line[: len(says) + 23] for line in lines]
+
+
 # ---- the kiosk's call-back number ----------------------------------------------------
 
 

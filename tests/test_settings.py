@@ -258,6 +258,11 @@ def test_a_minimum_length_is_in_the_settings_table():
         ("FLOWS_DIR", str(REPO_ROOT / "README.md"), "CARECALL_FLOWS_DIR="),
         ("MODELS_DIR", "/nonexistent", "CARECALL_MODELS_DIR='/nonexistent': no such folder"),
         ("KIOSK_LANGUAGE", "zz", "CARECALL_KIOSK_LANGUAGE='zz': no kiosk wording"),
+        ("TEXT_MODEL", "e5-small+nope", "CARECALL_TEXT_MODEL='e5-small+nope': 'nope' is not a"),
+        ("TEXT_MODEL", "whisper-tiny-en", "text models: e5-small, minilm-l6, joined with +"),
+        ("TEXT_MODEL", "minilm-l6+minilm-l6", "'minilm-l6+minilm-l6': names minilm-l6 twice"),
+        ("TEXT_MODEL", "E5-small", "CARECALL_TEXT_MODEL='E5-small': expected lowercase"),
+        ("TEXT_MODEL", "e5-small+", "CARECALL_TEXT_MODEL='e5-small+': expected lowercase"),
     ],
 )
 def test_folders_and_languages_are_checked_at_start_up(name, raw, says):
