@@ -239,6 +239,8 @@ def _safetensors(path: Path) -> dict[str, np.ndarray]:
     """Memory-map a .safetensors file's tensors (an 8-byte header size, a JSON header, data)."""
     with open(path, "rb") as fh:
         (size,) = struct.unpack("<Q", fh.read(8))
+        if size > os.fstat(fh.fileno()).st_size - 8:
+            raise ValueError(f"its header claims {size} bytes, more than the file holds")
         header = json.loads(fh.read(size))
     with open(path, "rb") as fh:
         # A plain read-only ndarray over the mapping (np.memmap's subclass slows every step).

@@ -450,6 +450,15 @@ def test_harmless_look_alikes_do_not_alarm(en, text, emergency):
         ("I don't see the point in carrying on.", True),
         ("I'm not sure I see much point carrying on.", True),
         ("There's not much point to me any more, is there.", True),
+        ("my daughter is bleeding heavily after her operation and she's gone very pale", True),
+        ("my son is bleeding a lot after his operation yesterday and he looks grey", True),
+        ("I took my tablets twice this morning by mistake, I think I took the whole week's", True),
+        (
+            "I was bleeding heavily after my operation last year, now I need a lift to the clinic",
+            False,
+        ),
+        ("I'd like help writing a card to my friend who's dying in the hospice", False),
+        ("I'd like a lift to the hospice to visit my dying brother", False),
         (
             "Honestly I'm not sure I see much point carrying on, but don't you worry about me,"
             " it's the bins I rang about.",
@@ -1231,27 +1240,39 @@ def _probs(**given):
 
 
 @pytest.mark.parametrize(
-    ("rules", "probs", "category", "emergency"),
+    ("rules", "probs", "category", "urgency"),
     [
         # The rules are the safety net: a model sure it is nothing stops no emergency.
-        (_verdict("emergency", True, 0.95), _probs(meals=0.99), "emergency", True),
+        (_verdict("emergency", True, 0.95), _probs(meals=0.99), "emergency", "critical"),
         # The model joins them: it raises an emergency the rules missed.
-        (_verdict("meals"), _probs(emergency=0.9), "emergency", True),
-        (_verdict("meals"), _probs(emergency=0.4), "meals", False),
+        (_verdict("meals"), _probs(emergency=0.9), "emergency", "critical"),
+        # Nearly sure enough (half the threshold or more): a possible emergency, urgency high.
+        (_verdict("meals"), _probs(emergency=0.4), "meals", "high"),
+        (_verdict("meals"), _probs(emergency=0.2), "meals", "normal"),
         # Where the rules set a danger phrase aside ("I don't smell gas"), it must be surer.
-        (_verdict("home_repair", disarmed=GAS), _probs(emergency=0.8), "home_repair", False),
-        (_verdict("home_repair", disarmed=GAS), _probs(emergency=0.97), "emergency", True),
+        (_verdict("home_repair", disarmed=GAS), _probs(emergency=0.8), "home_repair", "high"),
+        (_verdict("home_repair", disarmed=GAS), _probs(emergency=0.4), "home_repair", "normal"),
+        (_verdict("home_repair", disarmed=GAS), _probs(emergency=0.97), "emergency", "critical"),
         # Both paths weigh in on the category; a confident model outvotes a weak rule.
-        (_verdict("other", score=0.1), _probs(transport=0.9), "transport", False),
-        (_verdict("transport", alternatives=MEDICAL), _probs(medical=0.2), "transport", False),
+        (_verdict("other", score=0.1), _probs(transport=0.9), "transport", "normal"),
+        (_verdict("transport", alternatives=MEDICAL), _probs(medical=0.2), "transport", "normal"),
     ],
 )
-def test_fusion_never_lets_one_path_alone_miss_an_emergency(rules, probs, category, emergency):
+def test_fusion_never_lets_one_path_alone_miss_an_emergency(rules, probs, category, urgency):
     result = fuse(rules, probs, rule_weight=0.5, emergency_threshold=0.5, disarmed_threshold=0.95)
-    assert (result.category, result.emergency) == (category, emergency)
-    assert result.urgency == ("critical" if emergency else "normal")
+    assert (result.category, result.urgency) == (category, urgency)
+    assert result.emergency is (category == "emergency")
     assert 0.0 <= result.score <= 1.0
-    assert all(k != result.category and s >= 0.05 for k, s in result.alternatives)
+    assert all(k != result.category for k, _ in result.alternatives)
+    possible = urgency == "high"
+    assert (result.alternatives[:1] == (("emergency", probs["emergency"]),)) is possible
+    assert all(s >= 0.05 for k, s in result.alternatives if k != "emergency")
+
+
+def test_a_possible_emergency_never_lowers_the_rules_urgency():
+    rules = dataclasses.replace(_verdict("medical"), urgency="critical")
+    result = fuse(rules, _probs(emergency=0.3), rule_weight=0.5, emergency_threshold=0.5)
+    assert (result.category, result.urgency, result.emergency) == ("medical", "critical", False)
 
 
 def test_embeddings_are_normalised_deterministic_and_robust(model):
@@ -1490,10 +1511,13 @@ _LONG = " ".join(f"w{i}" for i in range(1000))
             + " ".join(_LONG.split()[-MODEL_MAX_WORDS // 2 :]),
         ),
         ("help me " + "x" * 100_000, ("help me " + "x" * 100_000)[:MODEL_MAX_CHARS]),
+        # Letters of three bytes each cost the engines three times as much: bytes are capped.
+        ("help me " + "\ua74f" * 1000, "help me " + "\ua74f" * ((MODEL_MAX_CHARS - 8) // 3)),
     ],
 )
 def test_the_model_reads_words_and_a_bounded_length(text, read):
     assert model_text(text) == read
+    assert read is None or len(read.encode()) <= MODEL_MAX_CHARS
 
 
 @pytest.mark.parametrize(
@@ -1584,7 +1608,7 @@ def test_rules_alone_still_classify_when_the_text_model_is_missing(make_app, mod
     assert not any(m.startswith("model: ") for m in answer["matched"])
     warnings = startup_warnings(app)
     assert any(
-        w.startswith("warning: CARECALL_TEXT_MODEL=e5-small+minilm-l6: model: ")
+        w.startswith("warning: CARECALL_TEXT_MODEL=e5-small+minilm-l6: Speech model 'e5-small'")
         and w.endswith("classifying by the rules alone")
         for w in warnings
     )

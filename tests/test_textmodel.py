@@ -81,6 +81,7 @@ def test_a_bad_text_model_name_is_named(models_dir, name, error, message):
         ("config.json", b'{"model_type": "gpt2"}', "not a mean-pooled BERT"),
         ("model.safetensors", b"\x02\0\0\0\0\0\0\0{}", "model.safetensors lacks"),
         ("model.safetensors", b"", "cannot load the BERT model"),
+        ("model.safetensors", b"\0" * 7 + b"\x40" + b"{}", "claims 4611686018427387904 bytes"),
     ],
 )
 def test_a_damaged_bert_folder_is_a_text_model_error(tmp_path, rel, content, message):
