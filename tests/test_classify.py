@@ -947,23 +947,6 @@ def test_very_long_text_is_classified_quickly(en):
     assert result.category in CATEGORY_KEYS
 
 
-def test_typical_request_is_fast(en):
-    text = (
-        "Hello dear, um, I was wondering if somebody could possibly pop round on Thursday, "
-        "you see my daughter usually does my shopping but she's away and I've run out of "
-        "bread and milk and the pharmacy has my prescription ready"
-    )
-    classify(text, en)
-    timings = []
-    # Best of five batches, so a busy test machine does not fail the budget.
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(20):
-            classify(text, en)
-        timings.append((time.perf_counter() - started) / 20)
-    assert min(timings) < 0.002
-
-
 # The rules read at most MAX_TOKENS words (a stuck recording must not stall them) and say
 # so among the reasons, so a coordinator knows the rest went unread.
 @pytest.mark.parametrize(
