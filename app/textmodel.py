@@ -242,7 +242,6 @@ def _safetensors(path: Path) -> dict[str, np.ndarray]:
         if size > os.fstat(fh.fileno()).st_size - 8:
             raise ValueError(f"its header claims {size} bytes, more than the file holds")
         header = json.loads(fh.read(size))
-    with open(path, "rb") as fh:
         # A plain read-only ndarray over the mapping (np.memmap's subclass slows every step).
         data = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
     data = data[8 + size :]
