@@ -459,6 +459,14 @@ def test_harmless_look_alikes_do_not_alarm(en, text, emergency):
         ),
         ("I'd like help writing a card to my friend who's dying in the hospice", False),
         ("I'd like a lift to the hospice to visit my dying brother", False),
+        ("I take my tablets twice a day, could someone collect my prescription", False),
+        ("I took my tablets twice a day like the doctor said", False),
+        ("I don't see much point carrying on with the bowls club", False),
+        ("I don't see much point in carrying on with my pension form", False),
+        ("there's not much point in me fixing the fence now", False),
+        ("I don't see much point in going on any more", True),
+        ("what's the point of me any more", True),
+        ("I don't know why I bother carrying on", True),
         (
             "Honestly I'm not sure I see much point carrying on, but don't you worry about me,"
             " it's the bins I rang about.",
