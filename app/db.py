@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from flask import current_app, g, has_app_context, jsonify, request
+from flask import current_app, g, has_app_context, has_request_context, jsonify, request
 from flask.cli import with_appcontext
 from sqlite_utils import Database
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
@@ -280,6 +280,8 @@ def connect(path, *, busy_timeout=None):
 def get_db():
     """Return this request's database handle, reusing an idle one when there is one."""
     if "db" not in g:
+        if not has_request_context():
+            _migrate_once()
         try:
             g.db = _pool().get_nowait()
         except queue.Empty:
@@ -298,6 +300,19 @@ def close_db(e=None):
         _pool().put_nowait(db)
     except queue.Full:
         db.close()
+
+
+def _migrate_once():
+    """Bring the schema up to date once per app before a command or worker first writes.
+
+    Without it, a command run on a brand-new database (`flask tokens create` before the
+    first `serve`) lets sqlite-utils create tables outside the migrations, and the next
+    start-up fails on "table already exists".
+    """
+    app = current_app._get_current_object()
+    if not app.extensions.get("carecall.db_migrated"):
+        migrate(app.config["DATABASE"])
+        app.extensions["carecall.db_migrated"] = True
 
 
 def _pool():

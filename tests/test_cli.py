@@ -5,6 +5,8 @@ import json
 import click
 import pytest
 
+from app import create_app
+from app.db import migrate
 from tests.speechgen import render, telephone
 
 
@@ -163,3 +165,30 @@ def test_an_id_out_of_range_is_a_clear_error_not_a_traceback(runner, args):
     assert not isinstance(result.exception, OverflowError | TypeError | ValueError)
     assert "Traceback" not in result.output
     assert ("is not an id" in result.output) or ("no kiosk" in result.output)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tokens", "create", "--role", "viewer"],
+        ["users", "create", "alice", "--role", "coordinator", "--generate-password"],
+        ["people", "add", "Ann"],
+        ["kiosks", "add", "Riverside Centre", "--region", "riverside"],
+        ["users", "list"],
+    ],
+)
+def test_a_command_on_a_new_database_leaves_it_ready_to_serve(tmp_path, args):
+    """A command run before the first serve migrates, so serve can still start after it."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key-0123456789",
+            "DATABASE": str(tmp_path / "new.db"),
+            "DATA_DIR": str(tmp_path / "data"),
+            "WORKER": "none",
+            "PASSWORD_HASH_MEMORY_KIB": 8192,
+        }
+    )
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    assert migrate(app.config["DATABASE"]) == []

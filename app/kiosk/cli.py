@@ -3,11 +3,10 @@
 import json
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from ..accounts import cli_actor
-from ..db import get_db, migrate
+from ..db import get_db
 from . import devices
 
 
@@ -29,7 +28,6 @@ def add_command(name, region, language, as_json):
 
     Example: flask --app app kiosks add "Riverside Centre" --region riverside
     """
-    migrate(current_app.config["DATABASE"])
     try:
         kiosk, token = devices.add(
             get_db(), name, region=region, language=language, actor=cli_actor()
@@ -53,7 +51,6 @@ def list_command(include_revoked, as_json):
 
     Example: flask --app app kiosks list --all
     """
-    migrate(current_app.config["DATABASE"])
     for kiosk in devices.listing(get_db(), include_revoked=include_revoked):
         if as_json:
             click.echo(json.dumps(kiosk.to_dict(), ensure_ascii=False))
@@ -73,7 +70,6 @@ def revoke_command(kiosk):
 
     Example: flask --app app kiosks revoke 3
     """
-    migrate(current_app.config["DATABASE"])
     db = get_db()
     try:
         found = devices.revoke(db, devices.find(db, kiosk).id, actor=cli_actor())
