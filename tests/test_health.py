@@ -82,7 +82,7 @@ def test_dead_jobs_are_a_problem_staff_see_but_not_unreadiness(app, client, db):
 @pytest.mark.parametrize(
     ("models", "says"),
     [
-        ({"e5-small": "installed"}, "Speech model 'minilm-l6' is not installed"),
+        ({"e5-small": "installed"}, "Text model 'minilm-l6' is not installed"),
         ({"e5-small": "installed", "minilm-l6": "truncated"}, "minilm-l6 is damaged"),
     ],
 )

@@ -209,10 +209,19 @@ def model_path(name: str, models_dir: str | os.PathLike = DEFAULT_MODELS_DIR) ->
     path = Path(models_dir) / name
     if not (path / RECORD).is_file():
         raise ModelNotInstalled(
-            f"Speech model {name!r} is not installed in {Path(models_dir)}. "
+            f"{_noun(name)} {name!r} is not installed in {Path(models_dir)}. "
             f"Install it with: {install_command(name)}"
         )
     return path
+
+
+def _noun(name: str) -> str:
+    """Return "Text model" or "Speech model" for a model the manifest lists, else "Model"."""
+    try:
+        engine = load_manifest().get(name).engine
+    except (OSError, tomllib.TOMLDecodeError, ManifestError, UnknownModel):
+        return "Model"
+    return "Text model" if engine == "embedding" else "Speech model"
 
 
 def verify(
