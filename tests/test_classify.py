@@ -39,10 +39,13 @@ from app.db import connect
 from app.health import startup_warnings
 from app.textmodel import (
     TextClassifier,
+    Weights,
     WeightsError,
+    fit,
     load_embedder,
     load_weights,
     neighbour_vote,
+    softmax,
     weights_path,
 )
 from app.training import (
@@ -1284,6 +1287,7 @@ def test_weights_round_trip_and_refuse_garbage(tmp_path, model):
     again = load_weights(path)
     assert again.labels == model.weights.labels
     assert np.allclose(again.coef, model.weights.coef)
+    assert np.array_equal(again.hidden_coef, model.weights.hidden_coef)
     assert np.array_equal(again.neighbours, model.weights.neighbours)
     assert again.neighbour_share == model.weights.neighbour_share
     vectors = model.embedder.embed(["I need a lift to the doctor", "the tap drips"])
@@ -1294,6 +1298,91 @@ def test_weights_round_trip_and_refuse_garbage(tmp_path, model):
         load_weights(path)
     with pytest.raises(WeightsError, match="classify train"):
         load_weights(tmp_path / "missing.npz")
+
+
+def test_weights_without_a_hidden_layer_still_load_and_run(tmp_path):
+    """Weights trained before the hidden layer are logistic regression, and still work."""
+    rng = np.random.default_rng(0)
+    labels = ("emergency", "meals", "other")
+    linear = Weights(
+        labels=labels,
+        mean=rng.normal(size=4),
+        scale=rng.uniform(0.5, 2, size=4),
+        coef=rng.normal(size=(3, 4)),
+        bias=rng.normal(size=3),
+        embedder="e5-small",
+    )
+    path = tmp_path / "en.npz"
+    linear.save(path)
+    with np.load(path) as data:
+        # As an older file: no hidden layer stored at all.
+        old = {k: data[k] for k in data.files if not k.startswith("hidden_")}
+    np.savez(path, **old)
+    again = load_weights(path)
+    x = rng.normal(size=(2, 4))
+    logits = ((x - linear.mean) / linear.scale) @ linear.coef.T + linear.bias
+    assert len(again.hidden_bias) == 0
+    assert np.allclose(again.probabilities(x), softmax(logits), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"hidden_coef": np.zeros((5, 4), np.float32), "hidden_bias": np.zeros(5, np.float32)},
+        {"hidden_coef": np.zeros((3, 7), np.float32), "hidden_bias": np.zeros(3, np.float32)},
+        {"bias": np.zeros(2, np.float32)},
+        {"scale": np.ones(3, np.float32)},
+    ],
+)
+def test_weights_whose_layers_disagree_are_refused(tmp_path, arrays):
+    labels = ("emergency", "meals", "other")
+    net = Weights(
+        labels=labels,
+        mean=np.zeros(4),
+        scale=np.ones(4),
+        coef=np.ones((3, 3)),
+        bias=np.zeros(3),
+        embedder="e5-small",
+        hidden_coef=np.ones((3, 4)),
+        hidden_bias=np.zeros(3),
+    )
+    path = tmp_path / "en.npz"
+    net.save(path)
+    with np.load(path) as data:
+        stored = {k: data[k] for k in data.files}
+    np.savez(path, **(stored | arrays))
+    with pytest.raises(WeightsError, match="disagree in shape"):
+        load_weights(path)
+
+
+def test_the_classifier_is_its_networks_averaged(model):
+    """Networks from several seeds join into one wider network that averages their logits."""
+    rows = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")[::40]
+    x = model.embedder.embed([t for t, _ in rows])
+    labels = sorted({c for _, c in rows})
+    joined = fit(x, [c for _, c in rows], labels, "e5-small+minilm-l6", seeds=2)
+    again = fit(x, [c for _, c in rows], labels, "e5-small+minilm-l6", seeds=2)
+    assert np.array_equal(joined.hidden_coef, again.hidden_coef)
+    first = fit(x, [c for _, c in rows], labels, "e5-small+minilm-l6", seeds=1)
+    units = len(first.hidden_bias)
+    assert len(joined.hidden_bias) == 2 * units
+    assert np.array_equal(joined.hidden_coef[:units], first.hidden_coef)
+    scaled = (x - joined.mean) / joined.scale
+
+    def logits(coef, bias, out, out_bias):
+        return np.maximum(scaled @ coef.T + bias, 0) @ out.T + out_bias
+
+    halves = [slice(0, units), slice(units, 2 * units)]
+    # Each network's own output layer is twice its share of the joined one.
+    own = [
+        logits(joined.hidden_coef[h], joined.hidden_bias[h], 2 * joined.coef[:, h], 0)
+        for h in halves
+    ]
+    expected = softmax((own[0] + own[1]) / 2 + joined.bias)
+    probabilities = joined.probabilities(x)
+    assert np.allclose(probabilities, expected, atol=1e-5)
+    trained = [labels.index(c) for _, c in rows]
+    assert (probabilities.argmax(axis=1) == trained).mean() > 0.5
 
 
 def _cut(data):
@@ -1599,7 +1688,7 @@ def test_rules_alone_still_classify_when_the_text_model_is_missing(make_app, mod
     assert not any(m.startswith("model: ") for m in answer["matched"])
     warnings = startup_warnings(app)
     assert any(
-        w.startswith("warning: CARECALL_TEXT_MODEL=e5-small+minilm-l6: Speech model 'e5-small'")
+        w.startswith("warning: CARECALL_TEXT_MODEL=e5-small+minilm-l6: Text model 'e5-small'")
         and w.endswith("classifying by the rules alone")
         for w in warnings
     )

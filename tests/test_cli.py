@@ -31,7 +31,11 @@ def test_every_command_has_help_with_an_example(app):
 @pytest.mark.parametrize(
     ("text", "category", "emergency"),
     [
-        ("Could someone take me to the hospital for my appointment on Friday", "medical", False),
+        (
+            "I need someone to come with me to my hospital appointment and sit with me",
+            "medical",
+            False,
+        ),
         ("I smell gas in the kitchen", "emergency", True),
     ],
 )
