@@ -142,7 +142,7 @@ def train_command(language, force):
     Trains on the embeddings of CARECALL_TEXT_MODEL (default e5-small+minilm-l6); scores the
     weights in use (on the text model they read) and the new ones on every held-out file,
     pooled (ivr_flows/heldout/LANG.tsv and LANG_*.tsv), and keeps the old ones if the new
-    score lower. One weights file per language, ivr_flows/model/LANG.npz (kept in git), is
+    ones score lower. One weights file per language, ivr_flows/model/LANG.npz (kept in git), is
     replaced; serve and worker read it when they start. About 6 minutes on 2 cores.
 
     Example: flask --app app classify train
@@ -323,10 +323,14 @@ def sweep_data(app):
 
 
 def first_admin(app):
-    """Create an admin with a generated password when there are no users yet; return both."""
+    """Create an admin with a generated password when no one can administer; return both.
+
+    Users made before the first start (a coordinator, say) do not stop it: without an
+    active admin nobody could register kiosks or manage users from the console.
+    """
     db = connect(app.config["DATABASE"])
     try:
-        if db["users"].count:
+        if db["users"].count_where("(role = 'admin' AND active) OR name = 'admin'"):
             return None
         password = secrets.token_urlsafe(12)
         create_user(db, "admin", "admin", password, hasher=hasher_for(app.config))
@@ -359,7 +363,8 @@ def banner(app, base, admin, in_process):
     else:
         lines.append(
             "  log in with your console user; add one: flask --app app users create NAME"
-            " --role coordinator"
+            " --role admin|coordinator|viewer; a lost password: flask --app app users"
+            " reset-password NAME"
         )
     return lines
 

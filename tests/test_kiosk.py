@@ -622,6 +622,17 @@ def test_kiosks_cli_add_list_revoke(runner, db):
     assert all(actor.startswith("cli:") for actor, _ in audit)
 
 
+@pytest.mark.parametrize(("language", "added"), [("ko", True), ("en", True), ("xx", False)])
+def test_kiosks_cli_refuses_a_language_nobody_can_transcribe(runner, db, language, added):
+    result = runner.invoke(
+        args=["kiosks", "add", "Hall", "--region", "riverside", "--language", language]
+    )
+    assert (result.exit_code == 0) is added, result.output
+    if not added:
+        assert "--language 'xx' has no speech engine; use one of en, ko" in result.output
+    assert db["kiosks"].count == int(added)
+
+
 @pytest.mark.parametrize("ident", ["99", "0", str(2**63)])
 def test_kiosks_cli_names_a_missing_kiosk_clearly(runner, db, ident):
     result = runner.invoke(args=["kiosks", "revoke", ident])

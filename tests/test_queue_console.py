@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import cli, queue
+from app import accounts, cli, queue
 from app.console import actions, search
 from app.kiosk import devices, messages
 from tests.test_console import FAST, add_request, as_role, csrf_token, post_form
@@ -288,6 +288,34 @@ def test_first_run_banner_says_where_to_change_the_password(app):
     lines = cli.banner(app, "http://127.0.0.1:5000", ("admin", "s3cret"), True)
     line = next(line for line in lines if "s3cret" in line)
     assert "http://127.0.0.1:5000/console/password" in line
+
+
+QUICK = accounts.password_hasher(time_cost=1, memory_kib=64, parallelism=1)
+
+
+@pytest.mark.parametrize(
+    ("users", "created"),
+    [
+        ([], True),
+        # Users made before the first start: without an active admin, one is still made.
+        ([("mary", "coordinator", True)], True),
+        ([("boss", "admin", False), ("mary", "coordinator", True)], True),
+        ([("boss", "admin", True)], False),
+        # The name is taken: the banner says how to add an admin instead.
+        ([("admin", "viewer", True)], False),
+    ],
+)
+def test_the_first_start_makes_an_admin_when_nobody_can_administer(app, db, users, created):
+    for name, role, active in users:
+        accounts.create_user(db, name, role, "correct horse battery", hasher=QUICK)
+        if not active:
+            accounts.set_active(db, name, False)
+    admin = cli.first_admin(app)
+    assert (admin is not None) is created
+    if created:
+        assert admin[0] == "admin"
+        made = db.execute("SELECT role, active FROM users WHERE name = 'admin'").fetchone()
+        assert made == ("admin", 1)
 
 
 @pytest.mark.parametrize(

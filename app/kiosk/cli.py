@@ -3,6 +3,7 @@
 import json
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
 from ..accounts import cli_actor
@@ -28,6 +29,12 @@ def add_command(name, region, language, as_json):
 
     Example: flask --app app kiosks add "Riverside Centre" --region riverside
     """
+    # A kiosk in a language nobody can transcribe would fail every request it sends.
+    languages = current_app.config["SPEECH_ENGINES"]
+    if language is not None and language not in languages:
+        raise click.UsageError(
+            f"--language {language!r} has no speech engine; use one of {', '.join(languages)}"
+        )
     try:
         kiosk, token = devices.add(
             get_db(), name, region=region, language=language, actor=cli_actor()
