@@ -377,13 +377,16 @@ def tune_threshold(scored: Sequence[Scored]) -> tuple[float, float]:
     """Return the thresholds catching the most emergencies within the false-alarm cap.
 
     The first is for any request, the second (never lower) for one whose danger phrase
-    the rules set aside. Among thresholds that catch as many, the lowest within the cap:
-    the highest would sit just above the faintest emergency seen, and miss the next one
+    the rules set aside. Among first thresholds that catch as many, the lowest within the
+    cap: the highest would sit just above the faintest emergency seen, and miss the next one
     (on halves of the tuning rows, tuned on one and scored on the other, the highest
     missed 140 emergencies in 40 splits, the lowest 108, with 1.7 % and 1.9 % false alarms).
+    The second then raises the fewest false alarms that still catch as many, at its lowest:
+    the rules found the cue negated or past ("I fell last year"), so the model must be surer
+    than the surest calm request seen, not merely as sure as for any other request.
     """
     cap = _alarm_cap(scored)
-    best = (-1.0, -_THRESHOLDS[-1], -_THRESHOLDS[-1])
+    best = (-1.0, -_THRESHOLDS[-1], -1.0, -_THRESHOLDS[-1])
     for t in _THRESHOLDS:
         # Never 1.0: a model sure enough still raises what the rules set aside.
         for d in (x for x in _THRESHOLDS if x >= t):
@@ -395,10 +398,10 @@ def tune_threshold(scored: Sequence[Scored]) -> tuple[float, float]:
             calm = [c for c, s in zip(caught, scored, strict=True) if not s.emergency]
             recall = sum(emergencies) / max(len(emergencies), 1)
             alarms = sum(calm) / max(len(calm), 1)
-            key = (recall, -t, -d)
+            key = (recall, -t, -alarms, -d)
             if alarms <= cap and key > best:
                 best = key
-    return -best[1], -best[2]
+    return -best[1], -best[3]
 
 
 def _accuracy(

@@ -335,6 +335,14 @@ def test_no_phrase_expands_past_the_cap():
         ("my feet are on fire after the shops could someone fetch the heavy things", "groceries"),
         ("the chest freezer has stopped working", "home_repair"),
         ("we get on like a house on fire, could she visit again", "companionship"),
+        (
+            "i can't breathe a word of this to my son, could someone drive me to the bank",
+            "transport",
+        ),
+        (
+            "my computer keeps saying there's an emergency update and won't let me log in",
+            "tech_help",
+        ),
     ],
 )
 def test_idioms_are_not_emergencies(en, text, category):
@@ -1565,6 +1573,25 @@ def test_the_emergency_threshold_keeps_a_margin_below_the_faintest_emergency_see
     ]
     chosen, _ = tune_threshold(rows[:20] + louder + rows[25:])
     assert chosen == 0.55
+
+
+def test_a_cue_the_rules_set_aside_needs_the_model_surer_than_any_calm_request_seen():
+    """Past or negated danger ("I fell last year"): above the calm rows, not at the threshold."""
+    set_aside = Classification("other", 0.0, (), "normal", False, (), ("fell",))
+    rows = _alarming(120, 20, 0, 0.7)
+    # Calm rows whose cue the rules set aside, which the model still gives 0.62 and 0.74.
+    rows[20:22] = [
+        dataclasses.replace(s, rules=set_aside, probabilities={"emergency": p, "other": 1 - p})
+        for s, p in zip(rows[20:22], (0.62, 0.74), strict=True)
+    ]
+    # An emergency the rules set aside too ("I'm all right, it's just I've fallen"), at 0.95.
+    rows[0] = dataclasses.replace(
+        rows[0], rules=set_aside, probabilities={"emergency": 0.95, "other": 0.05}
+    )
+    assert tune_threshold(rows) == (0.3, 0.75)
+    # An emergency set aside at 0.7 comes first: caught, with the calm 0.74 still raised.
+    rows[0] = dataclasses.replace(rows[0], probabilities={"emergency": 0.7, "other": 0.3})
+    assert tune_threshold(rows) == (0.3, 0.65)
 
 
 _LONG = " ".join(f"w{i}" for i in range(1000))
