@@ -1,4 +1,9 @@
-"""Named, append-only schema migrations: never edit one that has been applied."""
+"""Named, append-only schema migrations: never edit one that has been applied.
+
+They apply in the order written here. The numbers are only names, fixed once a database
+has recorded them, so some appear out of numeric order (0007 before 0005) and 0006 was
+never used; renaming one would make every existing database apply it twice.
+"""
 
 import json
 from datetime import UTC, datetime
