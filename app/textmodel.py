@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import mmap
 import os
 import struct
@@ -39,6 +40,8 @@ from .speech.errors import ModelNotInstalled
 from .speech.models import model_path, verify
 
 MODEL_DIR = "model"  # beside categories.toml in the flows folder: model/<language>.npz
+# A weights file unpacking to more than this is refused before it is read (today's: ~8 MB).
+MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
 # The classifier's shape and training, chosen by 5-fold cross-validation on the training
 # examples alone (accuracy of the model alone 0.884 as logistic regression, 0.901 so; the
 # emergencies it catches within 2 % false alarms 0.93 and 0.97).
@@ -425,51 +428,123 @@ class Weights:
 
 
 def load_weights(path: Path) -> Weights:
-    """Read classifier weights written by Weights.save; raise WeightsError when unusable."""
+    """Read classifier weights written by Weights.save; raise WeightsError when unusable.
+
+    Every array must be finite numbers of the shape the others imply and every tuning value
+    within its range: a NaN would otherwise pick categories silently and never alarm.
+    """
     try:
         # Opened here, so a file numpy cannot read is still closed.
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            weights = Weights(
-                labels=tuple(str(x) for x in data["labels"]),
-                mean=data["mean"],
-                scale=data["scale"],
-                coef=data["coef"],
-                bias=data["bias"],
-                embedder=meta["embedder"],
-                temperature=float(meta["temperature"]),
-                rule_weight=float(meta["rule_weight"]),
-                emergency_threshold=float(meta["emergency_threshold"]),
-                disarmed_threshold=float(meta["disarmed_threshold"]),
-                calibration=tuple(float(x) for x in meta.get("calibration", (1.0, 0.0))),
-                info=meta.get("info", {}),
-                # Stored as float16 to keep the file small, used as float32 (converted once).
-                neighbours=(
-                    data["neighbours"].astype(np.float32)
-                    if "neighbours" in data
-                    else np.zeros((0, 0), np.float32)
-                ),
-                neighbour_labels=(
-                    data["neighbour_labels"] if "neighbour_labels" in data else np.zeros(0)
-                ),
-                neighbour_share=float(meta.get("neighbour_share", 0.0)),
-                neighbour_k=int(meta.get("neighbour_k", 10)),
-                neighbour_temperature=float(meta.get("neighbour_temperature", 0.05)),
-                hidden_coef=(
-                    data["hidden_coef"].astype(np.float32)
-                    if "hidden_coef" in data
-                    else np.zeros((0, 0), np.float32)
-                ),
-                hidden_bias=(
-                    data["hidden_bias"] if "hidden_bias" in data else np.zeros(0, np.float32)
-                ),
-            )
+        with open(path, "rb") as fh:
+            _check_unpacked_size(fh)
+            with np.load(fh, allow_pickle=False) as data:
+                weights = _weights_from(data)
     except FileNotFoundError as exc:
         raise WeightsError(
             f"{path}: no classifier weights; build them with: flask --app app classify train"
         ) from exc
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        EOFError,
+        MemoryError,
+        zipfile.BadZipFile,
+    ) as exc:
         raise WeightsError(f"{path}: not a classifier weights file ({exc}).") from exc
+    problem = _shape_problem(weights)
+    if problem:
+        raise WeightsError(f"{path}: {problem}.")
+    return weights
+
+
+def _check_unpacked_size(fh) -> None:
+    """Refuse an archive that would unpack to more than MAX_WEIGHTS_BYTES."""
+    with zipfile.ZipFile(fh) as archive:
+        unpacked = sum(member.file_size for member in archive.infolist())
+    if unpacked > MAX_WEIGHTS_BYTES:
+        raise ValueError(f"it unpacks to {unpacked} bytes, more than {MAX_WEIGHTS_BYTES}")
+    fh.seek(0)
+
+
+def _weights_from(data) -> Weights:
+    """Build Weights from an opened .npz, checking every value's kind and range."""
+    meta = json.loads(str(data["meta"]))
+    if not isinstance(meta, dict):
+        raise ValueError("meta is not a table")
+
+    def number(key, default, low, high, *, above=False, value=None):
+        value = meta.get(key, default) if value is None else value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} is not a number")
+        if not (
+            math.isfinite(value) and (low < value if above else low <= value) and value <= high
+        ):
+            raise ValueError(f"{key} {value} is outside {low}..{high}")
+        return value
+
+    embedder = meta["embedder"]
+    if not isinstance(embedder, str):
+        raise ValueError("embedder is not a name")
+    calibration = meta.get("calibration", [1.0, 0.0])
+    if not isinstance(calibration, list) or len(calibration) != 2:
+        raise ValueError("calibration is not a slope and an offset")
+    calibration = tuple(number("calibration", None, -1e6, 1e6, value=x) for x in calibration)
+    labels = data["labels"]
+    if labels.dtype.kind != "U" or labels.ndim != 1:
+        raise ValueError("labels are not names")
+    info = meta.get("info", {})
+    return Weights(
+        labels=tuple(str(x) for x in labels),
+        mean=_finite(data, "mean", 1),
+        scale=_finite(data, "scale", 1),
+        coef=_finite(data, "coef", 2),
+        bias=_finite(data, "bias", 1),
+        embedder=embedder,
+        temperature=float(number("temperature", None, 0.0, 100.0, above=True)),
+        rule_weight=float(number("rule_weight", None, 0.0, 1.0)),
+        emergency_threshold=float(number("emergency_threshold", None, 0.0, 1.0, above=True)),
+        disarmed_threshold=float(number("disarmed_threshold", None, 0.0, 1.0, above=True)),
+        calibration=calibration,
+        info=info if isinstance(info, dict) else {},
+        # Stored as float16 to keep the file small, used as float32 (converted once).
+        neighbours=_finite(data, "neighbours", 2),
+        neighbour_labels=_labels(data),
+        neighbour_share=float(number("neighbour_share", 0.0, 0.0, 1.0)),
+        neighbour_k=int(number("neighbour_k", 10, 1, 1000)),
+        neighbour_temperature=float(number("neighbour_temperature", 0.05, 0.0, 100.0, above=True)),
+        hidden_coef=_finite(data, "hidden_coef", 2),
+        hidden_bias=_finite(data, "hidden_bias", 1),
+    )
+
+
+def _finite(data, key: str, ndim: int) -> np.ndarray:
+    """Return a stored array as float32, or an empty one when absent; refuse NaN and infinity."""
+    if key not in data:
+        return np.zeros((0,) * ndim, np.float32)
+    array = data[key]
+    if array.dtype.kind not in "fiu" or array.ndim != ndim:
+        raise ValueError(f"{key} is not a {ndim}-dimensional array of numbers")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{key} holds a value that is not a finite number")
+    return array
+
+
+def _labels(data) -> np.ndarray:
+    """Return the neighbours' label numbers, which must be whole numbers."""
+    if "neighbour_labels" not in data:
+        return np.zeros(0, np.int16)
+    labels = data["neighbour_labels"]
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise ValueError("neighbour_labels are not whole numbers")
+    return labels
+
+
+def _shape_problem(weights: Weights) -> str | None:
+    """Return what is wrong with the weights' shapes and scales, or None."""
     dim = weights.mean.shape[0]
     units = len(weights.hidden_bias)
     if (
@@ -478,15 +553,17 @@ def load_weights(path: Path) -> Weights:
         or weights.coef.shape != (len(weights.labels), units or dim)
         or (units and weights.hidden_coef.shape != (units, dim))
     ):
-        raise WeightsError(f"{path}: weights and labels disagree in shape.")
+        return "weights and labels disagree in shape"
+    if not (weights.scale > 0).all():
+        return "a scale is not above zero"
     if weights.neighbour_share > 0 and (
-        weights.neighbours.shape != (len(weights.neighbour_labels), weights.mean.shape[0])
+        weights.neighbours.shape != (len(weights.neighbour_labels), dim)
         or not (
             (weights.neighbour_labels >= 0) & (weights.neighbour_labels < len(weights.labels))
         ).all()
     ):
-        raise WeightsError(f"{path}: the neighbours and their labels disagree in shape.")
-    return weights
+        return "the neighbours and their labels disagree in shape"
+    return None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import shutil
 import time
 import tomllib
@@ -1391,6 +1392,82 @@ def test_the_classifier_is_its_networks_averaged(model):
     assert np.allclose(probabilities, expected, atol=1e-5)
     trained = [labels.index(c) for _, c in rows]
     assert (probabilities.argmax(axis=1) == trained).mean() > 0.5
+
+
+def _small_network():
+    """Return a tiny valid network's weights."""
+    return Weights(
+        labels=("emergency", "meals", "other"),
+        mean=np.zeros(4),
+        scale=np.ones(4),
+        coef=np.ones((3, 2)),
+        bias=np.zeros(3),
+        embedder="e5-small",
+        hidden_coef=np.ones((2, 4)),
+        hidden_bias=np.zeros(2),
+        neighbours=np.eye(4)[:3],
+        neighbour_labels=np.array([0, 1, 2]),
+        neighbour_share=0.25,
+    )
+
+
+def _with(arrays=None, meta=None):
+    """Return a change to a stored weights file: arrays replaced, meta keys set."""
+
+    def change(stored):
+        if meta is not None:
+            table = json.loads(str(stored["meta"]))
+            table = meta if not isinstance(meta, dict) else table | meta
+            stored["meta"] = np.array(json.dumps(table))
+        return stored | (arrays or {})
+
+    return change
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _with({"coef": np.array([[1, NAN]] * 3)}),
+        _with({"hidden_coef": np.full((2, 4), np.inf)}),
+        _with({"bias": np.array([0, np.inf, 0])}),
+        _with({"scale": np.zeros(4)}),
+        _with({"mean": np.array(0.0)}),
+        _with({"mean": np.array(["a", "b", "c", "d"])}),
+        _with({"hidden_bias": np.zeros((2, 2))}),
+        _with({"neighbour_labels": np.array([0.0, 1.5, 2.0])}),
+        _with(meta=[]),
+        _with(meta={"temperature": None}),
+        _with(meta={"temperature": 0}),
+        _with(meta={"temperature": -1}),
+        _with(meta={"emergency_threshold": -1}),
+        _with(meta={"rule_weight": 5}),
+        _with(meta={"neighbour_share": 2}),
+        _with(meta={"neighbour_k": 0}),
+        _with(meta={"neighbour_temperature": 0}),
+        _with(meta={"calibration": [1]}),
+        _with(meta={"embedder": 7}),
+        # A few hundred kilobytes that would unpack to 300 MB.
+        _with({"padding": np.zeros(300 * 1024 * 1024, np.uint8)}),
+    ],
+)
+def test_weights_with_values_that_cannot_work_are_refused_naming_the_file(tmp_path, change):
+    """A NaN would pick categories silently and never raise an emergency: refuse it."""
+    path = tmp_path / "en.npz"
+    _small_network().save(path)
+    with np.load(path) as data:
+        stored = {k: data[k] for k in data.files}
+    np.savez_compressed(path, **change(stored))
+    with pytest.raises(WeightsError, match=re.escape(str(path))):
+        load_weights(path)
+
+
+def test_a_small_network_passes_the_checks(tmp_path):
+    path = tmp_path / "en.npz"
+    _small_network().save(path)
+    assert load_weights(path).probabilities(np.eye(4)).shape == (4, 3)
 
 
 def _cut(data):
