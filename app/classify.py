@@ -497,7 +497,10 @@ def read_examples(path: Path, keys: Iterable[str] | None = None) -> list[tuple[s
     keys = frozenset(category_keys() if keys is None else keys)
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = [(r["text"], r["category"]) for r in reader if r.get("text")]
+        try:
+            rows = [(r["text"], r["category"]) for r in reader if r.get("text")]
+        except csv.Error as exc:
+            raise CategoryDataError(f"{path.name} line {reader.line_num}: {exc}") from exc
     for text, category in rows:
         if category not in keys:
             raise CategoryDataError(f"{path.name}: unknown category {category!r} for {text!r}")

@@ -325,6 +325,23 @@ def test_a_flows_folder_with_bad_categories_is_refused(tmp_path, edit, says):
     assert says in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        ("x" * 200_000 + "\tother\tnormal\t0", "field larger than field limit"),
+        ("my tap drips\tplumbing\tnormal\t0", "unknown category 'plumbing'"),
+    ],
+)
+def test_a_flows_folder_with_a_bad_example_is_refused(tmp_path, row, says):
+    shutil.copytree(REPO_ROOT / "ivr_flows", tmp_path / "flows")
+    with open(tmp_path / "flows" / "examples" / "en.tsv", "a", encoding="utf-8") as fh:
+        fh.write(row + "\n")
+    with pytest.raises(SettingsError) as caught:
+        loaded(FLOWS_DIR=str(tmp_path / "flows"))
+    assert caught.value.message.startswith("CARECALL_FLOWS_DIR=")
+    assert "en.tsv" in caught.value.message and says in caught.value.message
+
+
 def test_a_missing_flows_folder_stops_the_command_line_in_one_line(tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",
