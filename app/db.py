@@ -69,6 +69,18 @@ class DatabaseUnwritable(click.ClickException):
         self.path = path
 
 
+class NotADatabase(DatabaseUnwritable):
+    """The database path holds a file that is not SQLite: another file, or a damaged one."""
+
+    def __init__(self, path, reason):
+        click.ClickException.__init__(
+            self,
+            f"database {path} is not a SQLite database ({reason}); move it aside, or set "
+            "CARECALL_DATABASE to another path",
+        )
+        self.path = path
+
+
 class DatabaseBusy(sqlite3.OperationalError):
     """Another writer held the database lock through every wait and retry."""
 
@@ -274,6 +286,9 @@ def connect(path, *, busy_timeout=None):
         if is_unwritable(exc):
             raise DatabaseUnwritable(path, str(exc)) from exc
         raise
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise NotADatabase(path, str(exc)) from exc
     return CareCallDatabase(conn)
 
 

@@ -294,6 +294,27 @@ def test_unwritable_database_is_one_clear_line(tmp_path, what, command):
     assert lines[0].startswith(f"Error: database {database} cannot be written: ")
 
 
+@pytest.mark.parametrize(
+    "content", [bytes(range(256)) * 20, b"SQLite format 3\x00" + b"\xff" * 4080]
+)
+@pytest.mark.parametrize("command", [["tokens", "list"], ["serve", "--port", "0"]])
+def test_a_file_that_is_not_a_database_is_one_clear_line(tmp_path, content, command):
+    database = tmp_path / "carecall.db"
+    database.write_bytes(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", *command],
+        cwd=REPO,
+        env=carecall_env(tmp_path, database),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert (done.returncode, len(lines)) == (1, 1), done.stderr
+    assert lines[0].startswith(f"Error: database {database} is not a SQLite database (")
+    assert database.read_bytes() == content
+
+
 # --- recordings: written under a temporary name, published with their request ------------
 
 
