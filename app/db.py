@@ -322,11 +322,18 @@ def _migrate_once():
 
     Without it, a command run on a brand-new database (`flask tokens create` before the
     first `serve`) lets sqlite-utils create tables outside the migrations, and the next
-    start-up fails on "table already exists".
+    start-up fails on "table already exists". A database already up to date is only read,
+    so a command that reads (`tokens list`) still works on a file that cannot be written.
     """
     app = current_app._get_current_object()
     if not app.extensions.get("carecall.db_migrated"):
-        migrate(app.config["DATABASE"])
+        db = connect(app.config["DATABASE"])
+        try:
+            current = not any(True for _ in migrations.pending(db))
+        finally:
+            db.close()
+        if not current:
+            migrate(app.config["DATABASE"])
         app.extensions["carecall.db_migrated"] = True
 
 

@@ -294,6 +294,23 @@ def test_unwritable_database_is_one_clear_line(tmp_path, what, command):
     assert lines[0].startswith(f"Error: database {database} cannot be written: ")
 
 
+def test_a_command_that_only_reads_works_on_a_database_that_cannot_be_written(tmp_path):
+    """Commands bring a new database's schema up to date, but only read one already so."""
+    database = tmp_path / "db" / "carecall.db"
+    database.parent.mkdir()
+    migrate(database)
+    with read_only(database):
+        done = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", "tokens", "list"],
+            cwd=REPO,
+            env=carecall_env(tmp_path, database),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize(
     "content", [bytes(range(256)) * 20, b"SQLite format 3\x00" + b"\xff" * 4080]
 )
