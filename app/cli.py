@@ -178,16 +178,36 @@ def train_command(language, force):
     kept = {text for text, *_ in heldout}
     every = [*rows, *corrections]
     rows = [row for row in every if row[0] not in kept]
+    left_out = len(every) - len(rows)
+    # A text given twice is learnt once, with its last label (a coordinator's correction
+    # comes after the examples); twice, it could sit on both sides of a cross-validation fold.
+    latest = {" ".join(text.casefold().split()): (text, category) for text, category in rows}
+    repeats = len(rows) - len(latest)
+    rows = list(latest.values())
     click.echo(
-        f"training on {len(rows)} rows ({len(corrections)} corrections; "
-        f"{len(every) - len(rows)} held-out rows left out)",
+        f"training on {len(rows)} rows ({len(corrections)} corrections; {left_out} held-out "
+        f"rows left out{_repeats(repeats)})",
         err=True,
     )
+    counts = {key: sum(c == key for _, c in rows) for key in categories.keys}
+    few = {key: n for key, n in counts.items() if n < training.FOLDS}
+    if few:
+        raise click.ClickException(
+            f"too few examples to train and cross-validate: every category needs {training.FOLDS}; "
+            + ", ".join(f"{key} has {n}" for key, n in few.items())
+        )
     # No rule phrase was written from a correction, so corrections are rule-blind too.
     blind = blind | {text for text, _ in corrections}
     path = textmodel.weights_path(flows, language)
     with _training_lock(path):
         _train_and_install(rows, heldout, categories, models, embedder, blind, path, force)
+
+
+def _repeats(n):
+    """Return the training line's note of texts given more than once, if any."""
+    if not n:
+        return ""
+    return f"; {n} repeated text{'' if n == 1 else 's'} learnt once"
 
 
 def _train_and_install(rows, heldout, categories, models, embedder, blind, path, force):

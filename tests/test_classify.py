@@ -1865,6 +1865,33 @@ def test_train_installs_better_weights_and_refuses_worse(tmp_path, make_app):
     assert load_weights(flows / "model" / "en.npz").info == trained.info
 
 
+def test_train_learns_a_repeated_text_once_and_refuses_a_category_it_cannot_check(
+    tmp_path, make_app
+):
+    every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
+    heldout = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")]
+    by_category = {}
+    for text, category in every:
+        by_category.setdefault(category, []).append((text, category))
+    good = [row for rows in by_category.values() for row in rows[:5]]
+    # Each row again, some in capitals: on both sides of a fold they would leak.
+    repeated = good + [(t.upper() if i % 2 else t, c) for i, (t, c) in enumerate(good)]
+    flows = _flows(tmp_path, repeated, heldout[::9], heldout[1::9])
+    result = make_app(FLOWS_DIR=str(flows)).test_cli_runner().invoke(args=["classify", "train"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"training on {len(good)} rows (0 corrections; 0 held-out rows left out; "
+        f"{len(good)} repeated texts learnt once)"
+    ) in result.output
+    assert load_weights(flows / "model" / "en.npz").info["rows"] == len(good)
+    few = [row for row in good if row[1] != "paperwork"] + by_category["paperwork"][:2]
+    flows = _flows(tmp_path / "few", few, heldout[::9], heldout[1::9])
+    result = make_app(FLOWS_DIR=str(flows)).test_cli_runner().invoke(args=["classify", "train"])
+    assert result.exit_code != 0
+    assert "every category needs 5; paperwork has 2" in result.output
+    assert not (flows / "model" / "en.npz").exists()
+
+
 def test_train_scores_the_weights_in_use_on_their_own_text_model(tmp_path, make_app, models_dir):
     """A change of text model is judged against the classifier it replaces, not the rules."""
     every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
@@ -1914,7 +1941,7 @@ def test_train_refuses_while_another_run_holds_the_lock(tmp_path, make_app):
 
     every = read_examples(REPO / "ivr_flows" / "examples" / "en.tsv")
     heldout = [(t, c) for t, c, _ in read_heldout(REPO / "ivr_flows" / "heldout" / "en.tsv")]
-    flows = _flows(tmp_path, every[::40], heldout[::10], heldout[1::10])
+    flows = _flows(tmp_path, every[::20], heldout[::10], heldout[1::10])
     app = make_app(FLOWS_DIR=str(flows))
     lock = flows / "model" / "en.lock"
     lock.parent.mkdir()
