@@ -175,13 +175,13 @@ def train_command(language, force):
             f"cannot read the corrections ({exc}); run: flask --app app migrate"
         ) from exc
     # The held-out sets only measure: a correction that repeats one of their rows stays out.
-    kept = {text for text, *_ in heldout}
+    kept = {_as_one(text) for text, *_ in heldout}
     every = [*rows, *corrections]
-    rows = [row for row in every if row[0] not in kept]
+    rows = [row for row in every if _as_one(row[0]) not in kept]
     left_out = len(every) - len(rows)
     # A text given twice is learnt once, with its last label (a coordinator's correction
     # comes after the examples); twice, it could sit on both sides of a cross-validation fold.
-    latest = {" ".join(text.casefold().split()): (text, category) for text, category in rows}
+    latest = {_as_one(text): (text, category) for text, category in rows}
     repeats = len(rows) - len(latest)
     rows = list(latest.values())
     click.echo(
@@ -201,6 +201,11 @@ def train_command(language, force):
     path = textmodel.weights_path(flows, language)
     with _training_lock(path):
         _train_and_install(rows, heldout, categories, models, embedder, blind, path, force)
+
+
+def _as_one(text):
+    """Return text as training compares it: letter case and spacing do not count."""
+    return " ".join(text.casefold().split())
 
 
 def _repeats(n):
@@ -353,7 +358,10 @@ def first_admin(app):
         if db["users"].count_where("(role = 'admin' AND active) OR name = 'admin'"):
             return None
         password = secrets.token_urlsafe(12)
-        create_user(db, "admin", "admin", password, hasher=hasher_for(app.config))
+        try:
+            create_user(db, "admin", "admin", password, hasher=hasher_for(app.config))
+        except sqlite3.IntegrityError:
+            return None  # another serve starting at the same moment made it first
         return "admin", password
     finally:
         db.close()

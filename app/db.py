@@ -75,8 +75,8 @@ class NotADatabase(DatabaseUnwritable):
     def __init__(self, path, reason):
         click.ClickException.__init__(
             self,
-            f"database {path} is not a SQLite database ({reason}); move it aside, or set "
-            "CARECALL_DATABASE to another path",
+            f"database {path} is damaged or not a SQLite database ({reason}); restore it "
+            "from a backup or move it aside, or set CARECALL_DATABASE to another path",
         )
         self.path = path
 
@@ -329,10 +329,10 @@ def _migrate_once():
     if not app.extensions.get("carecall.db_migrated"):
         db = connect(app.config["DATABASE"])
         try:
-            current = not any(True for _ in migrations.pending(db))
+            pending = pending_names(db, app.config["DATABASE"])
         finally:
             db.close()
-        if not current:
+        if pending:
             migrate(app.config["DATABASE"])
         app.extensions["carecall.db_migrated"] = True
 
@@ -349,6 +349,8 @@ def migrate(path):
     """
     db = connect(path)
     try:
+        # A damaged file is found by reading, before anything is written to it.
+        pending_names(db, path)
         # Found out now, in one line, rather than by the first request that saves something.
         check_writable(db, path)
         # One transaction holds the write lock throughout: a second process starting at the
@@ -359,6 +361,16 @@ def migrate(path):
         return pending
     finally:
         db.close()
+
+
+def pending_names(db, path):
+    """Return the names of migrations not yet applied; NotADatabase when the file is damaged."""
+    try:
+        return [m.name for m in migrations.pending(db)]
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise NotADatabase(path, str(exc)) from exc
 
 
 def check_writable(db, path):

@@ -451,13 +451,31 @@ def load_weights(path: Path) -> Weights:
         IndexError,
         EOFError,
         MemoryError,
+        OverflowError,
+        RecursionError,
         zipfile.BadZipFile,
     ) as exc:
         raise WeightsError(f"{path}: not a classifier weights file ({exc}).") from exc
-    problem = _shape_problem(weights)
+    problem = _shape_problem(weights) or _probe_problem(weights)
     if problem:
         raise WeightsError(f"{path}: {problem}.")
     return weights
+
+
+def _probe_problem(weights: Weights) -> str | None:
+    """Return why the weights give no finite probabilities for a few embeddings, or None.
+
+    Values each finite can still overflow together (a bias of 3e38 plus anything).
+    """
+    dim = weights.mean.shape[0]
+    probes = np.random.default_rng(0).normal(size=(8, dim))
+    probes = np.vstack([probes / np.linalg.norm(probes, axis=1, keepdims=True), np.zeros(dim)])
+    probes = probes.astype(np.float32)  # as the embedders give them
+    with np.errstate(all="ignore"):
+        probs = weights.probabilities(probes)
+    if not (np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)):
+        return "they give probabilities that are not numbers"
+    return None
 
 
 def _check_unpacked_size(fh) -> None:
@@ -491,7 +509,11 @@ def _weights_from(data) -> Weights:
     calibration = meta.get("calibration", [1.0, 0.0])
     if not isinstance(calibration, list) or len(calibration) != 2:
         raise ValueError("calibration is not a slope and an offset")
-    calibration = tuple(number("calibration", None, -1e6, 1e6, value=x) for x in calibration)
+    # Slope and offset on a logit of at most ~14: bounded so the logistic cannot overflow.
+    calibration = (
+        number("calibration", None, 0.0, 20.0, above=True, value=calibration[0]),
+        number("calibration", None, -20.0, 20.0, value=calibration[1]),
+    )
     labels = data["labels"]
     if labels.dtype.kind != "U" or labels.ndim != 1:
         raise ValueError("labels are not names")
@@ -503,7 +525,7 @@ def _weights_from(data) -> Weights:
         coef=_finite(data, "coef", 2),
         bias=_finite(data, "bias", 1),
         embedder=embedder,
-        temperature=float(number("temperature", None, 0.0, 100.0, above=True)),
+        temperature=float(number("temperature", None, 0.01, 100.0)),
         rule_weight=float(number("rule_weight", None, 0.0, 1.0)),
         emergency_threshold=float(number("emergency_threshold", None, 0.0, 1.0, above=True)),
         disarmed_threshold=float(number("disarmed_threshold", None, 0.0, 1.0, above=True)),
@@ -514,7 +536,7 @@ def _weights_from(data) -> Weights:
         neighbour_labels=_labels(data),
         neighbour_share=float(number("neighbour_share", 0.0, 0.0, 1.0)),
         neighbour_k=int(number("neighbour_k", 10, 1, 1000)),
-        neighbour_temperature=float(number("neighbour_temperature", 0.05, 0.0, 100.0, above=True)),
+        neighbour_temperature=float(number("neighbour_temperature", 0.05, 0.001, 100.0)),
         hidden_coef=_finite(data, "hidden_coef", 2),
         hidden_bias=_finite(data, "hidden_bias", 1),
     )

@@ -276,19 +276,24 @@ def carecall_env(tmp_path, database):
     }
 
 
+def run_flask(tmp_path, database, *command):
+    """Run one flask command of the app on database, as an operator would; return it done."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", *command],
+        cwd=REPO,
+        env=carecall_env(tmp_path, database),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("what", ["file", "migrated folder", "empty folder"])
 @pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", "0"]])
 def test_unwritable_database_is_one_clear_line(tmp_path, what, command):
     database, frozen = unwritable_database(tmp_path, what)
     with read_only(frozen):
-        done = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "app", *command],
-            cwd=REPO,
-            env=carecall_env(tmp_path, database),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_flask(tmp_path, database, *command)
     lines = done.stderr.strip().splitlines()
     assert (done.returncode, len(lines)) == (1, 1), done.stderr
     assert lines[0].startswith(f"Error: database {database} cannot be written: ")
@@ -300,36 +305,39 @@ def test_a_command_that_only_reads_works_on_a_database_that_cannot_be_written(tm
     database.parent.mkdir()
     migrate(database)
     with read_only(database):
-        done = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "app", "tokens", "list"],
-            cwd=REPO,
-            env=carecall_env(tmp_path, database),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_flask(tmp_path, database, "tokens", "list")
     assert done.returncode == 0, done.stderr
 
 
+def _damaged(tmp_path):
+    """Return a migrated database whose second page (the migrations' table) is overwritten."""
+    path = tmp_path / "whole.db"
+    migrate(path)
+    connect(path).execute("PRAGMA journal_mode=DELETE")
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = b"\xff" * 4096
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
-    "content", [bytes(range(256)) * 20, b"SQLite format 3\x00" + b"\xff" * 4080]
+    "make",
+    [
+        lambda tmp_path: bytes(range(256)) * 20,
+        lambda tmp_path: b"SQLite format 3\x00" + b"\xff" * 4080,
+        _damaged,
+    ],
 )
 @pytest.mark.parametrize("command", [["tokens", "list"], ["serve", "--port", "0"]])
-def test_a_file_that_is_not_a_database_is_one_clear_line(tmp_path, content, command):
+def test_a_file_that_is_not_a_database_is_one_clear_line(tmp_path, make, command):
     database = tmp_path / "carecall.db"
+    content = make(tmp_path)
     database.write_bytes(content)
-    done = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", *command],
-        cwd=REPO,
-        env=carecall_env(tmp_path, database),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_flask(tmp_path, database, *command)
     lines = done.stderr.strip().splitlines()
     assert (done.returncode, len(lines)) == (1, 1), done.stderr
-    assert lines[0].startswith(f"Error: database {database} is not a SQLite database (")
-    assert database.read_bytes() == content
+    assert lines[0].startswith(f"Error: database {database} is damaged or not a SQLite database (")
+    # Nothing written past SQLite's header (whose journal-mode bytes may be set on opening).
+    assert database.read_bytes()[100:] == content[100:]
 
 
 # --- recordings: written under a temporary name, published with their request ------------
