@@ -356,7 +356,7 @@ def migrate(path):
         # One transaction holds the write lock throughout: a second process starting at the
         # same moment waits, then finds nothing pending, instead of applying them again.
         with db.atomic():
-            pending = [m.name for m in migrations.pending(db)]
+            pending = pending_names(db, path)
             migrations.apply(db)
         return pending
     finally:

@@ -9,10 +9,10 @@ in EMBEDDERS.
 
 The classifier is a small neural network over the embeddings (one hidden layer of rectified
 units; three trained from different seeds, averaged), mixed with a vote of the training
-examples nearest in embedding space, trained and run with numpy alone. Weights from before
-(logistic regression, no hidden layer) still load and run. Its
-weights, with the fusion weight and emergency threshold chosen by cross-validation, are a
-small .npz file per language in ivr_flows/model/.
+examples nearest in embedding space, trained and run with numpy alone. Its weights, with the
+fusion weight and emergency threshold chosen by cross-validation, are a small .npz file per
+language in ivr_flows/model/. Weights from before (logistic regression, no hidden layer)
+still load and run.
 """
 
 from __future__ import annotations
